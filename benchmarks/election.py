@@ -1,0 +1,117 @@
+"""Election benchmark in the namespace lab: cold start, crash failover, clean handover, overlap.
+
+Each round starts N fresh node processes, one per lab host (network namespace), and measures
+with the event times the nodes report (one shared monotonic clock):
+
+* cold start: from the moment every node is told to start to the moment all N agree on one
+  leader (same id, same term);
+* crash failover: from SIGKILL of the leader to all N-1 agreeing on a new one;
+* clean handover: from ``stop()`` of that leader to its successor's ``leader`` event;
+* overlap: total time two nodes held the leader role at once during the round.
+
+Run as root (it creates network namespaces; all traffic stays inside them)::
+
+    python benchmarks/election.py --rounds 20 --nodes 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+
+from cluster import Cluster  # noqa: E402
+from netlab import Lab, lab_unavailable_reason  # noqa: E402
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[index]
+
+
+def one_round(lab: Lab, hosts: list, options: dict) -> dict[str, float]:
+    cluster = Cluster(lab)
+    try:
+        processes = [cluster.spawn(host, options=options, wait_go=True) for host in hosts]
+        cluster.wait_ready(60)
+        t_go = time.monotonic()
+        for process in processes:
+            process.send("go")
+        first = cluster.wait_agreement(timeout=30)
+        cold = first.time - t_go
+
+        t_kill = cluster.process_of(first.leader).kill()
+        second = cluster.wait_agreement(timeout=30, other_than=first.leader, after_term=first.term)
+        failover = second.time - t_kill
+
+        leader_process = cluster.process_of(second.leader)
+        leader_process.send("stop 0")
+        third = cluster.wait_agreement(timeout=30, other_than=second.leader, after_term=second.term)
+        stopping = [r["t"] for r in leader_process.records if r["kind"] == "stopping"][0]
+        successor = [
+            r["t"]
+            for p in cluster.processes
+            for r in p.records
+            if r["kind"] == "leader" and r["node"] == third.leader and r["term"] == third.term
+        ][0]
+        handover = successor - stopping
+        overlap = cluster.leader_overlap(since=t_go)
+        return {"cold": cold, "failover": failover, "handover": handover, "overlap": overlap}
+    finally:
+        cluster.finish()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--nodes", type=int, default=10)
+    parser.add_argument("--interval", type=float, default=None, help="heartbeat interval (default: the library's)")
+    args = parser.parse_args()
+    reason = lab_unavailable_reason()
+    if reason:
+        print(f"cannot run: {reason}", file=sys.stderr)
+        return 2
+    options = {} if args.interval is None else {"interval": args.interval}
+    results: dict[str, list[float]] = {"cold": [], "failover": [], "handover": [], "overlap": []}
+    with Lab() as lab:
+        hosts = [lab.add_host(f"n{i}") for i in range(args.nodes)]
+        for number in range(1, args.rounds + 1):
+            figures = one_round(lab, hosts, options)
+            for key, value in figures.items():
+                results[key].append(value)
+            print(
+                f"round {number:3d}: cold start {figures['cold'] * 1000:7.1f} ms  "
+                f"failover {figures['failover'] * 1000:7.1f} ms  "
+                f"handover {figures['handover'] * 1000:6.1f} ms  overlap {figures['overlap'] * 1000:.1f} ms",
+                flush=True,
+            )
+    labels = {
+        "cold": f"cold start of {args.nodes} nodes to one agreed leader",
+        "failover": "SIGKILL of the leader to a new agreed leader",
+        "handover": "stop() of the leader to the successor's leader event",
+    }
+    print()
+    print(f"{args.rounds} rounds, {args.nodes} nodes, interval {options.get('interval', 'default')}")
+    print(f"{'measure':55s} {'p50 ms':>9s} {'p99 ms':>9s} {'max ms':>9s}")
+    for key, label in labels.items():
+        values = results[key]
+        print(
+            f"{label:55s} {percentile(values, 50) * 1000:9.1f} {percentile(values, 99) * 1000:9.1f} "
+            f"{max(values) * 1000:9.1f}"
+        )
+    print(f"{'total time two nodes held the leader role at once':55s} {sum(results['overlap']) * 1000:9.1f} ms")
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, median round figures: "
+          f"{statistics.median(results['cold']) * 1000:.0f}/{statistics.median(results['failover']) * 1000:.0f}/"
+          f"{statistics.median(results['handover']) * 1000:.1f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

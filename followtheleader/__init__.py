@@ -1,0 +1,38 @@
+"""Zero-configuration leader election on a local network.
+
+::
+
+    from followtheleader import elect
+
+    elector = elect("MyServiceName")
+    elector.on("leader", lambda event: print("leading, term", event.term))
+    elector.on("follower", lambda event: print("following", event.leader.node_id))
+    elector.on("reelection", lambda event: print("role ended:", event.reason))
+    elector.start()
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ._discovery import DiscoveryError
+from ._elector import Elector, elect
+from ._heartbeat import HeartbeatPortError
+from ._model import Event, Member, State
+from ._options import Options
+
+__all__ = [
+    "DiscoveryError",
+    "Elector",
+    "Event",
+    "HeartbeatPortError",
+    "Member",
+    "Options",
+    "State",
+    "__version__",
+    "elect",
+]
+
+__version__ = "0.1.0"
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -1,0 +1,311 @@
+"""DNS-SD through python-zeroconf: publish this node's record, browse for its peers.
+
+Discovery only: what it reports is a hint that a peer exists (and its role and term at some
+point in the past); liveness comes from the heartbeats, never from DNS-SD caches, which keep
+a crashed host's records for many minutes.
+
+Threads:
+
+* zeroconf's event-loop thread runs :meth:`Discovery._publish_loop`, which registers the
+  record and then updates its TXT whenever :meth:`Discovery.publish` asks (latest state
+  wins), and the goodbye at close;
+* zeroconf's ServiceBrowser thread runs :meth:`Discovery._on_service_state_change`, which
+  only parses the record and hands it on: it never blocks and never raises.
+
+One ``Zeroconf`` instance is shared by all electors of a process (as python-zeroconf
+advises); it is closed when the last of them stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import ipaddress
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import ifaddr  # python-zeroconf's own dependency for listing interfaces
+from zeroconf import (
+    DNSQuestionType,
+    InterfaceChoice,
+    IPVersion,
+    ServiceBrowser,
+    ServiceInfo,
+    ServiceStateChange,
+    Zeroconf,
+)
+from zeroconf.asyncio import AsyncServiceInfo
+
+from ._logs import WarnOnce
+from ._model import Member, State
+from ._options import Options
+from ._wire import PeerRecord, decode_txt, encode_txt
+
+__all__ = ["Discovery", "DiscoveryError"]
+
+log = logging.getLogger(__name__)
+
+_IP_VERSIONS = {"v4": IPVersion.V4Only, "v6": IPVersion.V6Only, "all": IPVersion.All}
+_RESOLVE_TIMEOUT_MS = 1000
+_GOODBYE_TIMEOUT = 1.0
+
+
+class DiscoveryError(OSError):
+    """mDNS could not be started (no usable interface, no multicast route, ...)."""
+
+
+class _SharedZeroconf:
+    """One ``Zeroconf`` per process and interface choice, counted by its users."""
+
+    _lock = threading.Lock()
+    _instances: dict[tuple[Any, ...], tuple[Zeroconf, int]] = {}
+
+    @classmethod
+    def acquire(cls, interfaces: tuple[str, ...] | None, ip_version: str) -> Zeroconf:
+        key = (interfaces, ip_version)
+        with cls._lock:
+            if key in cls._instances:
+                zc, users = cls._instances[key]
+                cls._instances[key] = (zc, users + 1)
+                return zc
+            try:
+                zc = Zeroconf(
+                    interfaces=list(interfaces) if interfaces else InterfaceChoice.All,
+                    ip_version=_IP_VERSIONS[ip_version],
+                    use_asyncio=False,
+                )
+            except OSError as exc:
+                raise DiscoveryError(
+                    exc.errno, f"cannot start mDNS (is there a network interface with multicast?): {exc}"
+                ) from exc
+            cls._instances[key] = (zc, 1)
+            return zc
+
+    @classmethod
+    def release(cls, zc: Zeroconf) -> None:
+        with cls._lock:
+            for key, (instance, users) in list(cls._instances.items()):
+                if instance is zc:
+                    if users > 1:
+                        cls._instances[key] = (instance, users - 1)
+                        return
+                    del cls._instances[key]
+                    break
+        zc.close()
+
+
+class Discovery:
+    """This node's DNS-SD record and the browser for its peers' records.
+
+    :param options: the elector's options.
+    :param member: this node (its port is the bound heartbeat port).
+    :param on_record: called on the browser thread (or zeroconf's loop thread, for a record
+        that had to be resolved) with each valid record seen.
+    :param on_goodbye: called on the browser thread with the node id of a withdrawn record.
+    :param warn: rate-limited logger for malformed records.
+    :param on_error: called when publishing fails.
+    """
+
+    def __init__(
+        self,
+        options: Options,
+        member: Member,
+        on_record: Callable[[PeerRecord], None],
+        on_goodbye: Callable[[str], None],
+        warn: WarnOnce,
+        on_error: Callable[[BaseException, str], None],
+    ) -> None:
+        self._options = options
+        self._member = member
+        self._on_record = on_record
+        self._on_goodbye = on_goodbye
+        self._warn = warn
+        self._on_error = on_error
+        self._zc: Zeroconf | None = None
+        self._browser: ServiceBrowser | None = None
+        self._names: dict[str, str] = {}  # instance name -> node id (browser thread only)
+        self._desired: tuple[State, int] = (State.ELECTING, 0)
+        self._changed: asyncio.Event | None = None
+        self._publisher: concurrent.futures.Future[None] | None = None
+        self._published: ServiceInfo | None = None
+        self._ipv6_heartbeats = ":" in options.host
+        self.instance_name = self._instance_name()
+
+    # ----------------------------------------------------------------- any thread
+
+    def start(self) -> None:
+        """Open (or share) mDNS, register this node and start browsing.
+
+        :raises DiscoveryError: when mDNS cannot be started.
+        """
+        self._zc = _SharedZeroconf.acquire(self._options.interfaces, self._options.ip_version)
+        try:
+            loop = self._loop()
+            self._publisher = asyncio.run_coroutine_threadsafe(self._publish_loop(), loop)
+            self._browser = ServiceBrowser(
+                self._zc,
+                self._options.service_type,
+                handlers=[self._on_service_state_change],
+                question_type=DNSQuestionType.QM,  # a unicast answer reaches only one process per host
+            )
+        except BaseException:
+            self.close()
+            raise
+
+    def publish(self, role: State, term: int) -> None:
+        """Ask for this node's TXT record to say ``role`` and ``term``. Never blocks."""
+        self._desired = (role, term)
+        if self._zc is not None and self._changed is not None:
+            self._loop().call_soon_threadsafe(self._changed.set)
+
+    def close(self) -> None:
+        """Stop browsing, send the goodbye and release mDNS. Idempotent; never from the browser."""
+        zc, self._zc = self._zc, None
+        if zc is None:
+            return
+        if self._browser is not None:
+            self._browser.cancel()
+            if self._browser.is_alive() and self._browser is not threading.current_thread():
+                self._browser.join(_GOODBYE_TIMEOUT)
+            self._browser = None
+        if self._publisher is not None and zc.loop is not None and zc.loop.is_running():
+            self._publisher.cancel()
+            goodbye = asyncio.run_coroutine_threadsafe(self._goodbye(zc), zc.loop)
+            try:
+                goodbye.result(_GOODBYE_TIMEOUT)
+            except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
+                log.debug("the DNS-SD goodbye did not finish in time")
+            except Exception as exc:
+                self._warn("goodbye", "cannot send the DNS-SD goodbye: %s", exc)
+        _SharedZeroconf.release(zc)
+
+    # ----------------------------------------------------------------- zeroconf's loop thread
+
+    async def _publish_loop(self) -> None:
+        """Register, then keep the TXT record up to date (latest state wins)."""
+        assert self._zc is not None
+        zc = self._zc
+        self._changed = changed = asyncio.Event()
+        broadcast: asyncio.Future[Any] | None = None
+        changed.set()
+        try:
+            while True:
+                await changed.wait()
+                changed.clear()
+                info = self._service_info(*self._desired)
+                try:
+                    if self._published is None:
+                        broadcast = await zc.async_register_service(info, cooperating_responders=True)
+                    else:
+                        if broadcast is not None:
+                            broadcast.cancel()  # its later repeats would announce the old TXT
+                        broadcast = await zc.async_update_service(info)
+                    self._published = info
+                except Exception as exc:
+                    log.exception("cannot publish the DNS-SD record")
+                    self._on_error(exc, f"cannot publish the DNS-SD record: {exc!r}")
+        finally:
+            if broadcast is not None:
+                broadcast.cancel()
+
+    async def _goodbye(self, zc: Zeroconf) -> None:
+        """Withdraw the record (three goodbye packets, the first one at once)."""
+        if self._published is not None:
+            repeats = await zc.async_unregister_service(self._published)
+            self._published = None
+            await repeats
+
+    # ----------------------------------------------------------------- browser thread
+
+    def _on_service_state_change(
+        self, zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
+    ) -> None:
+        """Parse a peer's record and hand it on. Never blocks, never raises."""
+        try:
+            if state_change is ServiceStateChange.Removed:
+                node_id = self._names.pop(name, None)
+                if node_id is not None:
+                    self._on_goodbye(node_id)
+                return
+            if name == self.instance_name:
+                return
+            info = ServiceInfo(service_type, name)
+            if info.load_from_cache(zeroconf):
+                self._take(info)
+            elif zeroconf.loop is not None:
+                asyncio.run_coroutine_threadsafe(self._resolve(zeroconf, service_type, name), zeroconf.loop)
+        except Exception as exc:  # zeroconf's browser thread dies on the first exception
+            log.exception("error while handling DNS-SD record %s", name)
+            self._on_error(exc, f"error while handling DNS-SD record {name}: {exc!r}")
+
+    async def _resolve(self, zeroconf: Zeroconf, service_type: str, name: str) -> None:
+        """Ask for a record that was announced incomplete (zeroconf's loop thread)."""
+        info = AsyncServiceInfo(service_type, name)
+        try:
+            if await info.async_request(zeroconf, _RESOLVE_TIMEOUT_MS, question_type=DNSQuestionType.QM):
+                self._take(info)
+        except Exception as exc:
+            self._warn("resolve", "cannot resolve DNS-SD record %s: %s", name, exc)
+
+    def _take(self, info: ServiceInfo) -> None:
+        try:
+            properties = info.decoded_properties
+        except Exception:
+            properties = {}
+        host = self._pick_address(info)
+        record = decode_txt(properties, host) if host else None
+        if record is None:
+            self._warn("bad-txt", "ignored a malformed %s record: %s", self._options.service_type, info.name)
+            return
+        self._names[info.name] = record.member.node_id
+        self._on_record(record)
+
+    def _pick_address(self, info: ServiceInfo) -> str:
+        v4 = info.parsed_addresses(IPVersion.V4Only)
+        v6 = info.parsed_scoped_addresses(IPVersion.V6Only)
+        if v4 and not self._ipv6_heartbeats:
+            return v4[0]
+        return (v6 or v4 or [""])[0]
+
+    # ----------------------------------------------------------------- helpers
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        assert self._zc is not None and self._zc.loop is not None
+        return self._zc.loop
+
+    def _instance_name(self) -> str:
+        """``<group>-<node id>``: unique by the node id, so it needs no probing."""
+        room = 63 - len(self._member.node_id) - 1
+        group = self._options.name.encode()[:room].decode(errors="ignore")
+        return f"{group}-{self._member.node_id}.{self._options.service_type}"
+
+    def _service_info(self, role: State, term: int) -> ServiceInfo:
+        return ServiceInfo(
+            self._options.service_type,
+            self.instance_name,
+            port=self._member.port,
+            properties=encode_txt(self._options.name, self._member, role, term),
+            server=f"ftl-{self._member.node_id}.local.",
+            parsed_addresses=self._own_addresses(),
+        )
+
+    def _own_addresses(self) -> list[str]:
+        """The addresses to publish: the chosen interfaces, else every non-loopback one."""
+        if self._options.interfaces:
+            return [a.split("%")[0] for a in self._options.interfaces]
+        want_v4 = self._options.ip_version in ("v4", "all")
+        want_v6 = self._options.ip_version in ("v6", "all")
+        found: list[str] = []
+        loopback: list[str] = []
+        for adapter in ifaddr.get_adapters():
+            for ip in adapter.ips:
+                if ip.is_IPv4 and want_v4:
+                    text = str(ip.ip)
+                elif ip.is_IPv6 and want_v6 and isinstance(ip.ip, tuple):
+                    text = str(ip.ip[0])
+                else:
+                    continue
+                (loopback if ipaddress.ip_address(text).is_loopback else found).append(text)
+        return found or loopback

@@ -1,0 +1,421 @@
+"""The public elector: wires the state machine to its threads and to the user's callbacks.
+
+Threads of one started elector (all daemon threads, all gone after :meth:`Elector.stop`):
+
+* ``followtheleader-heartbeat-<name>``: ``HeartbeatServer.serve_forever``; each datagram goes
+  to :meth:`Elector._on_datagram`.
+* ``followtheleader-ticker-<name>``: runs :meth:`Elector._tick` at the machine's deadlines
+  (pings, failure detection, lease, claims).
+* zeroconf's ServiceBrowser thread: runs :meth:`Elector._on_record` and
+  :meth:`Elector._on_goodbye`; zeroconf's own event-loop thread publishes the record.
+* ``followtheleader-callbacks-<name>``: the user's callbacks, one at a time, in order.
+
+Every input goes through :meth:`Elector._feed`: the machine decides under ``self._lock`` (and
+the events it emits are queued there, so their order is the order of the decisions); the
+datagrams are sent after the lock is released. No user code and no blocking call ever runs
+under that lock.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, overload
+
+from ._callbacks import EVENT_KINDS, Callback, CallbackThread
+from ._discovery import Discovery
+from ._heartbeat import HeartbeatServer, Ticker, bind_heartbeat_server
+from ._logs import WarnOnce
+from ._machine import Action, Machine, Notify, Publish, Send, Timing
+from ._model import Event, Member, State
+from ._options import Options, parse_options
+from ._wire import NPM_PING, NPM_PONG, PeerRecord, decode_message, encode_message
+
+__all__ = ["Elector", "elect"]
+
+log = logging.getLogger(__name__)
+
+_SERVE_POLL_INTERVAL = 0.1
+"""How often the heartbeat server loop checks for shutdown (bounds how long stop() takes)."""
+
+
+def elect(*args: Any, **kwargs: Any) -> Elector:
+    """Create an elector for a group; call :meth:`Elector.start` to join it.
+
+    Accepts the group name, keywords, or one mapping of options (like the npm original)::
+
+        elect("MyService")
+        elect("MyService", priority=10, interval=0.1)
+        elect({"name": "MyService", "maxFailedResponses": 5})
+
+    :raises TypeError: for a missing name, an unknown option or a value of the wrong type.
+    :raises ValueError: for an option value outside what is allowed; the message names it.
+    """
+    return Elector(parse_options(*args, **kwargs))
+
+
+class Elector:
+    """One node of a leader election group.
+
+    Create it with :func:`elect`. Register callbacks with :meth:`on`, then :meth:`start`.
+    All properties and methods are thread-safe and may be used from callbacks.
+    """
+
+    def __init__(self, options: Options) -> None:
+        self._options = options
+        name = options.name
+        self._lock = threading.Lock()
+        self._state_changed = threading.Condition(self._lock)
+        self._lifecycle = threading.Lock()
+        self._warn = WarnOnce(log)
+        timing = Timing(options.interval, options.max_failed_responses)
+        self._machine = Machine(name, Member(options.node_id, options.priority, "", options.port), timing)
+        self._callbacks = CallbackThread(f"followtheleader-callbacks-{name}", self._error_event)
+        self._server: HeartbeatServer | None = None
+        self._server_thread: threading.Thread | None = None
+        self._ticker: Ticker | None = None
+        self._discovery: Discovery | None = None
+        self._started = False
+        self._stopping = False
+        self._torn_down = threading.Event()
+
+    def __repr__(self) -> str:
+        return (
+            f"<Elector {self._options.name!r} node_id={self.node_id!r} state={self.state.value} term={self.term}>"
+        )
+
+    # ----------------------------------------------------------------- callbacks
+
+    @overload
+    def on(self, kind: str) -> Callable[[Callback], Callback]: ...
+
+    @overload
+    def on(self, kind: str, callback: Callback) -> Callback: ...
+
+    def on(self, kind: str, callback: Callback | None = None) -> Callback | Callable[[Callback], Callback]:
+        """Call ``callback(event)`` on every event of ``kind``; usable as a decorator.
+
+        ``kind`` is ``"leader"``, ``"follower"``, ``"reelection"`` or ``"error"``. Callbacks
+        run on the elector's callback thread, one at a time, in the order of the events.
+
+        :raises ValueError: for an unknown kind.
+        :raises TypeError: when ``callback`` is not callable.
+        """
+        if kind not in EVENT_KINDS:
+            raise ValueError(f"unknown event {kind!r}; events are {', '.join(EVENT_KINDS)}")
+        if callback is None:
+
+            def decorator(function: Callback) -> Callback:
+                self.on(kind, function)
+                return function
+
+            return decorator
+        if not callable(callback):
+            raise TypeError(f"callback for {kind!r} must be callable, not {type(callback).__name__}")
+        self._callbacks.add(kind, callback)
+        return callback
+
+    def off(self, kind: str, callback: Callback) -> bool:
+        """Stop calling ``callback`` for ``kind``; False if it was not registered."""
+        if kind not in EVENT_KINDS:
+            raise ValueError(f"unknown event {kind!r}; events are {', '.join(EVENT_KINDS)}")
+        return self._callbacks.remove(kind, callback)
+
+    # ----------------------------------------------------------------- life cycle
+
+    def start(self) -> Elector:
+        """Join the group and return at once; the election goes on in the background.
+
+        :raises RuntimeError: when started before.
+        :raises OSError: when the heartbeat port cannot be bound (``HeartbeatPortError``) or
+            mDNS cannot be started (``DiscoveryError``); the same error is reported through
+            the ``error`` event.
+        """
+        with self._lifecycle:
+            if self._started:
+                raise RuntimeError("this elector was started already; create a new one with elect()")
+            self._started = True
+            self._callbacks.start()
+            try:
+                self._open()
+            except Exception as exc:
+                self._report_error(exc, str(exc))
+                self._close_resources()
+                self._callbacks.close()
+                self._torn_down.set()
+                raise
+        _running.add(self)
+        return self
+
+    def _open(self) -> None:
+        name = self._options.name
+        self._server = bind_heartbeat_server(
+            self._options.host,
+            self._options.port,
+            self._options.port_explicit,
+            self._on_datagram,
+            self._warn,
+            self._report_error,
+        )
+        me = Member(self._options.node_id, self._options.priority, "", self._server.port)
+        self._machine.me = me
+        self._discovery = Discovery(
+            self._options, me, self._on_record, self._on_goodbye, self._warn, self._report_error
+        )
+        self._discovery.start()
+        self._server_thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": _SERVE_POLL_INTERVAL},
+            name=f"followtheleader-heartbeat-{name}",
+            daemon=True,
+        )
+        self._server_thread.start()
+        self._ticker = Ticker(f"followtheleader-ticker-{name}", self._tick, self._report_error, self._options.interval)
+        self._feed(self._machine.start)
+        self._ticker.start()
+        log.info("elector %r node %s started, heartbeat port %d", name, me.node_id, me.port)
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Leave the group; a leader hands over at once (resign message and DNS-SD goodbye).
+
+        Idempotent, callable before :meth:`start` and from a callback. Returns once every
+        thread and socket of this elector is closed (from a callback: every one but the
+        callback thread itself, which ends when the callback returns).
+
+        :param timeout: how long to wait for the threads, in seconds.
+        :returns: True if everything was closed in time.
+        """
+        with self._lifecycle:
+            if not self._started or self._stopping:
+                return self._wait_closed(timeout)
+            self._stopping = True
+            self._feed(self._machine.stop)
+            self._close_resources()
+            self._callbacks.close()
+            self._torn_down.set()
+        _running.discard(self)
+        log.info("elector %r node %s stopped", self._options.name, self.node_id)
+        return self._wait_closed(timeout)
+
+    def _close_resources(self) -> None:
+        """Close in reverse order of opening: ticker, discovery, heartbeat server."""
+        if self._ticker is not None:
+            self._ticker.stop()
+            if not self._ticker.join(5.0):
+                log.warning("the ticker thread did not finish")
+        if self._discovery is not None:
+            self._discovery.close()
+        if self._server is not None:
+            if self._server_thread is not None and self._server_thread.is_alive():
+                self._server.shutdown()
+                self._server_thread.join()
+            self._server.server_close()
+        with self._state_changed:
+            self._state_changed.notify_all()
+
+    def _wait_closed(self, timeout: float | None) -> bool:
+        if self._callbacks.is_current_thread():
+            return self._torn_down.is_set()
+        return self.join(timeout)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Block until the elector has stopped (True) or ``timeout`` seconds passed (False).
+
+        :raises RuntimeError: when called from a callback (it would wait for itself).
+        """
+        if self._callbacks.is_current_thread():
+            raise RuntimeError("join() cannot be called from a callback: it would wait for itself")
+        if not self._started:
+            return True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._torn_down.wait(timeout):
+            return False
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return self._callbacks.join(remaining)
+
+    def resign(self) -> bool:
+        """Hand leadership over to the best other member; False if this node did not lead.
+
+        This node does not stand as a candidate for one failure window, so another member
+        takes over; alone, it leads again after that (with a new term).
+        """
+        with self._lock:
+            was_leader = self._machine.state is State.LEADER
+        if was_leader:
+            self._feed(self._machine.resign)
+        return was_leader
+
+    def wait_for_leader(self, timeout: float | None = None) -> Member | None:
+        """Block until this node leads or follows a leader; return the leader (None on timeout).
+
+        Call it from a callback only with a short timeout: events wait behind it.
+        """
+        with self._state_changed:
+            self._state_changed.wait_for(
+                lambda: self._machine.state in (State.LEADER, State.FOLLOWER) or self._stopping, timeout
+            )
+            return self._machine.leader if self._machine.state in (State.LEADER, State.FOLLOWER) else None
+
+    def __enter__(self) -> Elector:
+        if not self._started:
+            self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # ----------------------------------------------------------------- properties
+
+    @property
+    def name(self) -> str:
+        """The group name."""
+        return self._options.name
+
+    @property
+    def node_id(self) -> str:
+        """This node's identity in its group."""
+        return self._options.node_id
+
+    @property
+    def options(self) -> Options:
+        """The validated options."""
+        return self._options
+
+    @property
+    def port(self) -> int:
+        """The heartbeat port (the one actually bound once started)."""
+        return self._machine.me.port
+
+    @property
+    def state(self) -> State:
+        """The current :class:`State`."""
+        with self._lock:
+            return self._machine.state
+
+    @property
+    def is_leader(self) -> bool:
+        """True while this node leads and its lease holds.
+
+        The lease runs by the monotonic clock and only follower heartbeats renew it, so a
+        leader that was paused or cut off reads False here before any other node can lead.
+        """
+        with self._lock:
+            return self._machine.is_leader(time.monotonic())
+
+    @property
+    def term(self) -> int:
+        """The term of the leadership this node holds or follows; usable as a fencing token."""
+        with self._lock:
+            return self._machine.term
+
+    @property
+    def leader(self) -> Member | None:
+        """The current leader (this node's own :class:`Member` when it leads), or None."""
+        with self._lock:
+            return self._machine.leader if self._machine.state in (State.LEADER, State.FOLLOWER) else None
+
+    @property
+    def members(self) -> tuple[Member, ...]:
+        """The group's live members as this node knows them, best-ranked first."""
+        with self._lock:
+            return self._machine.members(time.monotonic())
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """How often each kind of trouble (malformed datagram or record, send error) was seen."""
+        return dict(self._warn.counts)
+
+    # ----------------------------------------------------------------- inputs (various threads)
+
+    def _feed(self, step: Callable[[float], list[Action]]) -> float | None:
+        """Run one machine step under the lock, then carry out its actions outside it."""
+        with self._lock:
+            actions = step(time.monotonic())
+            sends: list[Send] = []
+            for action in actions:
+                if isinstance(action, Send):
+                    sends.append(action)
+                elif isinstance(action, Notify):
+                    self._log_event(action.event)
+                    self._callbacks.put(action.event)
+                    self._state_changed.notify_all()
+                elif isinstance(action, Publish) and self._discovery is not None:
+                    self._discovery.publish(action.role, action.term)
+            deadline = self._machine.next_deadline()
+        server = self._server
+        if server is not None:
+            for send in sends:
+                server.send(encode_message(send.message), send.address)
+        ticker = self._ticker
+        if ticker is not None and deadline is not None and deadline < ticker.planned:
+            ticker.wake()
+        return deadline
+
+    def _tick(self) -> float | None:
+        """Ticker thread."""
+        return self._feed(self._machine.tick)
+
+    def _on_datagram(self, data: bytes, source: tuple[str, int]) -> None:
+        """Heartbeat thread: one datagram arrived."""
+        if data == NPM_PING and self._options.npm_compat and self._server is not None:
+            self._server.send(NPM_PONG, source)
+            return
+        message = decode_message(data)
+        if message is None:
+            self._warn("bad-datagram", "ignored a malformed heartbeat datagram from %s:%s", *source)
+            return
+        self._feed(lambda now: self._machine.on_message(message, source, now))
+
+    def _on_record(self, record: PeerRecord) -> None:
+        """Browser thread: a peer's DNS-SD record appeared or changed."""
+        self._feed(lambda now: self._machine.on_discovered(record, now))
+
+    def _on_goodbye(self, node_id: str) -> None:
+        """Browser thread: a peer withdrew its DNS-SD record."""
+        self._feed(lambda now: self._machine.on_goodbye(node_id, now))
+
+    # ----------------------------------------------------------------- errors and logs
+
+    def _error_event(self, error: BaseException, reason: str) -> Event:
+        with self._lock:
+            machine = self._machine
+            leader = machine.leader if machine.state in (State.LEADER, State.FOLLOWER) else None
+            return Event(
+                "error", self.node_id, machine.state, machine.state, machine.term, leader, reason, time.monotonic(), error
+            )
+
+    def _report_error(self, error: BaseException, reason: str) -> None:
+        """Any thread: report a problem through the ``error`` event."""
+        self._callbacks.put(self._error_event(error, reason))
+
+    def _log_event(self, event: Event) -> None:
+        leader = event.leader.node_id if event.leader else None
+        log.info(
+            "%s node %s: %s (%s), term %d, leader %s",
+            self._options.name,
+            self.node_id,
+            event.kind,
+            event.reason,
+            event.term,
+            leader,
+        )
+
+
+_running: weakref.WeakSet[Elector] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_running_electors() -> None:
+    """At interpreter exit, stop every elector still running, so leaders hand over."""
+    for elector in list(_running):
+        try:
+            elector.stop(timeout=2.0)
+        except Exception:
+            log.exception("error while stopping %r at exit", elector)

@@ -1,0 +1,200 @@
+"""Heartbeats over UDP: the server thread that receives them, and the ticker thread.
+
+* :class:`HeartbeatServer` is a ``socketserver.UDPServer`` whose ``serve_forever`` runs on
+  the thread ``followtheleader-heartbeat-<name>``; each datagram is handed to a callback on
+  that thread. Its one socket also sends every datagram this node sends (from any thread), so
+  peers see one address per node.
+* :class:`Ticker` runs on ``followtheleader-ticker-<name>``: it calls ``tick`` at the
+  deadlines the state machine asks for (pings, failure detection, lease), waiting on an Event
+  in between, and wakes early when :meth:`Ticker.wake` is called.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import socket
+import socketserver
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+from ._logs import WarnOnce
+from ._wire import MAX_DATAGRAM
+
+__all__ = ["HeartbeatPortError", "HeartbeatServer", "Ticker", "bind_heartbeat_server"]
+
+log = logging.getLogger(__name__)
+
+OnDatagram = Callable[[bytes, tuple[str, int]], None]
+
+
+class HeartbeatPortError(OSError):
+    """The heartbeat port could not be bound."""
+
+
+class _DatagramHandler(socketserver.BaseRequestHandler):
+    """Hands one datagram to the server's callback (heartbeat thread)."""
+
+    server: HeartbeatServer
+
+    def handle(self) -> None:
+        data, _socket = self.request
+        self.server.on_datagram(data, self.server.normalise(self.client_address))
+
+
+class HeartbeatServer(socketserver.UDPServer):
+    """The UDP heartbeat socket and the server loop that reads it.
+
+    :param address: ``(host, port)`` to bind; port 0 for any free port.
+    :param on_datagram: called on the heartbeat thread with each datagram and its source.
+    :param warn: rate-limited logger for network trouble.
+    :param on_error: called on the heartbeat thread when handling a datagram raised.
+    """
+
+    allow_reuse_address = False  # on Linux SO_REUSEADDR would let two nodes share a UDP port
+    max_packet_size = MAX_DATAGRAM + 1  # one byte more, so that oversized datagrams are seen
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        on_datagram: OnDatagram,
+        warn: WarnOnce,
+        on_error: Callable[[BaseException, str], None],
+    ) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.on_datagram = on_datagram
+        self._warn = warn
+        self._on_error = on_error
+        super().__init__(address, _DatagramHandler, bind_and_activate=False)
+        try:
+            if self.address_family == socket.AF_INET6:
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            self.server_bind()
+        except BaseException:
+            self.server_close()
+            raise
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one when 0 was asked for)."""
+        return int(self.server_address[1])
+
+    def server_activate(self) -> None:
+        """Nothing to do for UDP (kept for the socketserver protocol)."""
+
+    def send(self, data: bytes, address: tuple[str, int]) -> None:
+        """Send one datagram; failures are logged (rate-limited), never raised. Any thread."""
+        if self.address_family == socket.AF_INET6 and ":" not in address[0]:
+            address = ("::ffff:" + address[0], address[1])
+        try:
+            self.socket.sendto(data, address)
+        except OSError as exc:
+            self._warn(f"send:{exc.errno}", "cannot send a heartbeat to %s:%s: %s", address[0], address[1], exc)
+
+    def normalise(self, address: tuple[str, ...]) -> tuple[str, int]:
+        """``(host, port)`` of a source address, with IPv4-mapped IPv6 turned back to IPv4."""
+        host = str(address[0])
+        if host.startswith("::ffff:"):
+            try:
+                host = str(ipaddress.IPv6Address(host.split("%")[0]).ipv4_mapped or host)
+            except ValueError:
+                pass
+        return host, int(address[1])
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A datagram made the handler raise: log it, report it, keep serving."""
+        log.exception("error while handling a heartbeat datagram from %s", client_address)
+        exc = sys.exc_info()[1]
+        if exc is not None:
+            self._on_error(exc, f"error while handling a heartbeat datagram from {client_address}")
+
+
+def bind_heartbeat_server(
+    host: str,
+    port: int,
+    explicit: bool,
+    on_datagram: OnDatagram,
+    warn: WarnOnce,
+    on_error: Callable[[BaseException, str], None],
+) -> HeartbeatServer:
+    """Bind the heartbeat socket.
+
+    When ``port`` is taken and the user did not choose it, any free port is used instead (it
+    is advertised through DNS-SD anyway).
+
+    :raises HeartbeatPortError: when the port cannot be bound, with a message that says why.
+    """
+    try:
+        return HeartbeatServer((host, port), on_datagram, warn, on_error)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE and not explicit:
+            log.info("heartbeat port %d is taken; using a free port instead", port)
+            return bind_heartbeat_server(host, 0, True, on_datagram, warn, on_error)
+        hint = " (it is taken; choose another port, or 0 for any free one)" if exc.errno == errno.EADDRINUSE else ""
+        raise HeartbeatPortError(exc.errno, f"cannot bind the heartbeat socket to {host}:{port}: {exc.strerror}{hint}") from exc
+
+
+class Ticker:
+    """A thread that calls ``tick`` at the deadlines it returns.
+
+    :param name: the thread's name.
+    :param tick: runs on the ticker thread; returns the ``time.monotonic()`` at which it wants
+        to run again, or None to wait until woken.
+    :param on_error: called on the ticker thread when ``tick`` raised; the ticker goes on.
+    :param retry_after: seconds to wait after ``tick`` raised.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        tick: Callable[[], float | None],
+        on_error: Callable[[BaseException, str], None],
+        retry_after: float,
+    ) -> None:
+        self._tick = tick
+        self._on_error = on_error
+        self._retry_after = retry_after
+        self._wake = threading.Event()
+        self._stopping = False
+        self.planned = 0.0
+        """When the thread will next run ``tick`` unless woken."""
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        """Start the thread."""
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Make the thread run ``tick`` now. Any thread."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Ask the thread to finish. Any thread; never joins."""
+        self._stopping = True
+        self._wake.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread to finish; True if it has."""
+        if self._thread.ident is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                deadline = self._tick()
+            except Exception as exc:  # never let the thread die silently
+                log.exception("error in the heartbeat ticker")
+                self._on_error(exc, f"error in the heartbeat ticker: {exc!r}")
+                deadline = time.monotonic() + self._retry_after
+            if deadline is None:
+                self.planned = float("inf")
+                self._wake.wait()
+            else:
+                self.planned = deadline
+                self._wake.wait(max(0.0, deadline - time.monotonic()))

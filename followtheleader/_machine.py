@@ -1,0 +1,563 @@
+"""The election state machine: plain code with no I/O, no threads and no clock of its own.
+
+Every input is a method that takes the current ``time.monotonic()`` and returns the actions
+to carry out (datagrams to send, a record to publish, events for the callbacks). The elector
+calls these methods under its state lock and carries out the actions after releasing it; unit
+tests call them directly with a fake clock.
+
+How an election goes (see ``docs/how-it-works.rst``):
+
+* A node starts ELECTING. It pings every peer it learns of (from DNS-SD or from other
+  peers) every ``interval``. A leader answers a ping with a pong that says so, and the node
+  follows it at once. Nobody claims before the settle window has passed.
+* After the settle window, the best-ranked live candidate (priority, then node id) claims with
+  term = greatest term seen + 1 and sends ``claim`` to every peer it knows. The others keep
+  pinging their best candidate; a candidate that stays silent for the failure window is
+  dead, and the next one down the ranking becomes the one to wait for (or to claim).
+* A follower pings its leader every ``interval``. The pong carries the leader's member list
+  (only when it changed). When the leader has not answered for the failure window, the
+  follower starts electing at once, without a settle window: the best-ranked live member of
+  that list claims, the others wait for its claim.
+* A leader's lease is renewed by every ping of a follower. When no follower has pinged for
+  the lease (shorter than the followers' failure window by more than one interval), the
+  leader demotes itself before any follower can have given up on it; ``is_leader`` reads
+  False from that moment, even if the process was paused.
+* A leader that stops or resigns sends ``resign`` first; its followers elect at once and the
+  successor claims within one message.
+* Two leaders that learn of each other compare (term, priority, node id); the lesser steps
+  down. Hearsay (a pong that names a leader) only makes a node ping that leader; only a
+  message from the leader itself makes a node follow it or step down for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ._model import Event, Member, State
+from ._wire import Message, PeerRecord
+
+__all__ = ["Machine", "Notify", "Publish", "Send", "Timing"]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The timing parameters, all derived from ``interval`` and ``max_failed_responses``.
+
+    :ivar interval: seconds between two pings.
+    :ivar max_failed: pings without answer after which a peer counts as lost (at least 2).
+    """
+
+    interval: float
+    max_failed: int
+
+    @property
+    def failure_window(self) -> float:
+        """Silence after which a peer counts as lost: ``(max_failed + 0.5) * interval``."""
+        return (self.max_failed + 0.5) * self.interval
+
+    @property
+    def lease(self) -> float:
+        """A leader without a follower's ping for this long demotes itself.
+
+        One interval shorter than the failure window: the last pong a follower received can
+        be up to one interval older than the last ping the leader received (from another
+        follower), and the leader must be gone before any follower gives up on it.
+        """
+        return self.failure_window - self.interval - 0.1 * self.interval
+
+    @property
+    def settle(self) -> float:
+        """After start, nobody claims for this long: time to hear of an existing leader."""
+        return 2.5 * self.interval
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send ``message`` to ``address`` over the heartbeat socket."""
+
+    message: Message
+    address: tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Publish:
+    """Publish this node's role and term in its DNS-SD TXT record."""
+
+    role: State
+    term: int
+
+
+@dataclass(frozen=True)
+class Notify:
+    """Deliver ``event`` to the callbacks."""
+
+    event: Event
+
+
+Action = Send | Publish | Notify
+
+
+@dataclass
+class _Peer:
+    """What this node knows of another node of its group."""
+
+    member: Member
+    last_heard: float | None = None
+    """When a datagram from it last arrived."""
+    pinged_since: float | None = None
+    """When the first ping it has not answered yet was sent."""
+    live_until: float = 0.0
+    """(As leader) it counts as a live member until then."""
+    dead: bool = False
+    """Silent for the failure window, resigned or said goodbye: no candidate, not pinged."""
+    term: int = 0
+
+
+@dataclass
+class Machine:
+    """The election state of one node. Not thread-safe: the elector serialises calls.
+
+    :param group: the group name.
+    :param me: this node (its host is empty: others see its address).
+    :param timing: the timing parameters.
+    """
+
+    group: str
+    me: Member
+    timing: Timing
+    state: State = State.STOPPED
+    term: int = 0
+    """Term of the leadership this node holds or follows (the last one while electing)."""
+    max_term: int = 0
+    """The greatest term this node has seen anywhere."""
+    leader: Member | None = None
+    peers: dict[str, _Peer] = field(default_factory=dict)
+    settle_until: float = 0.0
+    next_ping_at: float = 0.0
+    lease_until: float | None = None
+    resigned_until: float = 0.0
+    members_version: int = 0
+    """As leader: version of the live member list. Otherwise: version of the list held."""
+    _last_now: float = 0.0
+    """The time of the latest input, so that passed deadlines are not asked for again."""
+    _live_ids: frozenset[str] = frozenset()
+    _actions: list[Action] = field(default_factory=list)
+
+    # ----------------------------------------------------------------- inputs
+
+    def start(self, now: float) -> list[Action]:
+        """Begin electing; nobody is claimed for the settle window."""
+        if self.state is State.STOPPED:
+            self._last_now = now
+            self.settle_until = now + self.timing.settle
+            self.next_ping_at = now
+            self._set_state(State.ELECTING, now, "started")
+        return self._flush()
+
+    def stop(self, now: float) -> list[Action]:
+        """Leave the group: a leader resigns, a follower says it leaves."""
+        self._expire(now)
+        if self.state is State.LEADER:
+            self._send_to_peers(self._message("resign", with_members=True, now=now))
+        elif self.state is State.FOLLOWER and self.leader is not None:
+            self._send(self._message("leave"), self.leader.address)
+        if self.state is not State.STOPPED:
+            self.lease_until = None
+            self._set_state(State.STOPPED, now, "stopped")
+        return self._flush()
+
+    def resign(self, now: float) -> list[Action]:
+        """Step down if leading, and stand back as a candidate for one failure window."""
+        self._expire(now)
+        if self.state is State.LEADER:
+            self._send_to_peers(self._message("resign", with_members=True, now=now))
+            self.resigned_until = now + self.timing.failure_window
+            self._start_electing(now, settle=False, reason="resigned")
+        return self._flush()
+
+    def tick(self, now: float) -> list[Action]:
+        """Timers: failure detection, lease, claims and periodic pings."""
+        self._expire(now)
+        if self.state is State.ELECTING:
+            self._claim_if_best(now)
+        if self.state is not State.STOPPED and now >= self.next_ping_at:
+            self.next_ping_at = now + self.timing.interval
+            self._send_pings(now)
+        return self._flush()
+
+    def on_message(self, message: Message, source: tuple[str, int], now: float) -> list[Action]:
+        """Handle one decoded heartbeat datagram from ``source``."""
+        if self.state is State.STOPPED or message.group != self.group or message.sender == self.me.node_id:
+            return []
+        self._expire(now)
+        self.max_term = max(self.max_term, message.term)
+        sender = Member(message.sender, message.priority, source[0], source[1])
+        peer = self._heard(sender, now)
+        peer.term = message.term
+        handler = {
+            "ping": self._on_ping,
+            "pong": self._on_pong,
+            "claim": self._on_claim,
+            "resign": self._on_resign,
+            "leave": self._on_leave,
+        }[message.kind]
+        handler(message, sender, now)
+        if self.state is State.ELECTING:
+            self._claim_if_best(now)
+        return self._flush()
+
+    def on_discovered(self, record: PeerRecord, now: float) -> list[Action]:
+        """A peer's DNS-SD record appeared or changed: a hint, never proof of life."""
+        if self.state is State.STOPPED or record.group != self.group or record.member.node_id == self.me.node_id:
+            return []
+        self._expire(now)
+        self.max_term = max(self.max_term, record.term)
+        if self.state is not State.FOLLOWER:
+            peer = self.peers.get(record.member.node_id)
+            if peer is None:
+                peer = self.peers[record.member.node_id] = _Peer(record.member)
+            if not peer.dead and (self.state is State.ELECTING or record.role is State.LEADER):
+                self._ping_now(peer, now)
+        return self._flush()
+
+    def on_goodbye(self, node_id: str, now: float) -> list[Action]:
+        """A peer withdrew its DNS-SD record (it stopped)."""
+        peer = self.peers.get(node_id)
+        if self.state is State.STOPPED or peer is None:
+            return []
+        self._expire(now)
+        peer.dead = True
+        if self.state is State.FOLLOWER and self.leader is not None and self.leader.node_id == node_id:
+            self._start_electing(now, settle=False, reason="leader said goodbye")
+            self._claim_if_best(now)
+        return self._flush()
+
+    # ----------------------------------------------------------------- queries
+
+    def is_leader(self, now: float) -> bool:
+        """True while leading with a lease that has not run out."""
+        return self.state is State.LEADER and (self.lease_until is None or now < self.lease_until)
+
+    def members(self, now: float) -> tuple[Member, ...]:
+        """The group as this node sees it, best-ranked first, this node included."""
+        if self.state is State.LEADER:
+            found = [p.member for p in self.peers.values() if p.live_until >= now and not p.dead]
+        elif self.state is State.FOLLOWER:
+            found = [p.member for p in self.peers.values() if not p.dead]
+        elif self.state is State.ELECTING:
+            found = [p.member for p in self.peers.values() if not p.dead]
+        else:
+            return ()
+        found.append(self.me)
+        return tuple(sorted(found, key=lambda m: m.rank, reverse=True))
+
+    def next_deadline(self) -> float | None:
+        """The time at which :meth:`tick` next has work, or None when stopped."""
+        if self.state is State.STOPPED:
+            return None
+        deadlines = [self.next_ping_at]
+        if self.state is State.LEADER and self.lease_until is not None:
+            deadlines.append(self.lease_until)
+        elif self.state is State.FOLLOWER and self.leader is not None:
+            heard = self.peers[self.leader.node_id].last_heard
+            if heard is not None:
+                deadlines.append(heard + self.timing.failure_window)
+        elif self.state is State.ELECTING:
+            # Settle and resign holds matter only until they pass (then the ping timer rules).
+            deadlines.extend(t for t in (self.settle_until, self.resigned_until) if t > self._last_now)
+            deadlines.extend(
+                p.pinged_since + self.timing.failure_window
+                for p in self.peers.values()
+                if p.pinged_since is not None and not p.dead
+            )
+        return min(deadlines)
+
+    # ----------------------------------------------------------------- message handlers
+
+    def _on_ping(self, message: Message, sender: Member, now: float) -> None:
+        if message.role is State.LEADER:
+            self._direct_from_leader(sender, message.term, now)
+        elif self.state is State.LEADER and message.leader == self.me.node_id and message.term == self.term:
+            self.lease_until = now + self.timing.lease
+        if self.state is State.LEADER:
+            self.peers[sender.node_id].live_until = now + self.timing.failure_window
+            self._refresh_live_members(now)
+        self._send(self._pong(message.members_version, now), sender.address)
+
+    def _on_pong(self, message: Message, sender: Member, now: float) -> None:
+        if message.role is State.LEADER:
+            self._direct_from_leader(sender, message.term, now)
+            if self.state is State.FOLLOWER and self.leader is not None and self.leader.node_id == sender.node_id:
+                self._take_members(message, sender, now)
+        else:
+            if message.leader_member is not None and message.leader is not None:
+                self._hearsay_of_leader(message.leader_member, message.term, now)
+            if message.members is not None and self.state is not State.FOLLOWER:
+                self._merge_candidates(message.members, sender, now)
+
+    def _on_claim(self, message: Message, sender: Member, now: float) -> None:
+        self._direct_from_leader(sender, message.term, now)
+        if self.state is State.FOLLOWER and self.leader is not None and self.leader.node_id == sender.node_id:
+            self._take_members(message, sender, now)
+
+    def _on_resign(self, message: Message, sender: Member, now: float) -> None:
+        self.peers[sender.node_id].dead = True
+        if message.members is not None:
+            self._merge_candidates(message.members, sender, now)
+        if self.state is State.FOLLOWER and self.leader is not None and self.leader.node_id == sender.node_id:
+            self._start_electing(now, settle=False, reason="leader resigned")
+
+    def _on_leave(self, message: Message, sender: Member, now: float) -> None:
+        peer = self.peers[sender.node_id]
+        peer.live_until = 0.0
+        if message.leader is None:
+            peer.dead = True
+        elif message.leader_member is not None:
+            self._hearsay_of_leader(message.leader_member, message.term, now)
+        if self.state is State.LEADER:
+            self._refresh_live_members(now)
+            if not self._live_ids:
+                self.lease_until = None
+
+    # ----------------------------------------------------------------- decisions
+
+    def _direct_from_leader(self, leader: Member, term: int, now: float) -> None:
+        """``leader`` itself says it leads with ``term``: follow it, or make it step down."""
+        if self.state is State.LEADER:
+            if (term, leader.rank) > (self.term, self.me.rank):
+                self._follow(leader, term, now, "a better leader was found")
+            else:
+                self._send(self._message("claim", with_members=True, now=now), leader.address)
+        elif self.state is State.FOLLOWER and self.leader is not None:
+            current = (self.term, self.leader.rank)
+            if leader.node_id == self.leader.node_id:
+                if term != self.term:
+                    self._follow(leader, term, now, "leader started a new term")
+            elif (term, leader.rank) > current:
+                old = self.leader
+                self._follow(leader, term, now, "a better leader was found")
+                self._send(self._message("leave"), old.address)
+            else:
+                self._send(self._pong(0, now), leader.address)
+        elif self.state is State.ELECTING:
+            self._follow(leader, term, now, "found the leader")
+
+    def _hearsay_of_leader(self, leader: Member, term: int, now: float) -> None:
+        """A peer names ``leader``: ping it, unless it is known and no better than ours."""
+        if leader.node_id == self.me.node_id or not leader.host:
+            return
+        peer = self.peers.get(leader.node_id)
+        if peer is None:
+            peer = self.peers[leader.node_id] = _Peer(leader)
+        if peer.dead:
+            return
+        if self.state is State.FOLLOWER and self.leader is not None:
+            if leader.node_id == self.leader.node_id or (term, leader.rank) <= (self.term, self.leader.rank):
+                return
+        if self.state is State.LEADER and (term, leader.rank) <= (self.term, self.me.rank):
+            return
+        self._ping_now(peer, now)
+
+    def _claim_if_best(self, now: float) -> None:
+        """While electing and settled: claim if this node is the best live candidate."""
+        if now < self.settle_until:
+            return
+        best = self._best_candidate(now)
+        if best is self.me:
+            self._claim(now)
+
+    def _best_candidate(self, now: float) -> Member | None:
+        candidates = [p.member for p in self.peers.values() if not p.dead]
+        if now >= self.resigned_until:
+            candidates.append(self.me)
+        return max(candidates, key=lambda m: m.rank, default=None)
+
+    def _claim(self, now: float) -> None:
+        self.term = self.max_term = self.max_term + 1
+        self.leader = self.me
+        self.lease_until = None
+        for peer in self.peers.values():
+            peer.live_until = now + self.timing.failure_window if not peer.dead else 0.0
+        self._refresh_live_members(now, force=True)
+        self._set_state(State.LEADER, now, "claimed leadership")
+        self._send_to_peers(self._message("claim", with_members=True, now=now))
+
+    def _follow(self, leader: Member, term: int, now: float, reason: str) -> None:
+        was_leader = self.state is State.LEADER
+        if was_leader:
+            # Point our followers at the new leader; they will check with it directly.
+            hint = self._message("pong", leader_member=leader, term=term, leader=leader.node_id, role=State.FOLLOWER)
+            self._send_to_peers(hint)
+        self.leader = leader
+        self.term = term
+        self.max_term = max(self.max_term, term)
+        self.lease_until = None
+        self.members_version = 0
+        peer = self._heard(leader, now)
+        peer.dead = False
+        self.next_ping_at = now
+        self._set_state(State.FOLLOWER, now, reason, force=True)
+
+    def _start_electing(self, now: float, settle: bool, reason: str) -> None:
+        if self.leader is not None and self.leader.node_id in self.peers and self.leader.node_id != self.me.node_id:
+            self.peers[self.leader.node_id].dead = True
+        self.leader = None
+        self.lease_until = None
+        self.settle_until = now + self.timing.settle if settle else now
+        self.next_ping_at = now
+        for peer in self.peers.values():
+            peer.pinged_since = None
+        self._set_state(State.ELECTING, now, reason)
+
+    def _expire(self, now: float) -> None:
+        """Apply every timeout that has passed, before anything else is decided."""
+        self._last_now = max(self._last_now, now)
+        window = self.timing.failure_window
+        if self.state is State.LEADER:
+            if self.lease_until is not None and now >= self.lease_until:
+                self.resigned_until = 0.0
+                self._start_electing(now, settle=True, reason="lost contact with every follower")
+            else:
+                self._refresh_live_members(now)
+        elif self.state is State.FOLLOWER and self.leader is not None:
+            heard = self.peers[self.leader.node_id].last_heard
+            if heard is None or now >= heard + window:
+                self._start_electing(now, settle=False, reason="leader unreachable")
+        if self.state is State.ELECTING:
+            for peer in self.peers.values():
+                if not peer.dead and peer.pinged_since is not None and now >= peer.pinged_since + window:
+                    peer.dead = True
+
+    # ----------------------------------------------------------------- members
+
+    def _heard(self, member: Member, now: float) -> _Peer:
+        """A datagram from ``member`` arrived: it is alive, at this address."""
+        peer = self.peers.get(member.node_id)
+        if peer is None:
+            peer = self.peers[member.node_id] = _Peer(member)
+        peer.member = member
+        peer.last_heard = now
+        peer.pinged_since = None
+        peer.dead = False
+        return peer
+
+    def _take_members(self, message: Message, leader: Member, now: float) -> None:
+        """As follower: the leader's member list replaces what this node knew."""
+        if message.members is None:
+            return
+        listed = {leader.node_id}
+        for member in message.members:
+            if member.node_id == self.me.node_id or member.node_id == leader.node_id:
+                continue
+            listed.add(member.node_id)
+            peer = self.peers.get(member.node_id)
+            if peer is None:
+                self.peers[member.node_id] = _Peer(member)
+            else:
+                peer.member = member
+                peer.dead = False
+        for node_id in list(self.peers):
+            if node_id not in listed:
+                del self.peers[node_id]
+        self.members_version = message.members_version
+
+    def _merge_candidates(self, members: tuple[Member, ...], sender: Member, now: float) -> None:
+        """Add candidates another node knows of (never revives a peer found dead)."""
+        for member in members:
+            if member.node_id in (self.me.node_id, sender.node_id) or not member.host:
+                continue
+            if member.node_id not in self.peers:
+                peer = self.peers[member.node_id] = _Peer(member)
+                if self.state is State.ELECTING:
+                    self._ping_now(peer, now)
+
+    def _refresh_live_members(self, now: float, force: bool = False) -> None:
+        """As leader: bump the member-list version when the set of live members changed."""
+        live = frozenset(k for k, p in self.peers.items() if p.live_until >= now and not p.dead)
+        if force or live != self._live_ids:
+            self._live_ids = live
+            self.members_version += 1
+
+    # ----------------------------------------------------------------- output
+
+    def _send_pings(self, now: float) -> None:
+        if self.state is State.FOLLOWER and self.leader is not None:
+            self._ping(self.peers[self.leader.node_id], now)
+        elif self.state is State.ELECTING:
+            for peer in self.peers.values():
+                if not peer.dead:
+                    self._ping(peer, now)
+
+    def _ping_now(self, peer: _Peer, now: float) -> None:
+        """Ping at once, unless a ping to it is already waiting for its answer."""
+        if peer.pinged_since is None:
+            self._ping(peer, now)
+
+    def _ping(self, peer: _Peer, now: float) -> None:
+        if not peer.member.host:
+            return
+        if peer.pinged_since is None:
+            peer.pinged_since = now
+        self._send(self._message("ping"), peer.member.address)
+
+    def _pong(self, pinger_version: int, now: float) -> Message:
+        if self.state is State.LEADER:
+            return self._message("pong", with_members=pinger_version != self.members_version, now=now)
+        return self._message("pong", with_members=self.state is State.ELECTING, now=now)
+
+    def _message(
+        self,
+        kind: str,
+        with_members: bool = False,
+        now: float = 0.0,
+        leader_member: Member | None = None,
+        term: int | None = None,
+        leader: str | None = None,
+        role: State | None = None,
+    ) -> Message:
+        state = role or self.state
+        if leader is None and self.leader is not None:
+            leader = self.leader.node_id
+            if self.state is State.FOLLOWER:
+                leader_member = self.leader
+        if term is None:
+            term = self.term if self.state in (State.LEADER, State.FOLLOWER) else self.max_term
+        return Message(
+            kind=kind,
+            group=self.group,
+            sender=self.me.node_id,
+            priority=self.me.priority,
+            role=State.ELECTING if state is State.STOPPED else state,
+            term=term,
+            leader=leader,
+            leader_member=leader_member,
+            members_version=self.members_version,
+            members=self.members(now) if with_members else None,
+        )
+
+    def _send(self, message: Message, address: tuple[str, int]) -> None:
+        self._actions.append(Send(message, address))
+
+    def _send_to_peers(self, message: Message) -> None:
+        for peer in self.peers.values():
+            if not peer.dead and peer.member.host:
+                self._send(message, peer.member.address)
+
+    def _set_state(self, new: State, now: float, reason: str, force: bool = False) -> None:
+        previous = self.state
+        if new is previous and not force:
+            return
+        self.state = new
+        kind = {State.LEADER: "leader", State.FOLLOWER: "follower"}.get(new)
+        if kind is None and previous in (State.LEADER, State.FOLLOWER):
+            kind = "reelection"
+        if kind is not None:
+            leader = self.leader if new in (State.LEADER, State.FOLLOWER) else None
+            event = Event(kind, self.me.node_id, new, previous, self.term, leader, reason, now)
+            self._actions.append(Notify(event))
+        if new is not State.STOPPED:
+            self._actions.append(Publish(new, self.term if new is not State.ELECTING else self.max_term))
+
+    def _flush(self) -> list[Action]:
+        actions, self._actions = self._actions, []
+        return actions

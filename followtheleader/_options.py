@@ -1,0 +1,218 @@
+"""Options of an elector: defaults, aliases and validation.
+
+Everything a user can pass to :func:`followtheleader.elect` is checked here, once, before any
+socket or thread exists, so that a bad value fails at ``elect()`` with a message that names
+the option and says what is allowed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["DEFAULT_PORT", "Options", "parse_options"]
+
+DEFAULT_PORT = 9001
+"""The npm original's heartbeat port; used when it is free and the user asked for no port."""
+
+_NODE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+_SERVICE_LABEL_PATTERN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,13}[A-Za-z0-9])?$")
+_IP_VERSIONS = ("v4", "v6", "all")
+
+# Names the npm original (or a JavaScript habit) uses, mapped to ours.
+_ALIASES = {"maxFailedResponses": "max_failed_responses", "nodeId": "node_id"}
+
+
+@dataclass(frozen=True)
+class Options:
+    """The validated options of one elector.
+
+    :ivar name: the group name; every node of one group uses the same one.
+    :ivar type: the DNS-SD service label, ``"ftl"`` meaning ``_ftl._udp.local.``.
+    :ivar port: UDP heartbeat port; 0 means any free port.
+    :ivar port_explicit: True when the user chose the port, so it is not replaced when taken.
+    :ivar host: the address the heartbeat socket binds to.
+    :ivar max_failed_responses: heartbeats missed in a row before the leader counts as lost.
+    :ivar interval: seconds between heartbeats.
+    :ivar priority: higher is preferred when a leader is chosen; ties go by node id.
+    :ivar node_id: this node's identity, unique in its group.
+    :ivar interfaces: addresses for mDNS, or None for every interface.
+    :ivar ip_version: ``"v4"``, ``"v6"`` or ``"all"`` for mDNS.
+    :ivar npm_compat: answer the npm package's bare ``PING`` with ``PONG``.
+    """
+
+    name: str
+    type: str = "ftl"
+    port: int = DEFAULT_PORT
+    port_explicit: bool = False
+    host: str = "0.0.0.0"
+    max_failed_responses: int = 3
+    interval: float = 0.2
+    priority: int = 0
+    node_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    interfaces: tuple[str, ...] | None = None
+    ip_version: str = "v4"
+    npm_compat: bool = True
+
+    @property
+    def service_type(self) -> str:
+        """The fully qualified DNS-SD type, e.g. ``_ftl._udp.local.``."""
+        return f"_{self.type}._udp.local."
+
+
+def parse_options(*args: Any, **kwargs: Any) -> Options:
+    """Build :class:`Options` from what ``elect()`` was given.
+
+    Accepts ``elect("name", ...)``, ``elect(name="name", ...)`` and ``elect({"name": ...})``,
+    as the npm original accepts "arguments or an object".
+
+    :raises TypeError: for a missing name, an unknown option or a value of the wrong type.
+    :raises ValueError: for a value of the right type outside what is allowed.
+    """
+    given: dict[str, Any] = {}
+    if len(args) > 1:
+        raise TypeError("elect() takes the group name or one mapping of options as its only positional argument")
+    if args:
+        if isinstance(args[0], Mapping):
+            given.update(args[0])
+        else:
+            given["name"] = args[0]
+    for key, value in kwargs.items():
+        if key in given:
+            raise TypeError(f"option {key!r} given twice")
+        given[key] = value
+    for alias, canonical in _ALIASES.items():
+        if alias in given:
+            if canonical in given:
+                raise TypeError(f"options {alias!r} and {canonical!r} are the same option; give one")
+            given[canonical] = given.pop(alias)
+
+    known = {f for f in Options.__dataclass_fields__ if f != "port_explicit"}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise TypeError(f"unknown option(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}")
+    if "name" not in given:
+        raise TypeError("option 'name' is required: the name of the group to elect a leader in")
+
+    values: dict[str, Any] = {"name": _check_name(given.pop("name"))}
+    if "port" in given and given["port"] is not None:
+        values["port"] = _check_int("port", given.pop("port"), 0, 65535)
+        values["port_explicit"] = True
+    given.pop("port", None)
+    checkers = {
+        "type": _check_type,
+        "host": _check_host,
+        "max_failed_responses": _check_max_failed_responses,
+        "interval": _check_interval,
+        "priority": lambda v: _check_int("priority", v, -(2**31), 2**31 - 1),
+        "node_id": _check_node_id,
+        "interfaces": _check_interfaces,
+        "ip_version": _check_ip_version,
+        "npm_compat": lambda v: _check_bool("npm_compat", v),
+    }
+    for key, value in given.items():
+        if value is None and key in ("node_id", "interfaces"):
+            continue
+        values[key] = checkers[key](value)
+    return Options(**values)
+
+
+def _check_name(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"option 'name' must be a str, not {type(value).__name__}")
+    if not value or len(value.encode()) > 63:
+        raise ValueError("option 'name' must be 1 to 63 bytes of UTF-8 (a DNS-SD instance label)")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError("option 'name' must not contain control characters")
+    return value
+
+
+def _check_type(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"option 'type' must be a str, not {type(value).__name__}")
+    label = value[1:] if value.startswith("_") else value
+    if not _SERVICE_LABEL_PATTERN.match(label):
+        raise ValueError(
+            "option 'type' must be a DNS-SD service label: 1 to 15 letters, digits or inner hyphens "
+            f"(like 'ftl'), not {value!r}"
+        )
+    return label
+
+
+def _check_int(option: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"option {option!r} must be an int, not {type(value).__name__}")
+    if not low <= value <= high:
+        raise ValueError(f"option {option!r} must be from {low} to {high}, not {value}")
+    return value
+
+
+def _check_max_failed_responses(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value == 1:
+        raise ValueError(
+            "option 'max_failed_responses' must be from 2 to 100, not 1: with one missed heartbeat "
+            "the leader's lease would be shorter than the heartbeat interval"
+        )
+    return _check_int("max_failed_responses", value, 2, 100)
+
+
+def _check_bool(option: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"option {option!r} must be True or False, not {type(value).__name__}")
+    return value
+
+
+def _check_interval(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"option 'interval' must be a number of seconds, not {type(value).__name__}")
+    if not math.isfinite(value) or not 0.01 <= value <= 60:
+        raise ValueError(f"option 'interval' must be from 0.01 to 60 seconds, not {value}")
+    return float(value)
+
+
+def _check_host(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"option 'host' must be a str, not {type(value).__name__}")
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"option 'host' must be an IP address to bind to, like '0.0.0.0', not {value!r}") from None
+    return value
+
+
+def _check_node_id(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"option 'node_id' must be a str, not {type(value).__name__}")
+    if not _NODE_ID_PATTERN.match(value):
+        raise ValueError(f"option 'node_id' must be 1 to 32 letters, digits, '_' or '-', not {value!r}")
+    return value
+
+
+def _check_interfaces(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise TypeError("option 'interfaces' must be a list of IP addresses, or None for all interfaces")
+    addresses = []
+    for item in value:
+        if not isinstance(item, str):
+            raise TypeError(f"option 'interfaces' must hold IP address strings, not {type(item).__name__}")
+        try:
+            ipaddress.ip_address(item.split("%")[0])
+        except ValueError:
+            raise ValueError(f"option 'interfaces' holds {item!r}, which is not an IP address") from None
+        addresses.append(item)
+    if not addresses:
+        raise ValueError("option 'interfaces' must not be empty; use None for all interfaces")
+    return tuple(addresses)
+
+
+def _check_ip_version(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"option 'ip_version' must be one of {', '.join(_IP_VERSIONS)}, not {type(value).__name__}")
+    if value.lower() not in _IP_VERSIONS:
+        raise ValueError(f"option 'ip_version' must be one of {', '.join(_IP_VERSIONS)}, not {value!r}")
+    return value.lower()

@@ -1,0 +1,240 @@
+"""What goes on the wire: heartbeat datagrams and DNS-SD TXT records.
+
+Parsers never raise on what a peer sends: anything malformed gives ``None``, and the caller
+counts and drops it. They are pure functions, with no sockets and no clock.
+
+Heartbeat datagrams are compact JSON objects (protocol version 1)::
+
+    {"v": 1, "k": "ping", "g": "group", "id": "node", "p": 0, "r": "follower",
+     "t": 4, "l": "leader-id", "mv": 7}
+
+``k`` is one of ``ping`` (a follower or a candidate to a peer), ``pong`` (the answer),
+``claim`` (a new leader to every peer it knows), ``resign`` (a leader that stops or resigns)
+and ``leave`` (a follower that stops, or that moved to another leader). A pong carries the
+member list ``m`` only when the pinger's member version ``mv`` is not the current one, so
+that steady-state heartbeats stay small whatever the size of the group.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ._model import Member, State
+
+__all__ = [
+    "KINDS",
+    "MAX_DATAGRAM",
+    "NPM_PING",
+    "NPM_PONG",
+    "PROTOCOL_VERSION",
+    "Message",
+    "PeerRecord",
+    "decode_message",
+    "decode_txt",
+    "encode_message",
+    "encode_txt",
+]
+
+PROTOCOL_VERSION = 1
+MAX_DATAGRAM = 16384
+"""Larger datagrams are neither sent nor read."""
+MAX_MEMBERS = 256
+"""A member list longer than this is malformed."""
+NPM_PING = b"PING"
+NPM_PONG = b"PONG"
+KINDS = ("ping", "pong", "claim", "resign", "leave")
+
+_MAX_TERM = 2**53
+_NODE_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+_ROLE_BY_NAME = {"leader": State.LEADER, "follower": State.FOLLOWER, "electing": State.ELECTING}
+_ROLE_NAME = {state: name for name, state in _ROLE_BY_NAME.items()}
+
+
+@dataclass(frozen=True)
+class Message:
+    """One heartbeat datagram.
+
+    :ivar kind: one of :data:`KINDS`.
+    :ivar group: the group name; datagrams of other groups are ignored.
+    :ivar sender: the sender's node id.
+    :ivar priority: the sender's priority.
+    :ivar role: the sender's state (never STOPPED).
+    :ivar term: for a leader its own term, for a follower its leader's, else the greatest seen.
+    :ivar leader: the leader the sender follows or is, or None.
+    :ivar leader_member: where that leader can be reached, for peers that do not know it yet.
+    :ivar members_version: version of the sender's member list (pong, claim) or of the one the
+        sender holds (ping).
+    :ivar members: the member list, when included.
+    """
+
+    kind: str
+    group: str
+    sender: str
+    priority: int
+    role: State
+    term: int
+    leader: str | None = None
+    leader_member: Member | None = None
+    members_version: int = 0
+    members: tuple[Member, ...] | None = None
+
+
+@dataclass(frozen=True)
+class PeerRecord:
+    """What a node publishes in its DNS-SD TXT record (a hint, never proof of life)."""
+
+    group: str
+    member: Member
+    role: State
+    term: int
+
+
+def encode_message(message: Message) -> bytes:
+    """Serialise a message to one datagram."""
+    body: dict[str, object] = {
+        "v": PROTOCOL_VERSION,
+        "k": message.kind,
+        "g": message.group,
+        "id": message.sender,
+        "p": message.priority,
+        "r": _ROLE_NAME[message.role],
+        "t": message.term,
+        "mv": message.members_version,
+    }
+    if message.leader is not None:
+        body["l"] = message.leader
+    if message.leader_member is not None:
+        body["lm"] = _member_to_list(message.leader_member)
+    if message.members is not None:
+        body["m"] = [_member_to_list(m) for m in message.members]
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode_message(data: bytes) -> Message | None:
+    """Parse one datagram; None if it is not a well-formed message of our protocol version."""
+    if not data or len(data) > MAX_DATAGRAM or data[:1] != b"{":
+        return None
+    try:
+        body = json.loads(data.decode())
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(body, dict) or body.get("v") != PROTOCOL_VERSION:
+        return None
+    kind, group, sender = body.get("k"), body.get("g"), body.get("id")
+    priority, role, term, version = body.get("p"), body.get("r"), body.get("t"), body.get("mv")
+    leader = body.get("l")
+    if kind not in KINDS or not _is_group(group) or not _is_node_id(sender):
+        return None
+    if not _is_int(priority, -(2**31), 2**31 - 1) or not _is_int(term, 0, _MAX_TERM):
+        return None
+    if not _is_int(version, 0, _MAX_TERM) or not isinstance(role, str) or role not in _ROLE_BY_NAME:
+        return None
+    if leader is not None and not _is_node_id(leader):
+        return None
+    leader_member = None
+    if "lm" in body:
+        leader_member = _member_from_list(body["lm"])
+        if leader_member is None:
+            return None
+    members = None
+    if "m" in body:
+        raw = body["m"]
+        if not isinstance(raw, list) or len(raw) > MAX_MEMBERS:
+            return None
+        parsed = [_member_from_list(item) for item in raw]
+        if any(m is None for m in parsed):
+            return None
+        members = tuple(m for m in parsed if m is not None)
+    return Message(
+        kind=kind,
+        group=group,
+        sender=sender,
+        priority=priority,
+        role=_ROLE_BY_NAME[role],
+        term=term,
+        leader=leader,
+        leader_member=leader_member,
+        members_version=version,
+        members=members,
+    )
+
+
+def encode_txt(group: str, member: Member, role: State, term: int) -> dict[str, str]:
+    """The TXT properties a node publishes about itself."""
+    return {
+        "v": str(PROTOCOL_VERSION),
+        "g": group,
+        "id": member.node_id,
+        "p": str(member.priority),
+        "r": _ROLE_NAME.get(role, "electing"),
+        "t": str(term),
+        "hp": str(member.port),
+    }
+
+
+def decode_txt(properties: Mapping[str, str | None], host: str) -> PeerRecord | None:
+    """Parse a peer's TXT properties; None if they are not a valid record of our protocol.
+
+    :param host: the address to reach the peer at, from its A or AAAA record.
+    """
+    try:
+        if properties.get("v") != str(PROTOCOL_VERSION):
+            return None
+        group, node_id, role = properties.get("g"), properties.get("id"), properties.get("r")
+        if not _is_group(group) or not _is_node_id(node_id) or role not in _ROLE_BY_NAME:
+            return None
+        priority = _parse_int(properties.get("p"), -(2**31), 2**31 - 1)
+        term = _parse_int(properties.get("t"), 0, _MAX_TERM)
+        port = _parse_int(properties.get("hp"), 1, 65535)
+    except (AttributeError, TypeError):
+        return None
+    if priority is None or term is None or port is None or not _is_host(host):
+        return None
+    assert isinstance(group, str) and isinstance(node_id, str) and isinstance(role, str)
+    return PeerRecord(group, Member(node_id, priority, host, port), _ROLE_BY_NAME[role], term)
+
+
+def _member_to_list(member: Member) -> list[object]:
+    return [member.node_id, member.priority, member.host, member.port]
+
+
+def _member_from_list(item: object) -> Member | None:
+    if not isinstance(item, list) or len(item) != 4:
+        return None
+    node_id, priority, host, port = item
+    if not _is_node_id(node_id) or not _is_int(priority, -(2**31), 2**31 - 1):
+        return None
+    if not isinstance(host, str) or (host and not _is_host(host)) or not _is_int(port, 0, 65535):
+        return None
+    return Member(node_id, priority, host, port)
+
+
+def _is_int(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _parse_int(text: str | None, low: int, high: int) -> int | None:
+    if text is None or not re.fullmatch(r"-?[0-9]{1,16}", text):
+        return None
+    value = int(text)
+    return value if low <= value <= high else None
+
+
+def _is_node_id(value: object) -> bool:
+    return isinstance(value, str) and _NODE_ID.match(value) is not None
+
+
+def _is_group(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value.encode("utf-8", "replace")) <= 63
+
+
+def _is_host(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value.split("%")[0])
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,272 @@
+"""Groups of elector processes in a :class:`netlab.Lab`, watched through their event streams.
+
+Each node process runs ``tests/node_runner.py`` inside a lab namespace and prints its
+events as JSON lines; a reader thread per process collects them. Tests and benchmarks wait
+on a condition with a deadline (never a sleep) for the group to agree on a leader.
+
+All processes share one monotonic clock, so event times from different nodes compare
+exactly: overlap of two leaders and failover times are measured, not guessed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from netlab import Host, Lab
+
+RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node_runner.py")
+ROLE_KINDS = ("leader", "follower", "reelection")
+
+
+@dataclass
+class Role:
+    """The latest role event of one elector."""
+
+    kind: str = "none"
+    term: int = 0
+    leader: str | None = None
+    time: float = 0.0
+
+
+@dataclass
+class Agreement:
+    """One leader that every live elector agrees on."""
+
+    leader: str
+    term: int
+    time: float
+    """When the last elector came to agree (its event's monotonic time)."""
+
+
+class NodeProcess:
+    """One node process (one or more electors) in a lab host."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        host: Host,
+        group: str,
+        count: int = 1,
+        options: dict[str, Any] | None = None,
+        node_ids: list[str] | None = None,
+        wait_go: bool = False,
+    ) -> None:
+        self.cluster = cluster
+        self.host = host
+        argv = [sys.executable, RUNNER, group, "--count", str(count), "--options", json.dumps(options or {})]
+        if node_ids:
+            argv += ["--node-ids", ",".join(node_ids)]
+        if wait_go:
+            argv.append("--wait-go")
+        self.proc = host.popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.records: list[dict[str, Any]] = []
+        self.node_ids: list[str] = []
+        self.stderr = ""
+        self.alive = True
+        self._reader = threading.Thread(target=self._read, name=f"reader-{host.name}", daemon=True)
+        self._reader.start()
+        self._stderr_reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._stderr_reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            with self.cluster.changed:
+                if record["kind"] == "ready":
+                    self.node_ids = record["nodes"]
+                self.records.append(record)
+                self.cluster.changed.notify_all()
+        with self.cluster.changed:
+            self.alive = False
+            self.cluster.changed.notify_all()
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr += line
+
+    def send(self, command: str) -> None:
+        """Write one command line to the node's stdin."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+
+    def kill(self) -> float:
+        """SIGKILL the process; returns the monotonic time just before."""
+        t = time.monotonic()
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        with self.cluster.changed:
+            self.alive = False
+            self.records.extend({"kind": "killed", "node": node, "t": t} for node in self.node_ids)
+            self.cluster.changed.notify_all()
+        return t
+
+    def finish(self, timeout: float = 15.0) -> dict[str, Any]:
+        """Close stdin (every elector stops) and return the runner's final ``exit`` record."""
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            self.proc.wait(timeout)
+        self._reader.join(timeout)
+        exits = [r for r in self.records if r["kind"] == "exit"]
+        return exits[-1] if exits else {}
+
+    def events(self, kinds: Iterable[str] = ROLE_KINDS, index: int | None = None) -> list[dict[str, Any]]:
+        """This process's events of ``kinds`` (of one elector, or of all)."""
+        with self.cluster.changed:
+            return [r for r in self.records if r["kind"] in kinds and (index is None or r.get("i") == index)]
+
+
+@dataclass
+class Cluster:
+    """Node processes of one group, spread over lab hosts."""
+
+    lab: Lab
+    group: str = field(default_factory=lambda: "grp" + os.urandom(3).hex())
+    processes: list[NodeProcess] = field(default_factory=list)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+    stopped: set[str] = field(default_factory=set)
+
+    def spawn(self, host: Host, **kwargs: Any) -> NodeProcess:
+        """Start a node process on ``host`` (see :class:`NodeProcess` for the options)."""
+        process = NodeProcess(self, host, self.group, **kwargs)
+        self.processes.append(process)
+        return process
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        """Wait until every process has created its electors (imports done)."""
+        self.wait(lambda: all(p.node_ids for p in self.processes), timeout, "node processes ready")
+
+    def wait(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+        """Wait for ``predicate()`` to be truthy (evaluated under the lock); return its value."""
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while True:
+                value = predicate()
+                if value:
+                    return value
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"timed out after {timeout}s waiting for {what}; roles: {self.roles_locked()}")
+                self.changed.wait(remaining)
+
+    def roles_locked(self) -> dict[str, Role]:
+        """The latest role of every live elector (call with ``changed`` held)."""
+        roles: dict[str, Role] = {}
+        for process in self.processes:
+            if not process.alive:
+                continue
+            for record in process.records:
+                node = record.get("node")
+                if node is None or node in self.stopped:
+                    continue
+                if record["kind"] in ("stopped", "stopping"):
+                    self.stopped.add(node)
+                    roles.pop(node, None)
+                    continue
+                if record["kind"] == "started":
+                    roles.setdefault(node, Role())
+                elif record["kind"] in ROLE_KINDS:
+                    roles[node] = Role(record["kind"], record["term"], record["leader"], record["t"])
+            for node in process.node_ids:
+                if node not in self.stopped:
+                    roles.setdefault(node, Role())
+        return {node: role for node, role in roles.items() if node not in self.stopped}
+
+    def agreement_locked(self) -> Agreement | None:
+        """The leader all live electors agree on, or None (call with ``changed`` held)."""
+        roles = self.roles_locked()
+        if not roles:
+            return None
+        views = {(r.leader, r.term) for r in roles.values()}
+        leaders = [node for node, r in roles.items() if r.kind == "leader"]
+        if len(views) != 1 or len(leaders) != 1 or any(r.kind not in ("leader", "follower") for r in roles.values()):
+            return None
+        leader, term = views.pop()
+        if leader != leaders[0]:
+            return None
+        return Agreement(leader, term, max(r.time for r in roles.values()))
+
+    def wait_agreement(self, timeout: float = 10.0, other_than: str | None = None, after_term: int = 0) -> Agreement:
+        """Wait until every live elector agrees on one leader (not ``other_than``, term > ``after_term``)."""
+
+        def agreed() -> Agreement | None:
+            found = self.agreement_locked()
+            if found and found.leader != other_than and found.term > after_term:
+                return found
+            return None
+
+        return self.wait(agreed, timeout, "one agreed leader")  # type: ignore[no-any-return]
+
+    def process_of(self, node_id: str) -> NodeProcess:
+        for process in self.processes:
+            if node_id in process.node_ids:
+                return process
+        raise KeyError(node_id)
+
+    def all_events(self) -> list[dict[str, Any]]:
+        """Every role event of every process, in time order."""
+        with self.changed:
+            records = [r for p in self.processes for r in p.records if r["kind"] in (*ROLE_KINDS, "killed")]
+        return sorted(records, key=lambda r: r["t"])
+
+    def leader_overlap(self, since: float = 0.0) -> float:
+        """Seconds during which two or more electors held the leader role at once."""
+        return leader_overlap(self.all_events(), since)
+
+    def finish(self) -> list[dict[str, Any]]:
+        """Stop every process; return their ``exit`` records."""
+        return [p.finish() for p in self.processes]
+
+
+def leader_overlap(events: list[dict[str, Any]], since: float = 0.0) -> float:
+    """Total time two or more nodes held the leader role at once, from their event streams.
+
+    A node leads from its ``leader`` event until its next role event, or until it was killed
+    (a ``killed`` record written by :meth:`NodeProcess.kill`).
+    """
+    leading: dict[str, float] = {}
+    overlap = 0.0
+    last = since
+    for record in sorted(events, key=lambda r: r["t"]):
+        t = record["t"]
+        if len(leading) >= 2 and t > last:
+            overlap += t - max(last, since)
+        last = max(last, t)
+        if record["kind"] == "leader":
+            leading[record["node"]] = t
+        else:
+            leading.pop(record["node"], None)
+    return overlap
+
+
+def check_pairing(events: list[dict[str, Any]]) -> None:
+    """Assert every elector's ``leader`` is followed by a demotion before its next ``leader``."""
+    by_node: dict[str, list[str]] = {}
+    for record in events:
+        by_node.setdefault(record["node"], []).append(record["kind"])
+    for node, kinds in by_node.items():
+        leading = False
+        for kind in kinds:
+            if kind == "leader":
+                assert not leading, f"{node}: two leader events without a demotion between: {kinds}"
+                leading = True
+            elif kind in ("reelection", "follower"):
+                leading = False

@@ -1,0 +1,292 @@
+"""Unit tests of the pure state machine, on a simulated network with a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from followtheleader._machine import Machine, Notify, Send, Timing
+from followtheleader._model import Event, Member, State
+from followtheleader._wire import Message
+from simnet import TIMING, SimNet
+
+W = TIMING.failure_window
+SETTLE = TIMING.settle
+
+
+def kinds(events: list[Event]) -> list[str]:
+    return [e.kind for e in events]
+
+
+def assert_paired(net: SimNet) -> None:
+    """Every leader event is followed by a demotion before the next leader event (guarantee 5)."""
+    for node in net.nodes.values():
+        leading = False
+        for event in node.events:
+            if event.kind == "leader":
+                assert not leading, f"{node.node_id}: {kinds(node.events)}"
+                leading = True
+            elif event.kind in ("reelection", "follower"):
+                leading = False
+
+
+def assert_terms_increase(net: SimNet) -> None:
+    """Every new leadership has a term greater than any earlier one (guarantee 4)."""
+    leader_events = sorted((e for n in net.nodes.values() for e in n.events if e.kind == "leader"), key=lambda e: e.time)
+    terms = [e.term for e in leader_events]
+    assert terms == sorted(terms) and len(set(terms)) == len(terms), terms
+
+
+def leader_intervals(net: SimNet) -> list[tuple[str, float, float]]:
+    """(node, from, to) for every leadership, a crashed leader's ending at its crash time."""
+    spans = []
+    for node in net.nodes.values():
+        start = None
+        for event in node.events:
+            if event.kind == "leader":
+                start = event.time
+            elif start is not None:
+                spans.append((node.node_id, start, event.time))
+                start = None
+        if start is not None:
+            end = getattr(node, "ended_at", net.now)
+            spans.append((node.node_id, start, end))
+    return spans
+
+
+def assert_no_overlap(net: SimNet) -> None:
+    spans = leader_intervals(net)
+    for i, (a, a0, a1) in enumerate(spans):
+        for b, b0, b1 in spans[i + 1 :]:
+            assert a1 <= b0 or b1 <= a0, f"{a} led {a0}-{a1} while {b} led {b0}-{b1}"
+
+
+def start_group(net: SimNet, ids: list[str], priorities: dict[str, int] | None = None) -> None:
+    for node_id in ids:
+        net.add(node_id, (priorities or {}).get(node_id, 0))
+    for node_id in ids:
+        net.start(node_id)
+
+
+def test_single_node_leads_after_settle_window() -> None:
+    net = SimNet()
+    start_group(net, ["a"])
+    net.run(SETTLE - 0.01)
+    assert net.nodes["a"].machine.state is State.ELECTING
+    leader, term = net.run_until_agreed()
+    assert (leader, term) == ("a", 1)
+    assert kinds(net.nodes["a"].events) == ["leader"]
+    assert net.nodes["a"].machine.is_leader(net.now)
+
+
+@pytest.mark.parametrize("size", [3, 10])
+def test_nodes_started_together_agree_on_best_ranked(size: int) -> None:
+    net = SimNet()
+    ids = [f"n{i:02d}" for i in range(size)]
+    start_group(net, ids)
+    leader, term = net.run_until_agreed()
+    assert leader == max(ids) and term == 1
+    assert net.now - 100.0 < SETTLE + 0.1
+    assert sum(kinds(n.events).count("leader") for n in net.nodes.values()) == 1
+    for node in net.nodes.values():
+        assert [m.node_id for m in node.machine.members(net.now)] == sorted(ids, reverse=True)
+
+
+def test_priority_beats_node_id() -> None:
+    net = SimNet()
+    start_group(net, ["a", "b", "c"], {"a": 5})
+    assert net.run_until_agreed() == ("a", 1)
+
+
+def test_leadership_is_sticky_when_a_better_node_joins() -> None:
+    net = SimNet()
+    start_group(net, ["a", "b"])
+    assert net.run_until_agreed() == ("b", 1)
+    net.add("z", priority=100)
+    net.start("z")
+    net.run(2 * SETTLE)
+    assert net.agreed() == ("b", 1)
+    assert kinds(net.nodes["z"].events) == ["follower"]
+
+
+def test_crash_of_leader_elects_best_remaining_within_failure_window() -> None:
+    net = SimNet()
+    start_group(net, ["a", "b", "c", "d"])
+    assert net.run_until_agreed() == ("d", 1)
+    net.run(1.0)
+    crashed_at = net.now
+    net.crash("d")
+    net.nodes["d"].ended_at = crashed_at  # type: ignore[attr-defined]
+    leader, term = net.run_until_agreed(step=0.001)
+    assert (leader, term) == ("c", 2)
+    assert net.now - crashed_at <= W + 0.01
+    assert net.now - crashed_at >= W - TIMING.interval - 0.01
+    assert kinds(net.nodes["a"].events) == ["follower", "reelection", "follower"] or kinds(
+        net.nodes["a"].events
+    ) == ["follower", "follower"]
+    assert_paired(net)
+    assert_terms_increase(net)
+    assert_no_overlap(net)
+
+
+def test_crash_of_leader_and_best_candidate_falls_down_the_ranking() -> None:
+    net = SimNet()
+    start_group(net, ["a", "b", "c", "d"])
+    assert net.run_until_agreed() == ("d", 1)
+    net.run(1.0)
+    net.crash("d")
+    net.crash("c")
+    leader, term = net.run_until_agreed(limit=5)
+    assert (leader, term) == ("b", 2)
+    assert_paired(net)
+
+
+def test_clean_stop_of_leader_hands_over_within_one_message() -> None:
+    net = SimNet(latency=0.001)
+    start_group(net, ["a", "b", "c"])
+    assert net.run_until_agreed() == ("c", 1)
+    net.run(1.0)
+    stopped_at = net.now
+    net.stop("c")
+    assert net.nodes["c"].events[-1].kind == "reelection"
+    assert net.nodes["c"].events[-1].state is State.STOPPED
+    net.run(0.005)
+    assert net.agreed() == ("b", 2)
+    successor_event = [e for e in net.nodes["b"].events if e.kind == "leader"][-1]
+    assert successor_event.time - stopped_at <= 2 * net.latency + 1e-9
+    assert_paired(net)
+    assert_no_overlap(net)
+
+
+def test_stop_of_follower_is_a_clean_leave() -> None:
+    net = SimNet()
+    start_group(net, ["a", "b"])
+    assert net.run_until_agreed() == ("b", 1)
+    net.run(1.0)
+    net.stop("a")
+    assert kinds(net.nodes["a"].events) == ["follower", "reelection"]
+    net.run(5.0)
+    # The leader lost its last follower cleanly: no lease to lose, no flap.
+    assert kinds(net.nodes["b"].events) == ["leader"]
+    assert [m.node_id for m in net.nodes["b"].machine.members(net.now)] == ["b"]
+
+
+def test_resign_hands_over_and_resigned_node_follows() -> None:
+    net = SimNet()
+    start_group(net, ["a", "b", "c"])
+    assert net.run_until_agreed() == ("c", 1)
+    net.run(1.0)
+    net.resign("c")
+    net.run(0.01)
+    assert net.agreed() == ("b", 2)
+    assert kinds(net.nodes["c"].events) == ["leader", "reelection", "follower"]
+    assert_paired(net)
+
+
+def test_resign_when_alone_leads_again_after_failure_window() -> None:
+    net = SimNet()
+    start_group(net, ["a"])
+    assert net.run_until_agreed() == ("a", 1)
+    net.resign("a")
+    net.run(W - 0.05)
+    assert net.nodes["a"].machine.state is State.ELECTING
+    net.run(0.1)
+    assert net.agreed() == ("a", 2)
+
+
+def test_paused_leader_reads_not_leader_and_demotes_on_resume() -> None:
+    net = SimNet()
+    start_group(net, ["a", "b", "c"])
+    assert net.run_until_agreed() == ("c", 1)
+    net.run(1.0)
+    net.pause("c")
+    paused = net.nodes["c"]
+    net.run(5.0)
+    leader, term = net.agreed() or (None, None)
+    new_leader_event = [e for e in net.nodes["b"].events if e.kind == "leader"][-1]
+    # The old leader's lease ran out before the new leader was elected (guarantee 2) ...
+    assert paused.machine.lease_until is not None and paused.machine.lease_until < new_leader_event.time
+    # ... so the moment it resumes, is_leader is already False, before it handles anything.
+    assert not paused.machine.is_leader(net.now)
+    net.resume("c")
+    net.run(TIMING.interval)
+    assert net.agreed() == ("b", 2)
+    assert kinds(paused.events) == ["leader", "reelection", "follower"]
+    assert_paired(net)
+    assert_terms_increase(net)
+
+
+def test_stale_pings_queued_during_a_pause_do_not_renew_the_lease() -> None:
+    net = SimNet()
+    start_group(net, ["a", "b"])
+    assert net.run_until_agreed() == ("b", 1)
+    net.run(1.0)
+    net.pause("b")
+    net.run(W / 2)  # "a" still pings; these pings wait in b's socket buffer
+    assert net.nodes["b"].inbox_while_paused
+    net.run(5.0)
+    net.resume("b")
+    assert net.nodes["b"].machine.state is not State.LEADER
+
+
+def test_follower_crash_in_two_node_group_makes_leader_reclaim_with_new_term() -> None:
+    net = SimNet()
+    start_group(net, ["a", "b"])
+    assert net.run_until_agreed() == ("b", 1)
+    net.run(1.0)
+    net.crash("a")
+    net.run(3.0)
+    assert kinds(net.nodes["b"].events) == ["leader", "reelection", "leader"]
+    assert net.nodes["b"].machine.term == 2
+    assert_paired(net)
+
+
+def test_rival_leaders_resolve_by_term_then_rank() -> None:
+    net = SimNet()
+    start_group(net, ["a", "b", "c", "d"])
+    assert net.run_until_agreed() == ("d", 1)
+    net.run(1.0)
+    net.partition(["a", "b"], ["c", "d"])
+    net.run(5.0)
+    assert sorted(n.node_id for n in net.leaders()) == ["b", "d"]
+    net.heal()
+    # A DNS-SD record update is how the two sides hear of each other here.
+    for observer in ("b", "d"):
+        other = "d" if observer == "b" else "b"
+        net._discover(net.nodes[observer], net.nodes[other])
+    found = net.run_until_agreed(limit=2)
+    terms = {n.node_id: n.machine.term for n in net.nodes.values()}
+    assert found[1] == max(terms.values())
+    assert_paired(net)
+
+
+def test_messages_of_other_groups_and_own_echo_are_ignored() -> None:
+    machine = Machine("group", Member("me", 0, "", 9001), TIMING)
+    machine.start(0.0)
+    other_group = Message("claim", "other", "x", 0, State.LEADER, 9, leader="x")
+    own = Message("claim", "group", "me", 0, State.LEADER, 9, leader="me")
+    assert machine.on_message(other_group, ("198.18.0.9", 9001), 0.1) == []
+    assert machine.on_message(own, ("198.18.0.9", 9001), 0.1) == []
+    assert machine.state is State.ELECTING and machine.max_term == 0
+
+
+def test_electing_node_follows_a_leader_that_answers_and_asks_for_members() -> None:
+    machine = Machine("group", Member("me", 0, "", 9001), TIMING)
+    machine.start(0.0)
+    pong = Message("pong", "group", "boss", 0, State.LEADER, 4, leader="boss", members_version=3)
+    actions = machine.on_message(pong, ("198.18.0.2", 9001), 0.05)
+    events = [a.event for a in actions if isinstance(a, Notify)]
+    assert [e.kind for e in events] == ["follower"]
+    assert events[0].leader == Member("boss", 0, "198.18.0.2", 9001) and events[0].term == 4
+    pings = [a for a in actions if isinstance(a, Send)]
+    assert pings == [] or all(p.message.members_version == 0 for p in pings)
+    later = machine.tick(0.06)
+    ping = [a for a in later if isinstance(a, Send)][0]
+    assert ping.address == ("198.18.0.2", 9001)
+    assert ping.message.kind == "ping" and ping.message.leader == "boss" and ping.message.members_version == 0
+
+
+def test_timing_keeps_the_lease_inside_the_failure_window() -> None:
+    for failed in (2, 3, 10):
+        timing = Timing(0.2, failed)
+        assert timing.lease > timing.interval
+        assert timing.failure_window - timing.lease > timing.interval
