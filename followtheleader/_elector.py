@@ -137,13 +137,14 @@ class Elector:
             the ``error`` event.
         """
         with self._lifecycle:
-            if self._started:
-                raise RuntimeError("this elector was started already; create a new one with elect()")
+            if self._started or self._stopping:
+                raise RuntimeError("an elector starts only once; create a new one with elect()")
             self._started = True
             self._callbacks.start()
             try:
                 self._open()
             except Exception as exc:
+                self._stopping = True
                 self._report_error(exc, str(exc))
                 self._close_resources()
                 self._callbacks.close()
@@ -192,6 +193,7 @@ class Elector:
         """
         with self._lifecycle:
             if not self._started or self._stopping:
+                self._stopping = True  # stopping is irreversible, even before start()
                 return self._wait_closed(timeout)
             self._stopping = True
             self._feed(self._machine.stop)

@@ -1,0 +1,89 @@
+"""Fixtures: the namespace lab, node-process clusters, and a leak check for in-process tests.
+
+Nothing here opens a socket in the test process's own network namespace: node processes run
+inside lab namespaces, and in-process electors are created on a thread that has entered the
+lab's ``local`` namespace (see :func:`local`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+
+from cluster import Cluster
+from netlab import Host, Lab, lab_unavailable_reason
+
+T = TypeVar("T")
+
+LAB_HOSTS = 10
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[Lab]:
+    """One lab for the session: hosts n0..n9 and ``local`` (for in-process electors)."""
+    reason = lab_unavailable_reason()
+    if reason:
+        pytest.skip(f"integration tests need network namespaces: {reason}")
+    with Lab() as made:
+        for index in range(LAB_HOSTS):
+            made.add_host(f"n{index}")
+        made.add_host("local")
+        yield made
+
+
+@pytest.fixture
+def hosts(lab: Lab) -> list[Host]:
+    return [lab.hosts[f"n{i}"] for i in range(LAB_HOSTS)]
+
+
+@pytest.fixture
+def cluster(lab: Lab) -> Iterator[Cluster]:
+    """A group of node processes with a name unique to the test; all stopped afterwards."""
+    made = Cluster(lab)
+    yield made
+    made.finish()
+
+
+class Local:
+    """Runs code in the lab's ``local`` namespace, so in-process electors stay off real networks."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+
+    def __call__(self, fn: Callable[[], T]) -> T:
+        return self.host.call_in_namespace(fn, timeout=30)
+
+
+@pytest.fixture
+def local(lab: Lab) -> Local:
+    """Call ``local(fn)`` to run ``fn`` (typically ``elector.start``) inside the lab."""
+    return Local(lab.hosts["local"])
+
+
+def _socket_fds() -> set[str]:
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                found.add(fd)
+        except OSError:
+            pass
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request: Any) -> Iterator[None]:
+    """Fail a test that leaves a thread or a socket of this process behind (in-process tests)."""
+    if "local" not in request.fixturenames:
+        yield
+        return
+    threads_before = set(threading.enumerate())
+    sockets_before = _socket_fds()
+    yield
+    leaked = [t.name for t in threading.enumerate() if t not in threads_before and t.is_alive()]
+    assert not leaked, f"threads left running: {leaked}"
+    assert _socket_fds() <= sockets_before, "sockets left open"

@@ -1,0 +1,263 @@
+"""In-process tests of the public elector, with real zeroconf and sockets inside the lab.
+
+Every elector here is started through ``local(...)``: on a thread inside the lab's ``local``
+namespace, so its sockets and threads live there. The autouse ``no_leaks`` fixture fails a
+test that leaves a thread or a socket behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from conftest import Local
+from followtheleader import Elector, Event, HeartbeatPortError, State, elect
+
+pytestmark = pytest.mark.lab
+
+TIMEOUT = 10.0
+
+
+def group() -> str:
+    return "t" + os.urandom(4).hex()
+
+
+class Recorder:
+    """Collects events from the callback thread; tests wait on it with a deadline."""
+
+    def __init__(self, elector: Elector) -> None:
+        self.events: queue.Queue[Event] = queue.Queue()
+        self.seen: list[Event] = []
+        for kind in ("leader", "follower", "reelection", "error"):
+            elector.on(kind, self.events.put)
+
+    def next(self, kind: str | None = None) -> Event:
+        while True:
+            event = self.events.get(timeout=TIMEOUT)
+            self.seen.append(event)
+            if kind is None or event.kind == kind:
+                return event
+
+
+def test_single_elector_leads_and_stops_cleanly(local: Local) -> None:
+    elector = elect(group())
+    recorder = Recorder(elector)
+    assert elector.state is State.STOPPED and elector.leader is None
+    assert local(elector.start) is elector
+    leader = elector.wait_for_leader(TIMEOUT)
+    assert leader is not None and leader.node_id == elector.node_id
+    event = recorder.next("leader")
+    assert event.term == 1 and event.previous_state is State.ELECTING and event.leader == leader
+    assert elector.is_leader and elector.term == 1 and elector.state is State.LEADER
+    assert [m.node_id for m in elector.members] == [elector.node_id]
+    assert elector.stop() is True
+    demotion = recorder.next("reelection")
+    assert demotion.state is State.STOPPED and demotion.previous_state is State.LEADER
+    assert elector.state is State.STOPPED and not elector.is_leader
+    assert elector.join(0) is True
+
+
+def test_stop_is_idempotent_before_and_after_start(local: Local) -> None:
+    never_started = elect(group())
+    assert never_started.stop() is True and never_started.stop() is True
+    with pytest.raises(RuntimeError):
+        never_started.start()
+    elector = elect(group())
+    local(elector.start)
+    with pytest.raises(RuntimeError):
+        elector.start()
+    assert elector.stop() and elector.stop() and elector.stop()
+
+
+def test_context_manager_starts_and_stops(local: Local) -> None:
+    elector = elect(name=group(), interval=0.1)
+    local(elector.__enter__)
+    with elector:
+        assert elector.wait_for_leader(TIMEOUT) is not None
+    assert elector.state is State.STOPPED
+    assert elector.join(0)
+
+
+def test_on_works_as_decorator_and_rejects_unknown_events() -> None:
+    elector = elect(group())
+
+    @elector.on("leader")
+    def handler(event: Event) -> None:
+        pass
+
+    assert callable(handler)
+    assert elector.off("leader", handler) is True
+    assert elector.off("leader", handler) is False
+    with pytest.raises(ValueError, match="unknown event 'leeder'"):
+        elector.on("leeder", handler)
+    with pytest.raises(TypeError):
+        elector.on("leader", "not callable")  # type: ignore[call-overload]
+
+
+def test_stop_from_inside_a_callback(local: Local) -> None:
+    elector = elect(group())
+    results: queue.Queue[object] = queue.Queue()
+
+    def stop_now(event: Event) -> None:
+        results.put(elector.stop())
+        try:
+            elector.join(0)
+        except RuntimeError as exc:
+            results.put(exc)
+
+    elector.on("leader", stop_now)
+    local(elector.start)
+    assert results.get(timeout=TIMEOUT) is True
+    assert isinstance(results.get(timeout=TIMEOUT), RuntimeError)
+    assert elector.join(TIMEOUT)
+    assert elector.state is State.STOPPED
+
+
+def test_exception_in_a_callback_is_reported_and_changes_nothing(local: Local) -> None:
+    name = group()
+    first, second = elect(name, node_id="zz-first"), elect(name, node_id="aa-second")
+    errors: queue.Queue[Event] = queue.Queue()
+    later: queue.Queue[Event] = queue.Queue()
+
+    def broken(event: Event) -> None:
+        raise ZeroDivisionError("on purpose")
+
+    first.on("leader", broken)
+    first.on("leader", later.put)  # the next callback still runs
+    first.on("error", errors.put)
+    local(first.start)
+    local(second.start)
+    try:
+        error = errors.get(timeout=TIMEOUT)
+        assert isinstance(error.error, ZeroDivisionError)
+        assert "leader callback raised" in error.reason
+        assert later.get(timeout=TIMEOUT).kind == "leader"
+        assert second.wait_for_leader(TIMEOUT) is not None
+        assert first.is_leader and second.leader is not None and second.leader.node_id == "zz-first"
+        assert first.term == second.term == 1
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_two_electors_in_one_process_and_resign(local: Local) -> None:
+    name = group()
+    a, b = elect(name, node_id="b-node"), elect(name, node_id="a-node")
+    recorder_a, recorder_b = Recorder(a), Recorder(b)
+    local(a.start)
+    local(b.start)
+    try:
+        assert recorder_a.next("leader").term == 1
+        assert recorder_b.next("follower").leader.node_id == "b-node"  # type: ignore[union-attr]
+        assert a.resign() is True and b.resign() is False
+        assert recorder_b.next("leader").term == 2
+        assert recorder_a.next("reelection").reason == "resigned"
+        follow = recorder_a.next("follower")
+        assert follow.leader is not None and follow.leader.node_id == "a-node" and follow.term == 2
+        assert {m.node_id for m in b.members} == {"a-node", "b-node"}
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_default_port_falls_back_when_taken_but_an_explicit_one_does_not(local: Local) -> None:
+    def occupy() -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("0.0.0.0", 9001))
+        return sock
+
+    blocker = local(occupy)
+    try:
+        elector = elect(group())
+        local(elector.start)
+        assert elector.port not in (0, 9001)
+        elector.stop()
+
+        strict = elect(group(), port=9001)
+        errors: queue.Queue[Event] = queue.Queue()
+        strict.on("error", errors.put)
+        with pytest.raises(HeartbeatPortError) as raised:
+            local(strict.start)
+        assert raised.value.errno == errno.EADDRINUSE and "9001" in str(raised.value)
+        assert isinstance(errors.get(timeout=TIMEOUT).error, HeartbeatPortError)
+        assert strict.join(TIMEOUT)
+    finally:
+        blocker.close()
+
+
+def test_garbage_datagrams_are_ignored_and_counted(local: Local) -> None:
+    elector = elect(group())
+    local(elector.start)
+    try:
+        assert elector.wait_for_leader(TIMEOUT) is not None
+
+        def spray() -> bytes:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(TIMEOUT)
+                for garbage in (b"", b"{", b"\xff" * 100, b'{"v":1,"k":"claim"}', b"x" * 20000):
+                    sock.sendto(garbage, ("127.0.0.1", elector.port))
+                sock.sendto(b"PING", ("127.0.0.1", elector.port))
+                return sock.recv(100)
+
+        assert local(spray) == b"PONG"
+        assert elector.is_leader and elector.term == 1
+    finally:
+        elector.stop()
+    assert elector.counters.get("bad-datagram", 0) >= 4
+
+
+def test_join_times_out_while_running(local: Local) -> None:
+    elector = elect(group())
+    local(elector.start)
+    try:
+        assert elector.join(0.05) is False
+    finally:
+        elector.stop()
+    assert elector.join(0.05) is True
+
+
+def test_atexit_hands_leadership_over(lab, cluster) -> None:  # type: ignore[no-untyped-def]
+    """A process that exits without stop() still resigns (guarantee 6)."""
+    follower = cluster.spawn(lab.hosts["n1"], node_ids=["a-follower"])
+    script = (
+        "import sys, followtheleader as f\n"
+        f"e = f.elect({cluster.group!r}, node_id='z-leader').start()\n"
+        "e.wait_for_leader(10)\n"
+        "print(e.is_leader, flush=True)\n"
+        "sys.stdin.readline()\n"
+    )
+    leader = lab.hosts["n0"].popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert leader.stdout.readline().strip() == "True"
+        cluster.wait(lambda: any(e["kind"] == "follower" for e in follower.events()), TIMEOUT, "follower")
+        leader.stdin.close()  # the script returns: interpreter exit runs atexit
+        assert leader.wait(TIMEOUT) == 0
+        promoted = cluster.wait(lambda: [e for e in follower.events() if e["kind"] == "leader"], TIMEOUT, "takeover")
+        reelection = [e for e in follower.events() if e["kind"] == "reelection"][0]
+        assert reelection["reason"] == "leader resigned"
+        assert promoted[0]["term"] == 2
+    finally:
+        if leader.poll() is None:
+            leader.kill()
+            leader.wait()
+
+
+def test_threads_are_named_and_daemonic(local: Local) -> None:
+    elector = elect(group())
+    before = set(threading.enumerate())
+    local(elector.start)
+    try:
+        ours = [t for t in threading.enumerate() if t not in before]
+        names = {t.name for t in ours}
+        name = elector.name
+        assert {f"followtheleader-heartbeat-{name}", f"followtheleader-ticker-{name}", f"followtheleader-callbacks-{name}"} <= names
+        assert all(t.daemon for t in ours)
+    finally:
+        elector.stop()

@@ -1,0 +1,101 @@
+"""Unit and property tests of the wire formats: round trips, and no parser ever raises."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from followtheleader._model import Member, State
+from followtheleader._wire import (
+    MAX_DATAGRAM,
+    Message,
+    decode_message,
+    decode_txt,
+    encode_message,
+    encode_txt,
+)
+
+node_ids = st.from_regex(r"\A[A-Za-z0-9_-]{1,32}\Z")
+members = st.builds(
+    Member,
+    node_id=node_ids,
+    priority=st.integers(-(2**31), 2**31 - 1),
+    host=st.sampled_from(["", "198.18.0.1", "fe80::1", "10.1.2.3"]),
+    port=st.integers(0, 65535),
+)
+messages = st.builds(
+    Message,
+    kind=st.sampled_from(["ping", "pong", "claim", "resign", "leave"]),
+    group=st.text(min_size=1, max_size=20).filter(lambda g: len(g.encode()) <= 63),
+    sender=node_ids,
+    priority=st.integers(-(2**31), 2**31 - 1),
+    role=st.sampled_from([State.LEADER, State.FOLLOWER, State.ELECTING]),
+    term=st.integers(0, 2**53),
+    leader=st.none() | node_ids,
+    leader_member=st.none() | members,
+    members_version=st.integers(0, 2**40),
+    members=st.none() | st.lists(members, max_size=40).map(tuple),
+)
+
+
+@given(messages)
+def test_messages_round_trip(message: Message) -> None:
+    data = encode_message(message)
+    assert len(data) <= MAX_DATAGRAM
+    assert decode_message(data) == message
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=2000))
+def test_decoding_random_bytes_never_raises(data: bytes) -> None:
+    decode_message(data)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=5), inner, max_size=5),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=500)
+@given(messages, st.sampled_from(["k", "g", "id", "p", "r", "t", "l", "lm", "mv", "m", "v"]), json_values)
+def test_valid_looking_messages_with_a_wrong_field_are_refused_or_well_typed(
+    message: Message, key: str, value: object
+) -> None:
+    body = json.loads(encode_message(message))
+    body[key] = value
+    decoded = decode_message(json.dumps(body).encode())
+    if decoded is not None:
+        assert isinstance(decoded.term, int) and isinstance(decoded.sender, str)
+        assert decoded.members is None or all(isinstance(m, Member) for m in decoded.members)
+
+
+def test_truncated_and_oversized_datagrams_are_refused() -> None:
+    data = encode_message(Message("ping", "g", "a", 0, State.FOLLOWER, 1, leader="b"))
+    for cut in range(len(data)):
+        assert decode_message(data[:cut]) is None
+    assert decode_message(b"{" + b" " * MAX_DATAGRAM + b"}") is None
+
+
+def test_txt_round_trip_and_rejections() -> None:
+    member = Member("node-1", 7, "198.18.0.4", 9001)
+    txt = encode_txt("My Group", member, State.LEADER, 12)
+    record = decode_txt(txt, "198.18.0.4")
+    assert record is not None
+    assert (record.group, record.member, record.role, record.term) == ("My Group", member, State.LEADER, 12)
+    for key in txt:
+        broken = dict(txt)
+        del broken[key]
+        assert decode_txt(broken, "198.18.0.4") is None, key
+    assert decode_txt({**txt, "p": "1e9"}, "198.18.0.4") is None
+    assert decode_txt({**txt, "hp": "0"}, "198.18.0.4") is None
+    assert decode_txt(txt, "not-an-ip") is None
+    assert decode_txt({**txt, "t": None}, "198.18.0.4") is None  # type: ignore[dict-item]
+
+
+@given(st.dictionaries(st.sampled_from(["v", "g", "id", "p", "r", "t", "hp", "x"]), st.none() | st.text(max_size=70)))
+def test_decoding_random_txt_never_raises(properties: dict) -> None:
+    decode_txt(properties, "198.18.0.1")
