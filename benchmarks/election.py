@@ -24,8 +24,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
-from cluster import Cluster  # noqa: E402
-from netlab import Lab, lab_unavailable_reason  # noqa: E402
+from cluster import Cluster
+from netlab import Lab, lab_unavailable_reason
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -54,13 +54,13 @@ def one_round(lab: Lab, hosts: list, options: dict) -> dict[str, float]:
         leader_process = cluster.process_of(second.leader)
         leader_process.send("stop 0")
         third = cluster.wait_agreement(timeout=30, other_than=second.leader, after_term=second.term)
-        stopping = [r["t"] for r in leader_process.records if r["kind"] == "stopping"][0]
-        successor = [
+        stopping = next(r["t"] for r in leader_process.records if r["kind"] == "stopping")
+        successor = next(
             r["t"]
             for p in cluster.processes
             for r in p.records
             if r["kind"] == "leader" and r["node"] == third.leader and r["term"] == third.term
-        ][0]
+        )
         handover = successor - stopping
         overlap = cluster.leader_overlap(since=t_go)
         return {"cold": cold, "failover": failover, "handover": handover, "overlap": overlap}
@@ -107,9 +107,11 @@ def main() -> int:
             f"{max(values) * 1000:9.1f}"
         )
     print(f"{'total time two nodes held the leader role at once':55s} {sum(results['overlap']) * 1000:9.1f} ms")
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, median round figures: "
-          f"{statistics.median(results['cold']) * 1000:.0f}/{statistics.median(results['failover']) * 1000:.0f}/"
-          f"{statistics.median(results['handover']) * 1000:.1f} ms")
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, median round figures: "
+        f"{statistics.median(results['cold']) * 1000:.0f}/{statistics.median(results['failover']) * 1000:.0f}/"
+        f"{statistics.median(results['handover']) * 1000:.1f} ms"
+    )
     return 0
 
 

@@ -12,7 +12,6 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from typing import Union
 
 from ._model import Event
 
@@ -22,7 +21,6 @@ log = logging.getLogger(__name__)
 
 EVENT_KINDS = ("leader", "follower", "reelection", "error")
 Callback = Callable[[Event], object]
-_Item = Union[Event, None]  # None asks the thread to finish
 
 
 class CallbackThread:
@@ -37,7 +35,7 @@ class CallbackThread:
         self._make_error_event = make_error_event
         self._callbacks: dict[str, list[Callback]] = {kind: [] for kind in EVENT_KINDS}
         self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Event | None] = queue.SimpleQueue()  # None: finish
         self._thread: threading.Thread | None = None
         self.finished = threading.Event()
         """Set once the thread has delivered everything queued before :meth:`close`."""

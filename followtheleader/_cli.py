@@ -97,7 +97,9 @@ def _run_elect(elector: Elector, json_lines: bool) -> int:
             print(f"followtheleader: {exc}", file=sys.stderr)
             return 1
         if not json_lines:
-            print(f"joined group {elector.name!r} as node {elector.node_id} (heartbeat port {elector.port})", flush=True)
+            print(
+                f"joined group {elector.name!r} as node {elector.node_id} (heartbeat port {elector.port})", flush=True
+            )
         elector.join()
     finally:
         for sig, handler in previous.items():
@@ -118,8 +120,13 @@ def _format(event: Event, elector: Elector, json_lines: bool) -> str:
                 "state": event.state.value,
                 "previous_state": event.previous_state.value,
                 "term": event.term,
-                "leader": None if leader is None else {
-                    "node_id": leader.node_id, "priority": leader.priority, "host": leader.host, "port": leader.port,
+                "leader": None
+                if leader is None
+                else {
+                    "node_id": leader.node_id,
+                    "priority": leader.priority,
+                    "host": leader.host,
+                    "port": leader.port,
                 },
                 "reason": event.reason,
                 "error": None if event.error is None else repr(event.error),
@@ -131,7 +138,10 @@ def _format(event: Event, elector: Elector, json_lines: bool) -> str:
         who = "leader this node"
     else:
         who = f"leader {leader.node_id} at {leader.host}:{leader.port}"
-    text = f"{now:%H:%M:%S.%f}"[:-3] + f" {event.kind:<10} {event.state.value:<8} term {event.term:<4} {who} ({event.reason})"
+    text = (
+        f"{now:%H:%M:%S.%f}"[:-3]
+        + f" {event.kind:<10} {event.state.value:<8} term {event.term:<4} {who} ({event.reason})"
+    )
     if event.error is not None:
         text += f": {event.error!r}"
     return text

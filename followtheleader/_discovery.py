@@ -23,8 +23,8 @@ import concurrent.futures
 import ipaddress
 import logging
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
 
 import ifaddr  # python-zeroconf's own dependency for listing interfaces
 from zeroconf import (
@@ -59,8 +59,8 @@ class DiscoveryError(OSError):
 class _SharedZeroconf:
     """One ``Zeroconf`` per process and interface choice, counted by its users."""
 
-    _lock = threading.Lock()
-    _instances: dict[tuple[Any, ...], tuple[Zeroconf, int]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+    _instances: ClassVar[dict[tuple[Any, ...], tuple[Zeroconf, int]]] = {}
 
     @classmethod
     def acquire(cls, interfaces: tuple[str, ...] | None, ip_version: str) -> Zeroconf:
@@ -177,7 +177,7 @@ class Discovery:
                 goodbye.result(_GOODBYE_TIMEOUT)
             except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
                 log.debug("the DNS-SD goodbye did not finish in time")
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever zeroconf raised, stop() goes on
                 self._warn("goodbye", "cannot send the DNS-SD goodbye: %s", exc)
         _SharedZeroconf.release(zc)
 
@@ -188,7 +188,7 @@ class Discovery:
         assert self._zc is not None
         zc = self._zc
         self._changed = changed = asyncio.Event()
-        broadcast: asyncio.Future[Any] | None = None
+        broadcast: Awaitable[Any] | None = None
         changed.set()
         try:
             while True:
@@ -199,7 +199,7 @@ class Discovery:
                     if self._published is None:
                         broadcast = await zc.async_register_service(info, cooperating_responders=True)
                     else:
-                        if broadcast is not None:
+                        if isinstance(broadcast, asyncio.Future):
                             broadcast.cancel()  # its later repeats would announce the old TXT
                         broadcast = await zc.async_update_service(info)
                     self._published = info
@@ -207,7 +207,7 @@ class Discovery:
                     log.exception("cannot publish the DNS-SD record")
                     self._on_error(exc, f"cannot publish the DNS-SD record: {exc!r}")
         finally:
-            if broadcast is not None:
+            if isinstance(broadcast, asyncio.Future):
                 broadcast.cancel()
 
     async def _goodbye(self, zc: Zeroconf) -> None:
@@ -246,13 +246,13 @@ class Discovery:
         try:
             if await info.async_request(zeroconf, _RESOLVE_TIMEOUT_MS, question_type=DNSQuestionType.QM):
                 self._take(info)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a peer's bad record must not break the loop
             self._warn("resolve", "cannot resolve DNS-SD record %s: %s", name, exc)
 
     def _take(self, info: ServiceInfo) -> None:
         try:
             properties = info.decoded_properties
-        except Exception:
+        except Exception:  # noqa: BLE001 - undecodable TXT: treated as malformed below
             properties = {}
         host = self._pick_address(info)
         record = decode_txt(properties, host) if host else None

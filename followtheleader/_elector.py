@@ -27,6 +27,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, overload
 
+from typing_extensions import Self
+
 from ._callbacks import EVENT_KINDS, Callback, CallbackThread
 from ._discovery import Discovery
 from ._heartbeat import HeartbeatServer, Ticker, bind_heartbeat_server
@@ -85,9 +87,7 @@ class Elector:
         self._torn_down = threading.Event()
 
     def __repr__(self) -> str:
-        return (
-            f"<Elector {self._options.name!r} node_id={self.node_id!r} state={self.state.value} term={self.term}>"
-        )
+        return f"<Elector {self._options.name!r} node_id={self.node_id!r} state={self.state.value} term={self.term}>"
 
     # ----------------------------------------------------------------- callbacks
 
@@ -263,7 +263,7 @@ class Elector:
             )
             return self._machine.leader if self._machine.state in (State.LEADER, State.FOLLOWER) else None
 
-    def __enter__(self) -> Elector:
+    def __enter__(self) -> Self:
         if not self._started:
             self.start()
         return self
@@ -390,7 +390,15 @@ class Elector:
             machine = self._machine
             leader = machine.leader if machine.state in (State.LEADER, State.FOLLOWER) else None
             return Event(
-                "error", self.node_id, machine.state, machine.state, machine.term, leader, reason, time.monotonic(), error
+                "error",
+                self.node_id,
+                machine.state,
+                machine.state,
+                machine.term,
+                leader,
+                reason,
+                time.monotonic(),
+                error,
             )
 
     def _report_error(self, error: BaseException, reason: str) -> None:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import logging
@@ -98,10 +99,8 @@ class HeartbeatServer(socketserver.UDPServer):
         """``(host, port)`` of a source address, with IPv4-mapped IPv6 turned back to IPv4."""
         host = str(address[0])
         if host.startswith("::ffff:"):
-            try:
+            with contextlib.suppress(ValueError):
                 host = str(ipaddress.IPv6Address(host.split("%")[0]).ipv4_mapped or host)
-            except ValueError:
-                pass
         return host, int(address[1])
 
     def handle_error(self, request: object, client_address: object) -> None:
@@ -134,7 +133,9 @@ def bind_heartbeat_server(
             log.info("heartbeat port %d is taken; using a free port instead", port)
             return bind_heartbeat_server(host, 0, True, on_datagram, warn, on_error)
         hint = " (it is taken; choose another port, or 0 for any free one)" if exc.errno == errno.EADDRINUSE else ""
-        raise HeartbeatPortError(exc.errno, f"cannot bind the heartbeat socket to {host}:{port}: {exc.strerror}{hint}") from exc
+        raise HeartbeatPortError(
+            exc.errno, f"cannot bind the heartbeat socket to {host}:{port}: {exc.strerror}{hint}"
+        ) from exc
 
 
 class Ticker:

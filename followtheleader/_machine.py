@@ -242,9 +242,7 @@ class Machine:
         """The group as this node sees it, best-ranked first, this node included."""
         if self.state is State.LEADER:
             found = [p.member for p in self.peers.values() if p.live_until >= now and not p.dead]
-        elif self.state is State.FOLLOWER:
-            found = [p.member for p in self.peers.values() if not p.dead]
-        elif self.state is State.ELECTING:
+        elif self.state is State.FOLLOWER or self.state is State.ELECTING:
             found = [p.member for p in self.peers.values() if not p.dead]
         else:
             return ()
@@ -351,11 +349,9 @@ class Machine:
             peer = self.peers[leader.node_id] = _Peer(leader)
         if peer.dead:
             return
-        if self.state is State.FOLLOWER and self.leader is not None:
-            if leader.node_id == self.leader.node_id or (term, leader.rank) <= (self.term, self.leader.rank):
-                return
-        if self.state is State.LEADER and (term, leader.rank) <= (self.term, self.me.rank):
-            return
+        current = self.leader if self.state in (State.FOLLOWER, State.LEADER) else None
+        if current is not None and (term, leader.rank) <= (self.term, current.rank):
+            return  # no better than the leader this node follows or is
         self._ping_now(peer, now)
 
     def _claim_if_best(self, now: float) -> None:

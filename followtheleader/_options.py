@@ -11,7 +11,7 @@ import ipaddress
 import math
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,7 +104,7 @@ def parse_options(*args: Any, **kwargs: Any) -> Options:
         values["port"] = _check_int("port", given.pop("port"), 0, 65535)
         values["port_explicit"] = True
     given.pop("port", None)
-    checkers = {
+    checkers: dict[str, Callable[[Any], Any]] = {
         "type": _check_type,
         "host": _check_host,
         "max_failed_responses": _check_max_failed_responses,
@@ -116,9 +116,11 @@ def parse_options(*args: Any, **kwargs: Any) -> Options:
         "npm_compat": lambda v: _check_bool("npm_compat", v),
     }
     for key, value in given.items():
-        if value is None and key in ("node_id", "interfaces"):
+        if value is None and key in ("node_id", "interfaces", "host"):
             continue
         values[key] = checkers[key](value)
+    if "host" not in values and values.get("ip_version", "v4") != "v4":
+        values["host"] = "::"  # dual-stack heartbeats when mDNS may hand out IPv6 addresses
     return Options(**values)
 
 

@@ -149,6 +149,8 @@ def decode_message(data: bytes) -> Message | None:
         if any(m is None for m in parsed):
             return None
         members = tuple(m for m in parsed if m is not None)
+    assert isinstance(group, str) and isinstance(sender, str)  # checked above; for the type checker
+    assert isinstance(priority, int) and isinstance(term, int) and isinstance(version, int)
     return Message(
         kind=kind,
         group=group,

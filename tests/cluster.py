@@ -10,6 +10,7 @@ exactly: overlap of two leaders and failover times are measured, not guessed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -119,10 +120,8 @@ class NodeProcess:
         """Close stdin (every elector stops) and return the runner's final ``exit`` record."""
         if self.proc.poll() is None:
             assert self.proc.stdin is not None
-            try:
+            with contextlib.suppress(OSError):
                 self.proc.stdin.close()
-            except OSError:
-                pass
             self.proc.wait(timeout)
         self._reader.join(timeout)
         exits = [r for r in self.records if r["kind"] == "exit"]

@@ -31,6 +31,7 @@ the case.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import ctypes.util
 import hashlib
@@ -46,7 +47,10 @@ import subprocess
 import threading
 import time
 import weakref
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from typing_extensions import Self
 
 __all__ = ["Host", "Lab", "LabError", "lab_unavailable_reason"]
 
@@ -411,7 +415,7 @@ class _LabState:
         self.processes: list[subprocess.Popen[Any]] = []
 
 
-_live_labs: "weakref.WeakSet[Lab]" = weakref.WeakSet()
+_live_labs: weakref.WeakSet[Lab] = weakref.WeakSet()
 
 
 def _close_all_at_exit() -> None:
@@ -460,7 +464,7 @@ class Lab:
 
     # -- context manager -----------------------------------------------------
 
-    def __enter__(self) -> Lab:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -622,7 +626,9 @@ class Lab:
             port_state = pinfo.get("linkinfo", {}).get("info_slave_data", {}).get("state")
             return hinfo.get("operstate") == "UP" and pinfo.get("operstate") == "UP" and port_state == "forwarding"
 
-        _poll_until(ready, _LINK_READY_TIMEOUT, f"{host.ns}/{host.interface} and bridge port {host._bridge_port} to be up")
+        _poll_until(
+            ready, _LINK_READY_TIMEOUT, f"{host.ns}/{host.interface} and bridge port {host._bridge_port} to be up"
+        )
 
     def _kill_processes(self, namespaces: list[str]) -> None:
         """SIGKILL every process in ``namespaces`` and wait until all are gone."""
@@ -663,10 +669,8 @@ class Lab:
                 popen.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 logger.warning("lab %s: pid %d did not exit", self.prefix, popen.pid)
-                try:
+                with contextlib.suppress(OSError):
                     popen.kill()
-                except OSError:
-                    pass
             except Exception:
                 logger.exception("lab %s: waiting for pid %d failed", self.prefix, popen.pid)
         self._state.processes.clear()
@@ -696,4 +700,3 @@ class Lab:
                 n,
                 ns,
             )
-

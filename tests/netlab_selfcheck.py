@@ -25,17 +25,17 @@ import logging
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-import socket
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import netlab  # noqa: E402
-from netlab import Host, Lab, lab_unavailable_reason  # noqa: E402
+import netlab
+from netlab import Host, Lab, lab_unavailable_reason
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +179,9 @@ def check_unicast(c: Checker, a: Host, b: Host) -> None:
         print(f"   client {src.name}: {res.stdout.strip()!r} {res.stderr.strip()!r}")
         print(f"   server {dst.name}: {out!r} {err!r}")
         c.check(
-            res.returncode == 0 and res.stdout.strip() == f"pong:{msg} FROM {dst.address}" and rc == 0
+            res.returncode == 0
+            and res.stdout.strip() == f"pong:{msg} FROM {dst.address}"
+            and rc == 0
             and f"GOT {msg} FROM {src.address}" in out,
             f"unicast {src.name}({src.address}) -> {dst.name}({dst.address}) and back",
         )
@@ -233,7 +235,7 @@ def check_call_in_namespace(c: Checker, a: Host, b: Host) -> None:
                 s.settimeout(5)
                 s.sendto(b"from-worker-thread", (b.address, ECHO_PORT))
                 result["worker_reply"] = s.recvfrom(2048)
-        except Exception as exc:  # reported below
+        except Exception as exc:  # noqa: BLE001 - reported below
             result["worker_error"] = repr(exc)
 
     def fn() -> tuple[socket.socket, threading.Thread, int]:
@@ -248,8 +250,10 @@ def check_call_in_namespace(c: Checker, a: Host, b: Host) -> None:
     sock, thread, fn_inode = a.call_in_namespace(fn)
     caller_after = ns_inode("/proc/thread-self/ns/net")
     recorded.wait(10)
-    print(f"   inodes: caller before={caller_before} after={caller_after} fn={fn_inode} "
-          f"netns file={target} worker={result.get('worker_inode')}")
+    print(
+        f"   inodes: caller before={caller_before} after={caller_after} fn={fn_inode} "
+        f"netns file={target} worker={result.get('worker_inode')}"
+    )
     c.check(fn_inode == target and fn_inode != caller_before, "fn ran inside the host namespace")
     c.check(caller_after == caller_before, "caller thread did not change namespace")
     c.check(result.get("worker_inode") == target, "thread started by fn inherited the namespace")
@@ -341,23 +345,31 @@ def main() -> int:
 
     print("== 5. close()", flush=True)
     if lingerer is not None:
-        c.check(lingerer.returncode == -signal.SIGKILL, "close() SIGKILLed the leftover process",
-                f"returncode={lingerer.returncode}")
+        c.check(
+            lingerer.returncode == -signal.SIGKILL,
+            "close() SIGKILLed the leftover process",
+            f"returncode={lingerer.returncode}",
+        )
         c.check(netlab._pid_exited(grandchild), "close() killed the leftover grandchild", f"pid={grandchild}")
     remaining_ns = netns_list()
     ours_left = sorted(ns for ns in remaining_ns if ns in namespaces or ns.startswith(lab.prefix))
     print(f"   lab namespaces were: {namespaces}")
     print(f"   ip netns list now: {sorted(remaining_ns)}")
-    c.check(not ours_left and not any(os.path.exists(f"/var/run/netns/{ns}") for ns in namespaces),
-            "no lab namespace left", str(ours_left))
+    c.check(
+        not ours_left and not any(os.path.exists(f"/var/run/netns/{ns}") for ns in namespaces),
+        "no lab namespace left",
+        str(ours_left),
+    )
     links_after = root_links()
     ours = sorted(n for n in links_after if lab.tag in n)
     print(f"   root links before: {sorted(links_before)} after: {sorted(links_after)}")
     c.check(not ours, "no veth of ours in the root namespace", str(ours))
     # Informational only: a concurrent run (or anything else on the machine)
     # may legitimately add namespaces/links, so only *ours* are asserted above.
-    print(f"[INFO] root link set unchanged: {links_after == links_before}; "
-          f"netns list identical to before the run: {remaining_ns == netns_before}")
+    print(
+        f"[INFO] root link set unchanged: {links_after == links_before}; "
+        f"netns list identical to before the run: {remaining_ns == netns_before}"
+    )
 
     print(f"total {time.monotonic() - started:.2f}s")
     if c.failures:

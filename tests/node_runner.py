@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from followtheleader import Elector, Event, elect  # noqa: E402
+from followtheleader import Elector, Event, elect
 
 _print_lock = threading.Lock()
 
@@ -97,7 +97,9 @@ def main() -> int:
     parser.add_argument("--wait-go", action="store_true")
     parser.add_argument("--log", default="WARNING")
     args = parser.parse_args()
-    logging.basicConfig(level=args.log, stream=sys.stderr, format="%(relativeCreated)d %(threadName)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=args.log, stream=sys.stderr, format="%(relativeCreated)d %(threadName)s %(name)s %(message)s"
+    )
     options = json.loads(args.options)
     ids = [x for x in args.node_ids.split(",") if x]
     nodes = []
@@ -139,7 +141,9 @@ def main() -> int:
     for node in nodes:
         node.elector.stop()
     leftover = sorted(t.name for t in threading.enumerate() if t is not threading.main_thread())
-    emit(kind="exit", threads=leftover, fds=sorted(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else [])
+    emit(
+        kind="exit", threads=leftover, fds=sorted(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else []
+    )
     return 0
 
 

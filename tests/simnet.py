@@ -68,8 +68,12 @@ class SimNet:
                     self._discover(other, node)
 
     def _discover(self, observer: SimNode, subject: SimNode) -> None:
-        record = PeerRecord("group", Member(subject.node_id, subject.machine.me.priority, *subject.address),
-                            subject.machine.state, subject.machine.term)
+        record = PeerRecord(
+            "group",
+            Member(subject.node_id, subject.machine.me.priority, *subject.address),
+            subject.machine.state,
+            subject.machine.term,
+        )
         self._schedule(self.now + 0.02, observer.node_id, ("record", record))
 
     # ----------------------------------------------------------------- faults
@@ -196,4 +200,6 @@ class SimNet:
                 return found
             self.run(step)
             waited += step
-        raise AssertionError(f"no agreement after {limit}s: {[(n.node_id, n.machine.state, n.machine.leader) for n in self.live()]}")
+        raise AssertionError(
+            f"no agreement after {limit}s: {[(n.node_id, n.machine.state, n.machine.leader) for n in self.live()]}"
+        )

@@ -21,7 +21,9 @@ def cli(*args: str) -> list[str]:
 
 def test_elect_prints_events_and_hands_over_on_sigterm(lab: Lab) -> None:
     group = "cli" + os.urandom(3).hex()
-    leader = lab.hosts["n0"].popen(cli("elect", group, "--node-id", "z-cli", "--json"), stdout=subprocess.PIPE, text=True)
+    leader = lab.hosts["n0"].popen(
+        cli("elect", group, "--node-id", "z-cli", "--json"), stdout=subprocess.PIPE, text=True
+    )
     follower = lab.hosts["n1"].popen(cli("elect", group, "--node-id", "a-cli"), stdout=subprocess.PIPE, text=True)
     try:
         first = json.loads(leader.stdout.readline())

@@ -17,8 +17,9 @@ import threading
 
 import pytest
 
-from conftest import Local
 from followtheleader import Elector, Event, HeartbeatPortError, State, elect
+
+from conftest import Local
 
 pytestmark = pytest.mark.lab
 
@@ -233,14 +234,16 @@ def test_atexit_hands_leadership_over(lab, cluster) -> None:  # type: ignore[no-
         "print(e.is_leader, flush=True)\n"
         "sys.stdin.readline()\n"
     )
-    leader = lab.hosts["n0"].popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    leader = lab.hosts["n0"].popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert leader.stdout.readline().strip() == "True"
         cluster.wait(lambda: any(e["kind"] == "follower" for e in follower.events()), TIMEOUT, "follower")
         leader.stdin.close()  # the script returns: interpreter exit runs atexit
         assert leader.wait(TIMEOUT) == 0
         promoted = cluster.wait(lambda: [e for e in follower.events() if e["kind"] == "leader"], TIMEOUT, "takeover")
-        reelection = [e for e in follower.events() if e["kind"] == "reelection"][0]
+        reelection = next(e for e in follower.events() if e["kind"] == "reelection")
         assert reelection["reason"] == "leader resigned"
         assert promoted[0]["term"] == 2
     finally:
@@ -257,7 +260,39 @@ def test_threads_are_named_and_daemonic(local: Local) -> None:
         ours = [t for t in threading.enumerate() if t not in before]
         names = {t.name for t in ours}
         name = elector.name
-        assert {f"followtheleader-heartbeat-{name}", f"followtheleader-ticker-{name}", f"followtheleader-callbacks-{name}"} <= names
+        assert {
+            f"followtheleader-heartbeat-{name}",
+            f"followtheleader-ticker-{name}",
+            f"followtheleader-callbacks-{name}",
+        } <= names
         assert all(t.daemon for t in ours)
     finally:
         elector.stop()
+
+
+def test_a_slow_callback_delays_no_heartbeat(local: Local) -> None:
+    """The leader's callback blocks for several failure windows; nobody notices (guarantee 5)."""
+    name = group()
+    leader, follower = elect(name, node_id="z-slow", interval=0.05), elect(name, node_id="a-fast", interval=0.05)
+    release = threading.Event()
+    blocked = threading.Event()
+
+    def slow(event: Event) -> None:
+        blocked.set()
+        release.wait(TIMEOUT)
+
+    leader.on("leader", slow)
+    follower_events = Recorder(follower)
+    local(leader.start)
+    local(follower.start)
+    try:
+        assert blocked.wait(TIMEOUT)
+        assert follower_events.next().kind == "follower"
+        window = leader._machine.timing.failure_window
+        with pytest.raises(queue.Empty):
+            follower_events.events.get(timeout=4 * window)  # no reelection while the callback blocks
+        assert leader.is_leader and follower.leader is not None and follower.leader.node_id == "z-slow"
+    finally:
+        release.set()
+        leader.stop()
+        follower.stop()

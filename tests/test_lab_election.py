@@ -38,9 +38,11 @@ def test_ten_nodes_started_at_once_agree_on_one_leader(cluster: Cluster, hosts: 
     for process in processes:
         process.send("status 0")
     statuses = cluster.wait(
-        lambda: [r for p in processes for r in p.records if r["kind"] == "status"] if all(
-            any(r["kind"] == "status" for r in p.records) for p in processes
-        ) else None,
+        lambda: (
+            [r for p in processes for r in p.records if r["kind"] == "status"]
+            if all(any(r["kind"] == "status" for r in p.records) for p in processes)
+            else None
+        ),
         10,
         "status of every node",
     )
@@ -57,9 +59,11 @@ def test_three_electors_on_one_host_agree(cluster: Cluster, hosts: list[Host]) -
     for process in processes:
         process.send("status 0")
     statuses = cluster.wait(
-        lambda: [r for p in processes for r in p.records if r["kind"] == "status"] if all(
-            any(r["kind"] == "status" for r in p.records) for p in processes
-        ) else None,
+        lambda: (
+            [r for p in processes for r in p.records if r["kind"] == "status"]
+            if all(any(r["kind"] == "status" for r in p.records) for p in processes)
+            else None
+        ),
         10,
         "status of every node",
     )
@@ -130,3 +134,26 @@ def test_node_processes_leave_no_thread_behind(cluster: Cluster, hosts: list[Hos
     cluster.wait_agreement()
     for exit_record in cluster.finish():
         assert exit_record["threads"] == []
+
+
+def test_paused_leader_is_replaced_and_demotes_itself_on_resume(cluster: Cluster, hosts: list[Host]) -> None:
+    import signal
+
+    for host in hosts[:3]:
+        cluster.spawn(host)
+    first = cluster.wait_agreement()
+    paused = cluster.process_of(first.leader)
+    paused.proc.send_signal(signal.SIGSTOP)
+    paused.alive = False  # not counted while paused
+    try:
+        second = cluster.wait_agreement(other_than=first.leader, after_term=first.term)
+    finally:
+        paused.proc.send_signal(signal.SIGCONT)
+    with cluster.changed:
+        paused.alive = True
+    third = cluster.wait_agreement(after_term=first.term)
+    assert (third.leader, third.term) == (second.leader, second.term)
+    own = paused.events()
+    assert [e["kind"] for e in own] == ["leader", "reelection", "follower"]
+    assert own[1]["reason"] == "lost contact with every follower"
+    assert own[2]["leader"] == second.leader and own[2]["term"] == second.term

@@ -7,6 +7,7 @@ import pytest
 from followtheleader._machine import Machine, Notify, Send, Timing
 from followtheleader._model import Event, Member, State
 from followtheleader._wire import Message
+
 from simnet import TIMING, SimNet
 
 W = TIMING.failure_window
@@ -31,7 +32,9 @@ def assert_paired(net: SimNet) -> None:
 
 def assert_terms_increase(net: SimNet) -> None:
     """Every new leadership has a term greater than any earlier one (guarantee 4)."""
-    leader_events = sorted((e for n in net.nodes.values() for e in n.events if e.kind == "leader"), key=lambda e: e.time)
+    leader_events = sorted(
+        (e for n in net.nodes.values() for e in n.events if e.kind == "leader"), key=lambda e: e.time
+    )
     terms = [e.term for e in leader_events]
     assert terms == sorted(terms) and len(set(terms)) == len(terms), terms
 
@@ -120,9 +123,10 @@ def test_crash_of_leader_elects_best_remaining_within_failure_window() -> None:
     assert (leader, term) == ("c", 2)
     assert net.now - crashed_at <= W + 0.01
     assert net.now - crashed_at >= W - TIMING.interval - 0.01
-    assert kinds(net.nodes["a"].events) == ["follower", "reelection", "follower"] or kinds(
-        net.nodes["a"].events
-    ) == ["follower", "follower"]
+    assert kinds(net.nodes["a"].events) == ["follower", "reelection", "follower"] or kinds(net.nodes["a"].events) == [
+        "follower",
+        "follower",
+    ]
     assert_paired(net)
     assert_terms_increase(net)
     assert_no_overlap(net)
@@ -201,7 +205,7 @@ def test_paused_leader_reads_not_leader_and_demotes_on_resume() -> None:
     net.pause("c")
     paused = net.nodes["c"]
     net.run(5.0)
-    leader, term = net.agreed() or (None, None)
+    _leader, _term = net.agreed() or (None, None)
     new_leader_event = [e for e in net.nodes["b"].events if e.kind == "leader"][-1]
     # The old leader's lease ran out before the new leader was elected (guarantee 2) ...
     assert paused.machine.lease_until is not None and paused.machine.lease_until < new_leader_event.time
@@ -280,7 +284,7 @@ def test_electing_node_follows_a_leader_that_answers_and_asks_for_members() -> N
     pings = [a for a in actions if isinstance(a, Send)]
     assert pings == [] or all(p.message.members_version == 0 for p in pings)
     later = machine.tick(0.06)
-    ping = [a for a in later if isinstance(a, Send)][0]
+    ping = next(a for a in later if isinstance(a, Send))
     assert ping.address == ("198.18.0.2", 9001)
     assert ping.message.kind == "ping" and ping.message.leader == "boss" and ping.message.members_version == 0
 

@@ -68,3 +68,9 @@ def test_positional_name_and_mapping_conflicts() -> None:
         parse_options({"name": "a"}, name="b")
     with pytest.raises(TypeError, match="only positional argument"):
         parse_options("a", "b")
+
+
+def test_ipv6_mdns_gets_dual_stack_heartbeats_unless_a_host_is_given() -> None:
+    assert parse_options("s", ip_version="all").host == "::"
+    assert parse_options("s", ip_version="v6", host="::1").host == "::1"
+    assert parse_options("s", host=None).host == "0.0.0.0"
