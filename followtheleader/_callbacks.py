@@ -99,7 +99,7 @@ class CallbackThread:
         for callback in callbacks:
             try:
                 callback(event)
-            except Exception as exc:  # a user's callback may raise anything
+            except BaseException as exc:
                 log.exception("%s callback %r raised", event.kind, callback)
                 if event.kind != "error":
                     self.put(self._make_error_event(exc, f"{event.kind} callback raised {exc!r}"))

@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import ipaddress
 import logging
+import os
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
@@ -38,7 +41,8 @@ from zeroconf import (
 )
 from zeroconf.asyncio import AsyncServiceInfo
 
-from ._logs import WarnOnce
+from ._auth import RECORD_REFRESH, Authenticator
+from ._logs import RateLimitedWarning
 from ._model import Member, State
 from ._options import Options
 from ._wire import PeerRecord, decode_txt, encode_txt
@@ -96,11 +100,22 @@ class _SharedZeroconf:
         zc.close()
 
 
+def _forget_shared_after_fork() -> None:
+    """A forked child has none of its parent's zeroconf threads: it must open its own."""
+    _SharedZeroconf._instances = {}
+    _SharedZeroconf._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_shared_after_fork)
+
+
 class Discovery:
     """This node's DNS-SD record and the browser for its peers' records.
 
     :param options: the elector's options.
     :param member: this node (its port is the bound heartbeat port).
+    :param auth: signs and checks records in an authenticated group, else None.
     :param on_record: called on the browser thread (or zeroconf's loop thread, for a record
         that had to be resolved) with each valid record seen.
     :param on_goodbye: called on the browser thread with the node id of a withdrawn record.
@@ -112,13 +127,15 @@ class Discovery:
         self,
         options: Options,
         member: Member,
+        auth: Authenticator | None,
         on_record: Callable[[PeerRecord], None],
         on_goodbye: Callable[[str], None],
-        warn: WarnOnce,
+        warn: RateLimitedWarning,
         on_error: Callable[[BaseException, str], None],
     ) -> None:
         self._options = options
         self._member = member
+        self._auth = auth
         self._on_record = on_record
         self._on_goodbye = on_goodbye
         self._warn = warn
@@ -131,6 +148,7 @@ class Discovery:
         self._publisher: concurrent.futures.Future[None] | None = None
         self._published: ServiceInfo | None = None
         self._ipv6_heartbeats = ":" in options.host
+        self._refresh = RECORD_REFRESH if auth is not None else None
         self.instance_name = self._instance_name()
 
     # ----------------------------------------------------------------- any thread
@@ -192,7 +210,9 @@ class Discovery:
         changed.set()
         try:
             while True:
-                await changed.wait()
+                # On time-out: re-publish with a fresh signature before the record counts as stale.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(changed.wait(), self._refresh)
                 changed.clear()
                 info = self._service_info(*self._desired)
                 try:
@@ -254,6 +274,11 @@ class Discovery:
             properties = info.decoded_properties
         except Exception:  # noqa: BLE001 - undecodable TXT: treated as malformed below
             properties = {}
+        if self._auth is None and "mac" in properties:
+            return  # a node of an authenticated group of the same name: not ours
+        if self._auth is not None and not self._auth.record_valid(properties, time.time()):
+            self._warn("unauthenticated-record", "dropped an unauthenticated or stale record: %s", info.name)
+            return
         host = self._pick_address(info)
         record = decode_txt(properties, host) if host else None
         if record is None:
@@ -286,10 +311,14 @@ class Discovery:
             self._options.service_type,
             self.instance_name,
             port=self._member.port,
-            properties=encode_txt(self._options.name, self._member, role, term),
+            properties=self._txt(role, term),
             server=f"ftl-{self._member.node_id}.local.",
             parsed_addresses=self._own_addresses(),
         )
+
+    def _txt(self, role: State, term: int) -> dict[str, str]:
+        properties = encode_txt(self._options.name, self._member, role, term)
+        return properties if self._auth is None else self._auth.sign_record(properties, time.time())
 
     def _own_addresses(self) -> list[str]:
         """The addresses to publish: the chosen interfaces, else every non-loopback one."""

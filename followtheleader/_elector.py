@@ -20,23 +20,27 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import time
 import weakref
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
-from typing_extensions import Self
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
+
+from ._auth import Authenticator
 from ._callbacks import EVENT_KINDS, Callback, CallbackThread
 from ._discovery import Discovery
 from ._heartbeat import HeartbeatServer, Ticker, bind_heartbeat_server
-from ._logs import WarnOnce
+from ._logs import RateLimitedWarning
 from ._machine import Action, Machine, Notify, Publish, Send, Timing
 from ._model import Event, Member, State
 from ._options import Options, parse_options
-from ._wire import NPM_PING, NPM_PONG, PeerRecord, decode_message, encode_message
+from ._wire import NPM_PING, NPM_PONG, Message, PeerRecord, decode_datagram, encode_message
 
 __all__ = ["Elector", "elect"]
 
@@ -74,7 +78,8 @@ class Elector:
         self._lock = threading.Lock()
         self._state_changed = threading.Condition(self._lock)
         self._lifecycle = threading.Lock()
-        self._warn = WarnOnce(log)
+        self._warn = RateLimitedWarning(log)
+        self._auth = Authenticator(options.secret, name) if options.secret is not None else None
         timing = Timing(options.interval, options.max_failed_responses)
         self._machine = Machine(name, Member(options.node_id, options.priority, "", options.port), timing)
         self._callbacks = CallbackThread(f"followtheleader-callbacks-{name}", self._error_event)
@@ -166,7 +171,7 @@ class Elector:
         me = Member(self._options.node_id, self._options.priority, "", self._server.port)
         self._machine.me = me
         self._discovery = Discovery(
-            self._options, me, self._on_record, self._on_goodbye, self._warn, self._report_error
+            self._options, me, self._auth, self._on_record, self._on_goodbye, self._warn, self._report_error
         )
         self._discovery.start()
         self._server_thread = threading.Thread(
@@ -257,6 +262,8 @@ class Elector:
 
         Call it from a callback only with a short timeout: events wait behind it.
         """
+        if not self._started:
+            return None
         with self._state_changed:
             self._state_changed.wait_for(
                 lambda: self._machine.state in (State.LEADER, State.FOLLOWER) or self._stopping, timeout
@@ -354,7 +361,7 @@ class Elector:
         server = self._server
         if server is not None:
             for send in sends:
-                server.send(encode_message(send.message), send.address)
+                server.send(self._encode(send.message), send.address)
         ticker = self._ticker
         if ticker is not None and deadline is not None and deadline < ticker.planned:
             ticker.wake()
@@ -366,14 +373,30 @@ class Elector:
 
     def _on_datagram(self, data: bytes, source: tuple[str, int]) -> None:
         """Heartbeat thread: one datagram arrived."""
-        if data == NPM_PING and self._options.npm_compat and self._server is not None:
+        if data == NPM_PING and self._options.npm_compat and self._server is not None and self.is_leader:
             self._server.send(NPM_PONG, source)
             return
-        message = decode_message(data)
-        if message is None:
+        if self._auth is not None:
+            body = self._auth.open(data)
+            if body is None:
+                self._warn("unauthenticated", "dropped an unauthenticated heartbeat datagram from %s:%s", *source)
+                return
+            data = body
+        decoded = decode_datagram(data)
+        if decoded is None:
             self._warn("bad-datagram", "ignored a malformed heartbeat datagram from %s:%s", *source)
             return
+        message, stamp = decoded
+        if self._auth is not None and (stamp is None or not self._auth.fresh(message.sender, stamp, time.time())):
+            self._warn("replayed", "dropped a stale or replayed heartbeat datagram from %s:%s", *source)
+            return
         self._feed(lambda now: self._machine.on_message(message, source, now))
+
+    def _encode(self, message: Message) -> bytes:
+        """The datagram for ``message``: stamped and tagged in an authenticated group."""
+        if self._auth is None:
+            return encode_message(message)
+        return self._auth.seal(encode_message(message, self._auth.next_stamp(time.time())))
 
     def _on_record(self, record: PeerRecord) -> None:
         """Browser thread: a peer's DNS-SD record appeared or changed."""
@@ -419,6 +442,8 @@ class Elector:
 
 
 _running: weakref.WeakSet[Elector] = weakref.WeakSet()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_running.clear)  # a child has none of its parent's threads
 
 
 @atexit.register

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from ._logs import WarnOnce
+from ._logs import RateLimitedWarning
 from ._wire import MAX_DATAGRAM
 
 __all__ = ["HeartbeatPortError", "HeartbeatServer", "Ticker", "bind_heartbeat_server"]
@@ -62,7 +62,7 @@ class HeartbeatServer(socketserver.UDPServer):
         self,
         address: tuple[str, int],
         on_datagram: OnDatagram,
-        warn: WarnOnce,
+        warn: RateLimitedWarning,
         on_error: Callable[[BaseException, str], None],
     ) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
@@ -116,7 +116,7 @@ def bind_heartbeat_server(
     port: int,
     explicit: bool,
     on_datagram: OnDatagram,
-    warn: WarnOnce,
+    warn: RateLimitedWarning,
     on_error: Callable[[BaseException, str], None],
 ) -> HeartbeatServer:
     """Bind the heartbeat socket.

@@ -106,6 +106,8 @@ class _Peer:
     """When a datagram from it last arrived."""
     pinged_since: float | None = None
     """When the first ping it has not answered yet was sent."""
+    last_ping: float | None = None
+    """When the last ping to it was sent."""
     live_until: float = 0.0
     """(As leader) it counts as a live member until then."""
     dead: bool = False
@@ -216,8 +218,8 @@ class Machine:
             peer = self.peers.get(record.member.node_id)
             if peer is None:
                 peer = self.peers[record.member.node_id] = _Peer(record.member)
-            if not peer.dead and (self.state is State.ELECTING or record.role is State.LEADER):
-                self._ping_now(peer, now)
+            if record.role is State.LEADER or (self.state is State.ELECTING and not peer.dead):
+                self._ping_now(peer, now)  # a record is a hint: only an answer makes it count
         return self._flush()
 
     def on_goodbye(self, node_id: str, now: float) -> list[Action]:
@@ -308,10 +310,10 @@ class Machine:
     def _on_leave(self, message: Message, sender: Member, now: float) -> None:
         peer = self.peers[sender.node_id]
         peer.live_until = 0.0
-        if message.leader is None:
-            peer.dead = True
+        if message.leader in (None, self.me.node_id):
+            peer.dead = True  # it stops
         elif message.leader_member is not None:
-            self._hearsay_of_leader(message.leader_member, message.term, now)
+            self._hearsay_of_leader(message.leader_member, message.term, now)  # it moved to another leader
         if self.state is State.LEADER:
             self._refresh_live_members(now)
             if not self._live_ids:
@@ -347,8 +349,7 @@ class Machine:
         peer = self.peers.get(leader.node_id)
         if peer is None:
             peer = self.peers[leader.node_id] = _Peer(leader)
-        if peer.dead:
-            return
+        # A peer found dead is pinged too: only its own answer revives it (then it is followed).
         current = self.leader if self.state in (State.FOLLOWER, State.LEADER) else None
         if current is not None and (term, leader.rank) <= (self.term, current.rank):
             return  # no better than the leader this node follows or is
@@ -371,9 +372,15 @@ class Machine:
     def _claim(self, now: float) -> None:
         self.term = self.max_term = self.max_term + 1
         self.leader = self.me
-        self.lease_until = None
         for peer in self.peers.values():
             peer.live_until = now + self.timing.failure_window if not peer.dead else 0.0
+        # With followers to expect, the lease runs from the claim: a leader paused before their
+        # first ping must not lead on when it resumes.
+        window = self.timing.failure_window
+        expecting = any(
+            not p.dead and p.last_heard is not None and now - p.last_heard < window for p in self.peers.values()
+        )
+        self.lease_until = now + self.timing.lease if expecting else None
         self._refresh_live_members(now, force=True)
         self._set_state(State.LEADER, now, "claimed leadership")
         self._send_to_peers(self._message("claim", with_members=True, now=now))
@@ -485,15 +492,16 @@ class Machine:
                     self._ping(peer, now)
 
     def _ping_now(self, peer: _Peer, now: float) -> None:
-        """Ping at once, unless a ping to it is already waiting for its answer."""
-        if peer.pinged_since is None:
+        """Ping at once, unless it was pinged less than an interval ago."""
+        if peer.last_ping is None or now - peer.last_ping >= self.timing.interval:
             self._ping(peer, now)
 
     def _ping(self, peer: _Peer, now: float) -> None:
         if not peer.member.host:
             return
-        if peer.pinged_since is None:
+        if peer.pinged_since is None and not peer.dead:
             peer.pinged_since = now
+        peer.last_ping = now
         self._send(self._message("ping"), peer.member.address)
 
     def _pong(self, pinger_version: int, now: float) -> Message:

@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DEFAULT_PORT", "Options", "parse_options"]
+from ._auth import Secret
+
+__all__ = ["DEFAULT_PORT", "SECRET_ENVIRONMENT_VARIABLE", "Options", "parse_options"]
+
+SECRET_ENVIRONMENT_VARIABLE = "FOLLOWTHELEADER_SECRET"
+"""Where the secret is read from when the ``secret`` option is not given."""
 
 DEFAULT_PORT = 9001
 """The npm original's heartbeat port; used when it is free and the user asked for no port."""
@@ -43,7 +49,8 @@ class Options:
     :ivar node_id: this node's identity, unique in its group.
     :ivar interfaces: addresses for mDNS, or None for every interface.
     :ivar ip_version: ``"v4"``, ``"v6"`` or ``"all"`` for mDNS.
-    :ivar npm_compat: answer the npm package's bare ``PING`` with ``PONG``.
+    :ivar npm_compat: answer the npm package's bare ``PING`` with ``PONG`` (off with a secret).
+    :ivar secret: the group's shared secret, or None for an open group.
     """
 
     name: str
@@ -58,6 +65,7 @@ class Options:
     interfaces: tuple[str, ...] | None = None
     ip_version: str = "v4"
     npm_compat: bool = True
+    secret: Secret | None = field(default=None, repr=False)
 
     @property
     def service_type(self) -> str:
@@ -114,11 +122,19 @@ def parse_options(*args: Any, **kwargs: Any) -> Options:
         "interfaces": _check_interfaces,
         "ip_version": _check_ip_version,
         "npm_compat": lambda v: _check_bool("npm_compat", v),
+        "secret": _check_secret,
     }
     for key, value in given.items():
-        if value is None and key in ("node_id", "interfaces", "host"):
+        if value is None and key in ("node_id", "interfaces", "host", "secret"):
             continue
         values[key] = checkers[key](value)
+    secret = given.get("secret")
+    if secret is None and os.environ.get(SECRET_ENVIRONMENT_VARIABLE):
+        values["secret"] = Secret(os.environ[SECRET_ENVIRONMENT_VARIABLE].encode())
+    if values.get("secret") is not None:
+        if given.get("npm_compat") is True:
+            raise ValueError("option 'npm_compat' cannot be used with a secret: npm nodes cannot authenticate")
+        values["npm_compat"] = False
     if "host" not in values and values.get("ip_version", "v4") != "v4":
         values["host"] = "::"  # dual-stack heartbeats when mDNS may hand out IPv6 addresses
     return Options(**values)
@@ -210,6 +226,18 @@ def _check_interfaces(value: Any) -> tuple[str, ...]:
     if not addresses:
         raise ValueError("option 'interfaces' must not be empty; use None for all interfaces")
     return tuple(addresses)
+
+
+def _check_secret(value: Any) -> Secret:
+    if isinstance(value, Secret):
+        return value
+    if isinstance(value, str):
+        value = value.encode()
+    if not isinstance(value, (bytes, bytearray)):
+        raise TypeError(f"option 'secret' must be bytes or str, not {type(value).__name__}")
+    if not value:
+        raise ValueError("option 'secret' must not be empty")
+    return Secret(bytes(value))
 
 
 def _check_ip_version(value: Any) -> str:

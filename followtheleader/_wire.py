@@ -33,6 +33,8 @@ __all__ = [
     "PROTOCOL_VERSION",
     "Message",
     "PeerRecord",
+    "Stamp",
+    "decode_datagram",
     "decode_message",
     "decode_txt",
     "encode_message",
@@ -84,6 +86,20 @@ class Message:
 
 
 @dataclass(frozen=True)
+class Stamp:
+    """Who sent an authenticated datagram, in which order and when (see ``_auth``).
+
+    :ivar boot: random id of the sender's run (a restarted node has a new one).
+    :ivar counter: strictly increasing within one run.
+    :ivar time: the sender's wall clock, in seconds.
+    """
+
+    boot: str
+    counter: int
+    time: float
+
+
+@dataclass(frozen=True)
 class PeerRecord:
     """What a node publishes in its DNS-SD TXT record (a hint, never proof of life)."""
 
@@ -93,8 +109,8 @@ class PeerRecord:
     term: int
 
 
-def encode_message(message: Message) -> bytes:
-    """Serialise a message to one datagram."""
+def encode_message(message: Message, stamp: Stamp | None = None) -> bytes:
+    """Serialise a message to one datagram (with its stamp, in an authenticated group)."""
     body: dict[str, object] = {
         "v": PROTOCOL_VERSION,
         "k": message.kind,
@@ -111,11 +127,19 @@ def encode_message(message: Message) -> bytes:
         body["lm"] = _member_to_list(message.leader_member)
     if message.members is not None:
         body["m"] = [_member_to_list(m) for m in message.members]
+    if stamp is not None:
+        body["a"] = [stamp.boot, stamp.counter, stamp.time]
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def decode_message(data: bytes) -> Message | None:
     """Parse one datagram; None if it is not a well-formed message of our protocol version."""
+    decoded = decode_datagram(data)
+    return None if decoded is None else decoded[0]
+
+
+def decode_datagram(data: bytes) -> tuple[Message, Stamp | None] | None:
+    """Parse one datagram and its stamp, if any; None if it is not well-formed."""
     if not data or len(data) > MAX_DATAGRAM or data[:1] != b"{":
         return None
     try:
@@ -151,7 +175,12 @@ def decode_message(data: bytes) -> Message | None:
         members = tuple(m for m in parsed if m is not None)
     assert isinstance(group, str) and isinstance(sender, str)  # checked above; for the type checker
     assert isinstance(priority, int) and isinstance(term, int) and isinstance(version, int)
-    return Message(
+    stamp = None
+    if "a" in body:
+        stamp = _stamp_from_list(body["a"])
+        if stamp is None:
+            return None
+    message = Message(
         kind=kind,
         group=group,
         sender=sender,
@@ -163,6 +192,7 @@ def decode_message(data: bytes) -> Message | None:
         members_version=version,
         members=members,
     )
+    return message, stamp
 
 
 def encode_txt(group: str, member: Member, role: State, term: int) -> dict[str, str]:
@@ -198,6 +228,17 @@ def decode_txt(properties: Mapping[str, str | None], host: str) -> PeerRecord | 
         return None
     assert isinstance(group, str) and isinstance(node_id, str) and isinstance(role, str)
     return PeerRecord(group, Member(node_id, priority, host, port), _ROLE_BY_NAME[role], term)
+
+
+def _stamp_from_list(item: object) -> Stamp | None:
+    if not isinstance(item, list) or len(item) != 3:
+        return None
+    boot, counter, sent_at = item
+    if not isinstance(boot, str) or not re.fullmatch(r"[0-9a-f]{16}", boot) or not _is_int(counter, 1, _MAX_TERM):
+        return None
+    if isinstance(sent_at, bool) or not isinstance(sent_at, (int, float)) or not 0 <= sent_at < 1e11:
+        return None
+    return Stamp(boot, counter, float(sent_at))
 
 
 def _member_to_list(member: Member) -> list[object]:

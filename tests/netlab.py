@@ -50,8 +50,6 @@ import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from typing_extensions import Self
-
 __all__ = ["Host", "Lab", "LabError", "lab_unavailable_reason"]
 
 logger = logging.getLogger(__name__)
@@ -464,7 +462,7 @@ class Lab:
 
     # -- context manager -----------------------------------------------------
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> Lab:  # noqa: PYI034 - Lab is not subclassed
         return self
 
     def __exit__(self, *exc_info: object) -> None:

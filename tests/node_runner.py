@@ -84,6 +84,7 @@ class Node:
             leader=e.leader.node_id if e.leader else None,
             members=[m.node_id for m in e.members],
             port=e.port,
+            counters=e.counters,
             threads=sorted(t.name for t in threading.enumerate()),
         )
 

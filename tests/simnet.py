@@ -176,7 +176,9 @@ class SimNet:
     # ----------------------------------------------------------------- queries
 
     def live(self) -> list[SimNode]:
-        return [n for n in self.nodes.values() if not n.crashed and n.machine.state is not State.STOPPED]
+        return [
+            n for n in self.nodes.values() if not n.crashed and not n.paused and n.machine.state is not State.STOPPED
+        ]
 
     def leaders(self) -> list[SimNode]:
         return [n for n in self.live() if n.machine.state is State.LEADER]

@@ -294,3 +294,35 @@ def test_timing_keeps_the_lease_inside_the_failure_window() -> None:
         timing = Timing(0.2, failed)
         assert timing.lease > timing.interval
         assert timing.failure_window - timing.lease > timing.interval
+
+
+def test_leader_paused_right_after_its_claim_has_a_lease_already() -> None:
+    net = SimNet()
+    start_group(net, ["a", "b", "c"])
+    net.run(SETTLE + 0.0005)  # "c" has just claimed; no follower has pinged it yet
+    assert net.nodes["c"].machine.state is State.LEADER
+    net.pause("c")
+    lease_end = net.nodes["c"].machine.lease_until
+    net.run(5.0)
+    assert net.agreed() == ("b", 2)
+    assert not net.nodes["c"].machine.is_leader(net.now)
+    net.resume("c")
+    net.run(TIMING.interval)
+    assert net.agreed() == ("b", 2)
+    assert kinds(net.nodes["c"].events) == ["leader", "reelection", "follower"]
+    new_leader_event = next(e for e in net.nodes["b"].events if e.kind == "leader")
+    assert lease_end is not None and lease_end <= new_leader_event.time
+
+
+def test_follower_that_lost_only_its_leader_rejoins_it() -> None:
+    net = SimNet()
+    start_group(net, ["a", "b", "c"])
+    assert net.run_until_agreed() == ("c", 1)
+    net.run(1.0)
+    net.partition(["a"], ["c"])  # "a" alone loses the leader; "b" still follows it
+    net.run(2 * W)
+    assert net.nodes["a"].machine.state is State.ELECTING
+    net.heal()
+    net.run(2 * TIMING.interval)
+    assert net.agreed() == ("c", 1)
+    assert kinds(net.nodes["a"].events) == ["follower", "reelection", "follower"]

@@ -1,0 +1,145 @@
+"""Authenticated groups: HMAC-SHA256 tags on every datagram and TXT record, replay refusal.
+
+With a shared secret, a datagram is ``<JSON body with a stamp> + <32-byte tag>``: the tag is
+HMAC-SHA256 over the body under a key derived from the secret and the group name, and the
+stamp ``"a": [boot, counter, time]`` says which run of which node sent it, in which order and
+when. A receiver drops a datagram whose tag is wrong, whose time is outside the allowed clock
+skew, or whose counter is not greater than the last one accepted from that run of that node,
+so a captured datagram replayed later is refused. TXT records carry ``ts`` and ``mac`` the same
+way; a node re-publishes its record well before it would count as stale.
+
+The secret itself never leaves this module's objects: :class:`Secret` hides it from ``repr``,
+and only the derived key is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import os
+import threading
+from collections.abc import Mapping
+
+from ._wire import Stamp
+
+__all__ = ["MAX_CLOCK_SKEW", "RECORD_MAX_AGE", "RECORD_REFRESH", "Authenticator", "Secret"]
+
+TAG_SIZE = 32
+MAX_CLOCK_SKEW = 30.0
+"""Seconds a stamped datagram's time may differ from the receiver's wall clock."""
+RECORD_REFRESH = 240.0
+"""Seconds between re-publications of an authenticated TXT record (fresh ``ts``)."""
+RECORD_MAX_AGE = 600.0
+"""An authenticated TXT record older than this is refused as a replay."""
+_MAX_TRACKED_RUNS = 4096
+
+
+class Secret:
+    """A shared secret; ``repr`` and ``str`` never show it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: bytes) -> None:
+        self._value = value
+
+    def __repr__(self) -> str:
+        return "Secret(<hidden>)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and hmac.compare_digest(self._value, other._value)
+
+    def __hash__(self) -> int:
+        return hash(hashlib.sha256(self._value).digest())
+
+    def derive_key(self, group: str) -> bytes:
+        """The HMAC key of one group: the same secret gives other groups other keys."""
+        return hmac.new(self._value, b"followtheleader/1/" + group.encode(), hashlib.sha256).digest()
+
+
+class Authenticator:
+    """Signs and checks datagrams and records of one group. Thread-safe.
+
+    :param secret: the group's shared secret.
+    :param group: the group name.
+    """
+
+    def __init__(self, secret: Secret, group: str) -> None:
+        self._key = secret.derive_key(group)
+        self._boot = os.urandom(8).hex()
+        self._counter = itertools.count(1)
+        self._lock = threading.Lock()
+        self._runs: dict[tuple[str, str], tuple[int, float]] = {}  # (sender, boot) -> (counter, time)
+
+    def __repr__(self) -> str:
+        return "<Authenticator>"
+
+    # ----------------------------------------------------------------- datagrams
+
+    def next_stamp(self, now_wall: float) -> Stamp:
+        """A fresh stamp for one outgoing datagram."""
+        return Stamp(self._boot, next(self._counter), round(now_wall, 3))
+
+    def seal(self, body: bytes) -> bytes:
+        """``body`` followed by its tag."""
+        return body + hmac.new(self._key, body, hashlib.sha256).digest()
+
+    def open(self, data: bytes) -> bytes | None:
+        """The body of a datagram whose tag is right, else None."""
+        if len(data) <= TAG_SIZE:
+            return None
+        body, tag = data[:-TAG_SIZE], data[-TAG_SIZE:]
+        if not hmac.compare_digest(hmac.new(self._key, body, hashlib.sha256).digest(), tag):
+            return None
+        return body
+
+    def fresh(self, sender: str, stamp: Stamp, now_wall: float) -> bool:
+        """True, and remembered, if this stamp is neither stale nor a replay.
+
+        Each run of each sender is remembered with its greatest counter until its datagrams
+        would be stale anyway; a datagram of a forgotten run fails the clock-skew check.
+        """
+        if abs(stamp.time - now_wall) > MAX_CLOCK_SKEW:
+            return False
+        run = (sender, stamp.boot)
+        with self._lock:
+            last = self._runs.get(run)
+            if last is not None and stamp.counter <= last[0]:
+                return False
+            if last is None and len(self._runs) >= _MAX_TRACKED_RUNS:
+                self._forget_stale(now_wall)
+            self._runs[run] = (stamp.counter, stamp.time)
+        return True
+
+    def _forget_stale(self, now_wall: float) -> None:
+        for run, (_counter, sent_at) in list(self._runs.items()):
+            if sent_at < now_wall - 2 * MAX_CLOCK_SKEW:
+                del self._runs[run]
+        while len(self._runs) >= _MAX_TRACKED_RUNS:  # a flood of valid-looking runs: drop the oldest
+            del self._runs[min(self._runs, key=lambda r: self._runs[r][1])]
+
+    # ----------------------------------------------------------------- TXT records
+
+    def sign_record(self, properties: Mapping[str, str], now_wall: float) -> dict[str, str]:
+        """``properties`` with a time stamp ``ts`` and a tag ``mac``."""
+        signed = {**properties, "ts": str(int(now_wall))}
+        signed["mac"] = self._record_tag(signed)
+        return signed
+
+    def record_valid(self, properties: Mapping[str, str | None], now_wall: float) -> bool:
+        """True if the record's tag is right and it is not older than :data:`RECORD_MAX_AGE`."""
+        mac, ts = properties.get("mac"), properties.get("ts")
+        if not isinstance(mac, str) or not isinstance(ts, str) or not ts.isdigit() or len(ts) > 12:
+            return False
+        if any(value is None for value in properties.values()):
+            return False
+        expected = self._record_tag({k: v for k, v in properties.items() if v is not None})
+        if not hmac.compare_digest(expected.encode(), mac.encode()):
+            return False
+        return -MAX_CLOCK_SKEW <= now_wall - int(ts) <= RECORD_MAX_AGE + MAX_CLOCK_SKEW
+
+    def _record_tag(self, properties: Mapping[str, str]) -> str:
+        canonical = "\n".join(f"{k}={v}" for k, v in sorted(properties.items()) if k != "mac")
+        return hmac.new(self._key, canonical.encode(), hashlib.sha256).hexdigest()

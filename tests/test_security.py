@@ -1,0 +1,227 @@
+"""Authenticated groups: unit tests of tags and replay refusal, and attacks in the lab."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from followtheleader import elect
+from followtheleader._auth import MAX_CLOCK_SKEW, RECORD_MAX_AGE, Authenticator, Secret
+from followtheleader._model import Member, State
+from followtheleader._options import SECRET_ENVIRONMENT_VARIABLE, parse_options
+from followtheleader._wire import Message, encode_message, encode_txt
+
+from cluster import Cluster, NodeProcess
+from netlab import Host, Lab
+
+SECRET = "correct horse battery staple"
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+# ----------------------------------------------------------------- unit tests
+
+
+def claim(sender: str = "a", term: int = 1) -> Message:
+    return Message("claim", "g", sender, 0, State.LEADER, term, leader=sender)
+
+
+def test_tags_verify_and_tampering_or_another_key_fails() -> None:
+    alice, bob = Authenticator(Secret(b"k"), "g"), Authenticator(Secret(b"k"), "g")
+    data = alice.seal(encode_message(claim(), alice.next_stamp(1000.0)))
+    assert bob.open(data) is not None
+    tampered = bytearray(data)
+    tampered[5] ^= 1
+    assert bob.open(bytes(tampered)) is None
+    assert Authenticator(Secret(b"other"), "g").open(data) is None
+    assert Authenticator(Secret(b"k"), "other group").open(data) is None
+    assert bob.open(encode_message(claim())) is None
+    assert bob.open(b"") is None
+
+
+def test_replays_and_stale_stamps_are_refused_and_a_restart_is_accepted() -> None:
+    receiver = Authenticator(Secret(b"k"), "g")
+    first_run = Authenticator(Secret(b"k"), "g")
+    stamps = [first_run.next_stamp(1000.0) for _ in range(3)]
+    assert all(receiver.fresh("a", stamp, 1000.5) for stamp in stamps)
+    assert not any(receiver.fresh("a", stamp, 1000.6) for stamp in stamps)  # replayed
+    assert receiver.fresh("b", stamps[0], 1000.6)  # another sender's own sequence
+    assert not receiver.fresh("a", first_run.next_stamp(1000.0), 1000.0 + MAX_CLOCK_SKEW + 1)  # stale
+    assert not receiver.fresh("a", first_run.next_stamp(1100.0), 1000.0)  # from the future
+    restarted = Authenticator(Secret(b"k"), "g")
+    assert receiver.fresh("a", restarted.next_stamp(1010.0), 1010.0)
+    assert not receiver.fresh("a", stamps[2], 1010.0)  # the old run, replayed after the restart
+
+
+def test_records_are_signed_and_refused_when_forged_or_stale() -> None:
+    auth = Authenticator(Secret(b"k"), "g")
+    properties = auth.sign_record(encode_txt("g", Member("n", 0, "198.18.0.1", 9001), State.LEADER, 3), 5000.0)
+    assert auth.record_valid(properties, 5001.0)
+    assert not auth.record_valid({**properties, "t": "99"}, 5001.0)
+    assert not auth.record_valid({k: v for k, v in properties.items() if k != "mac"}, 5001.0)
+    assert not auth.record_valid(properties, 5000.0 + RECORD_MAX_AGE + MAX_CLOCK_SKEW + 1)
+    assert not Authenticator(Secret(b"x"), "g").record_valid(properties, 5001.0)
+
+
+def test_the_secret_never_shows(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    caplog.set_level(logging.DEBUG)
+    elector = elect("g", secret=SECRET)
+    texts = [repr(elector), repr(elector.options), str(elector.options), repr(elector.options.secret)]
+    for bad in (123, b"", ""):
+        try:
+            elect("g", secret=bad)
+        except (TypeError, ValueError) as exc:
+            texts.append(str(exc))
+    monkeypatch.setenv(SECRET_ENVIRONMENT_VARIABLE, SECRET)
+    from_environment = parse_options("g")
+    assert from_environment.secret == Secret(SECRET.encode()) and from_environment.npm_compat is False
+    texts.append(repr(from_environment))
+    texts.extend(record.getMessage() for record in caplog.records)
+    assert not any(SECRET in text or SECRET.encode().hex() in text for text in texts)
+
+
+def test_secret_option_checks() -> None:
+    assert parse_options("g", secret=b"\x00\x01").secret == Secret(b"\x00\x01")
+    assert parse_options("g").secret is None or os.environ.get(SECRET_ENVIRONMENT_VARIABLE)
+    with pytest.raises(ValueError, match="npm_compat"):
+        parse_options("g", secret="s", npm_compat=True)
+    with pytest.raises(TypeError, match="'secret' must be bytes or str, not int"):
+        parse_options("g", secret=5)
+
+
+# ----------------------------------------------------------------- in the lab
+
+pytest_lab = pytest.mark.lab
+
+
+def status(cluster: Cluster, process: NodeProcess) -> dict[str, Any]:
+    """Ask a node for its status and wait for the answer."""
+    before = len([r for r in process.records if r["kind"] == "status"])
+    process.send("status 0")
+    return cluster.wait(  # type: ignore[no-any-return]
+        lambda: ([r for r in process.records if r["kind"] == "status"][before:] or [None])[0], 10, "status"
+    )
+
+
+def wait_counter(cluster: Cluster, process: NodeProcess, key: str, at_least: int) -> dict[str, Any]:
+    """Poll a node's status until its counter ``key`` reaches ``at_least``."""
+    for _ in range(200):
+        found = status(cluster, process)
+        if found["counters"].get(key, 0) >= at_least:
+            return found
+        process.send("")  # nothing; the next status request follows at once
+    raise AssertionError(f"counter {key} of {process.node_ids} stayed below {at_least}: {found['counters']}")
+
+
+def secure_group(cluster: Cluster, hosts: list[Host]) -> list[NodeProcess]:
+    processes = [
+        cluster.spawn(host, options={"secret": SECRET}, node_ids=[f"s-{letter}"])
+        for host, letter in zip(hosts[:3], "abc", strict=True)
+    ]
+    agreed = cluster.wait_agreement()
+    assert (agreed.leader, agreed.term) == ("s-c", 1)
+    return processes
+
+
+def forge(host: Host, targets: list[tuple[str, int]]) -> None:
+    """Send claims of the highest term and priority: unsigned, and signed with a wrong key."""
+    script = f"""
+import socket, sys
+sys.path.insert(0, {os.path.dirname(HERE)!r})
+from followtheleader._auth import Authenticator, Secret
+from followtheleader._model import State
+from followtheleader._wire import Message, encode_message
+import time
+for sender in ("zz-forger", "s-c"):
+    message = Message("claim", sys.argv[1], sender, 2**31 - 1, State.LEADER, 10**6, leader=sender)
+    resign = Message("resign", sys.argv[1], "s-c", 0, State.LEADER, 1, leader="s-c")
+    wrong = Authenticator(Secret(b"wrong"), sys.argv[1])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for host, port in {targets!r}:
+            for m in (message, resign):
+                sock.sendto(encode_message(m), (host, port))
+                sock.sendto(wrong.seal(encode_message(m, wrong.next_stamp(time.time()))), (host, port))
+"""
+    host.run([sys.executable, "-c", script, GROUP[0]])
+
+
+GROUP: list[str] = [""]
+
+
+@pytest_lab
+def test_rogue_nodes_and_forged_claims_change_nothing(lab: Lab, cluster: Cluster, hosts: list[Host]) -> None:
+    secure = secure_group(cluster, hosts)
+    rogues = Cluster(lab, group=cluster.group)
+    try:
+        rogue_open = rogues.spawn(hosts[3], options={"priority": 2**31 - 1}, node_ids=["zz-rogue-open"])
+        rogue_wrong = rogues.spawn(
+            hosts[4], options={"priority": 2**31 - 1, "secret": "wrong"}, node_ids=["zz-rogue-wrong"]
+        )
+        for rogue in (rogue_open, rogue_wrong):
+            rogues.wait(lambda r=rogue: any(e["kind"] == "leader" for e in r.events()), 10, "rogue leads itself")
+        GROUP[0] = cluster.group
+        forge(hosts[5], [(host.address, 9001) for host in hosts[:3]])
+        for process in secure:
+            found = wait_counter(cluster, process, "unauthenticated", 8)
+            assert found["counters"].get("unauthenticated-record", 0) >= 1, found["counters"]
+            assert (found["leader"], found["term"]) == ("s-c", 1)
+            assert sorted(found["members"]) == ["s-a", "s-b", "s-c"]
+            assert len(process.events()) == 1  # the one role event of the election, nothing since
+    finally:
+        rogues.finish()
+
+
+@pytest_lab
+def test_replayed_datagrams_change_nothing(lab: Lab, cluster: Cluster, hosts: list[Host]) -> None:
+    sniffers = [
+        host.popen(
+            [sys.executable, os.path.join(HERE, "sniff.py"), host.interface, "9001", "3"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for host in (hosts[0], hosts[2])
+    ]
+    for sniffer in sniffers:
+        assert json.loads(sniffer.stdout.readline())["listening"]  # type: ignore[union-attr]
+    secure = secure_group(cluster, hosts)
+    captured: list[tuple[int, str, str]] = []  # (port, target address, payload hex)
+    for sniffer, source in zip(sniffers, (hosts[0], hosts[2]), strict=True):
+        out, _ = sniffer.communicate(timeout=20)
+        for line in out.splitlines():
+            record = json.loads(line)
+            if "hex" in record:
+                captured.append((record["dport"], source.address, record["hex"]))
+    assert len(captured) >= 5, captured
+    targets = [host.address for host in hosts[:3]]
+    script = (
+        "import socket, sys, json\n"
+        "packets = json.loads(sys.argv[1]); targets = json.loads(sys.argv[2])\n"
+        "with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:\n"
+        "    for _round in range(2):\n"
+        "        for port, source, payload in packets:\n"
+        "            for target in targets:\n"
+        "                s.sendto(bytes.fromhex(payload), (target, 9001))\n"
+    )
+    hosts[5].run([sys.executable, "-c", script, json.dumps(captured), json.dumps(targets)])
+    for process in secure:
+        found = wait_counter(cluster, process, "replayed", len(captured))
+        assert (found["leader"], found["term"]) == ("s-c", 1)
+        assert len(process.events()) == 1
+
+
+@pytest_lab
+def test_member_restarted_with_the_same_secret_rejoins(cluster: Cluster, hosts: list[Host]) -> None:
+    secure = secure_group(cluster, hosts)
+    secure[0].finish()
+    cluster.stopped.update(secure[0].node_ids)
+    restarted = cluster.spawn(hosts[0], options={"secret": SECRET}, node_ids=["s-a"])
+    cluster.stopped.discard("s-a")
+    cluster.wait(lambda: any(e["kind"] == "follower" for e in restarted.events()), 10, "restarted member follows")
+    agreed = cluster.wait_agreement()
+    assert (agreed.leader, agreed.term) == ("s-c", 1)
+    assert sorted(status(cluster, restarted)["members"]) == ["s-a", "s-b", "s-c"]
