@@ -19,7 +19,7 @@ import hmac
 import itertools
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from ._wire import Stamp
 
@@ -62,12 +62,14 @@ class Secret:
 class Authenticator:
     """Signs and checks datagrams and records of one group. Thread-safe.
 
-    :param secret: the group's shared secret.
+    :param secrets: the group's shared secrets: the first one signs, every one is accepted
+        (several while a secret is being rotated).
     :param group: the group name.
     """
 
-    def __init__(self, secret: Secret, group: str) -> None:
-        self._key = secret.derive_key(group)
+    def __init__(self, secrets: Sequence[Secret], group: str) -> None:
+        self._keys = [secret.derive_key(group) for secret in secrets]
+        self._key = self._keys[0]
         self._boot = os.urandom(8).hex()
         self._counter = itertools.count(1)
         self._lock = threading.Lock()
@@ -91,9 +93,10 @@ class Authenticator:
         if len(data) <= TAG_SIZE:
             return None
         body, tag = data[:-TAG_SIZE], data[-TAG_SIZE:]
-        if not hmac.compare_digest(hmac.new(self._key, body, hashlib.sha256).digest(), tag):
-            return None
-        return body
+        for key in self._keys:
+            if hmac.compare_digest(hmac.new(key, body, hashlib.sha256).digest(), tag):
+                return body
+        return None
 
     def fresh(self, sender: str, stamp: Stamp, now_wall: float) -> bool:
         """True, and remembered, if this stamp is neither stale nor a replay.
@@ -125,7 +128,7 @@ class Authenticator:
     def sign_record(self, properties: Mapping[str, str], now_wall: float) -> dict[str, str]:
         """``properties`` with a time stamp ``ts`` and a tag ``mac``."""
         signed = {**properties, "ts": str(int(now_wall))}
-        signed["mac"] = self._record_tag(signed)
+        signed["mac"] = self._record_tag(signed, self._key)
         return signed
 
     def record_valid(self, properties: Mapping[str, str | None], now_wall: float) -> bool:
@@ -135,11 +138,12 @@ class Authenticator:
             return False
         if any(value is None for value in properties.values()):
             return False
-        expected = self._record_tag({k: v for k, v in properties.items() if v is not None})
-        if not hmac.compare_digest(expected.encode(), mac.encode()):
+        present = {k: v for k, v in properties.items() if v is not None}
+        if not any(hmac.compare_digest(self._record_tag(present, key).encode(), mac.encode()) for key in self._keys):
             return False
         return -MAX_CLOCK_SKEW <= now_wall - int(ts) <= RECORD_MAX_AGE + MAX_CLOCK_SKEW
 
-    def _record_tag(self, properties: Mapping[str, str]) -> str:
+    @staticmethod
+    def _record_tag(properties: Mapping[str, str], key: bytes) -> str:
         canonical = "\n".join(f"{k}={v}" for k, v in sorted(properties.items()) if k != "mac")
-        return hmac.new(self._key, canonical.encode(), hashlib.sha256).hexdigest()
+        return hmac.new(key, canonical.encode(), hashlib.sha256).hexdigest()

@@ -310,14 +310,16 @@ class Machine:
     def _on_leave(self, message: Message, sender: Member, now: float) -> None:
         peer = self.peers[sender.node_id]
         peer.live_until = 0.0
-        if message.leader in (None, self.me.node_id):
-            peer.dead = True  # it stops
-        elif message.leader_member is not None:
-            self._hearsay_of_leader(message.leader_member, message.term, now)  # it moved to another leader
         if self.state is State.LEADER:
             self._refresh_live_members(now)
-            if not self._live_ids:
-                self.lease_until = None
+        if message.leader not in (None, self.me.node_id) and message.leader_member is not None:
+            # It moved to another leader: check that one. The lease keeps running, so a
+            # leader deserted for a better one steps down even if that check gets lost.
+            self._hearsay_of_leader(message.leader_member, message.term, now)
+            return
+        peer.dead = True  # it stops
+        if self.state is State.LEADER and not self._live_ids:
+            self.lease_until = None  # nobody left whose silence could mean a partition
 
     # ----------------------------------------------------------------- decisions
 

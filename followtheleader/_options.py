@@ -18,10 +18,18 @@ from typing import Any
 
 from ._auth import Secret
 
-__all__ = ["DEFAULT_PORT", "SECRET_ENVIRONMENT_VARIABLE", "Options", "parse_options"]
+__all__ = [
+    "ACCEPTED_SECRET_ENVIRONMENT_VARIABLE",
+    "DEFAULT_PORT",
+    "SECRET_ENVIRONMENT_VARIABLE",
+    "Options",
+    "parse_options",
+]
 
 SECRET_ENVIRONMENT_VARIABLE = "FOLLOWTHELEADER_SECRET"
 """Where the secret is read from when the ``secret`` option is not given."""
+ACCEPTED_SECRET_ENVIRONMENT_VARIABLE = "FOLLOWTHELEADER_ACCEPTED_SECRET"
+"""A second secret accepted (never used to sign) beside the first one, for rotations."""
 
 DEFAULT_PORT = 9001
 """The npm original's heartbeat port; used when it is free and the user asked for no port."""
@@ -50,7 +58,8 @@ class Options:
     :ivar interfaces: addresses for mDNS, or None for every interface.
     :ivar ip_version: ``"v4"``, ``"v6"`` or ``"all"`` for mDNS.
     :ivar npm_compat: answer the npm package's bare ``PING`` with ``PONG`` (off with a secret).
-    :ivar secret: the group's shared secret, or None for an open group.
+    :ivar secret: the group's shared secrets (the first signs, all are accepted), or None for
+        an open group.
     """
 
     name: str
@@ -65,7 +74,7 @@ class Options:
     interfaces: tuple[str, ...] | None = None
     ip_version: str = "v4"
     npm_compat: bool = True
-    secret: Secret | None = field(default=None, repr=False)
+    secret: tuple[Secret, ...] | None = field(default=None, repr=False)
 
     @property
     def service_type(self) -> str:
@@ -128,9 +137,9 @@ def parse_options(*args: Any, **kwargs: Any) -> Options:
         if value is None and key in ("node_id", "interfaces", "host", "secret"):
             continue
         values[key] = checkers[key](value)
-    secret = given.get("secret")
-    if secret is None and os.environ.get(SECRET_ENVIRONMENT_VARIABLE):
-        values["secret"] = Secret(os.environ[SECRET_ENVIRONMENT_VARIABLE].encode())
+    if given.get("secret") is None and os.environ.get(SECRET_ENVIRONMENT_VARIABLE):
+        accepted = os.environ.get(ACCEPTED_SECRET_ENVIRONMENT_VARIABLE)
+        values["secret"] = _check_secret([os.environ[SECRET_ENVIRONMENT_VARIABLE], *([accepted] if accepted else [])])
     if values.get("secret") is not None:
         if given.get("npm_compat") is True:
             raise ValueError("option 'npm_compat' cannot be used with a secret: npm nodes cannot authenticate")
@@ -228,16 +237,24 @@ def _check_interfaces(value: Any) -> tuple[str, ...]:
     return tuple(addresses)
 
 
-def _check_secret(value: Any) -> Secret:
-    if isinstance(value, Secret):
-        return value
-    if isinstance(value, str):
-        value = value.encode()
-    if not isinstance(value, (bytes, bytearray)):
-        raise TypeError(f"option 'secret' must be bytes or str, not {type(value).__name__}")
-    if not value:
-        raise ValueError("option 'secret' must not be empty")
-    return Secret(bytes(value))
+def _check_secret(value: Any) -> tuple[Secret, ...]:
+    """One secret, or a list of them: the first signs, every one is accepted (rotation)."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not values:
+        raise ValueError("option 'secret' must not be an empty list")
+    secrets = []
+    for item in values:
+        if isinstance(item, Secret):
+            secrets.append(item)
+            continue
+        if isinstance(item, str):
+            item = item.encode()
+        if not isinstance(item, (bytes, bytearray)):
+            raise TypeError(f"option 'secret' must be bytes or str, or a list of them, not {type(item).__name__}")
+        if not item:
+            raise ValueError("option 'secret' must not be empty")
+        secrets.append(Secret(bytes(item)))
+    return tuple(secrets)
 
 
 def _check_ip_version(value: Any) -> str:

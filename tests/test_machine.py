@@ -326,3 +326,19 @@ def test_follower_that_lost_only_its_leader_rejoins_it() -> None:
     net.run(2 * TIMING.interval)
     assert net.agreed() == ("c", 1)
     assert kinds(net.nodes["a"].events) == ["follower", "reelection", "follower"]
+
+
+def test_one_cut_link_heals_into_one_leader() -> None:
+    net = SimNet()
+    start_group(net, ["a", "b", "c"])
+    assert net.run_until_agreed() == ("c", 1)
+    net.run(1.0)
+    net.partition(["b"], ["c"])  # "b" gives "c" up and claims; "a" moves to "b"; "c" is deserted
+    net.run(3 * W)
+    net.heal()
+    leader, term = net.run_until_agreed(limit=3 * W)
+    assert term >= 2
+    net.run(5.0)
+    assert net.agreed() == (leader, term)  # and it stays so
+    assert_paired(net)
+    assert_terms_increase(net)

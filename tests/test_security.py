@@ -32,40 +32,49 @@ def claim(sender: str = "a", term: int = 1) -> Message:
 
 
 def test_tags_verify_and_tampering_or_another_key_fails() -> None:
-    alice, bob = Authenticator(Secret(b"k"), "g"), Authenticator(Secret(b"k"), "g")
+    alice, bob = Authenticator([Secret(b"k")], "g"), Authenticator([Secret(b"k")], "g")
     data = alice.seal(encode_message(claim(), alice.next_stamp(1000.0)))
     assert bob.open(data) is not None
     tampered = bytearray(data)
     tampered[5] ^= 1
     assert bob.open(bytes(tampered)) is None
-    assert Authenticator(Secret(b"other"), "g").open(data) is None
-    assert Authenticator(Secret(b"k"), "other group").open(data) is None
+    assert Authenticator([Secret(b"other")], "g").open(data) is None
+    assert Authenticator([Secret(b"k")], "other group").open(data) is None
     assert bob.open(encode_message(claim())) is None
     assert bob.open(b"") is None
 
 
 def test_replays_and_stale_stamps_are_refused_and_a_restart_is_accepted() -> None:
-    receiver = Authenticator(Secret(b"k"), "g")
-    first_run = Authenticator(Secret(b"k"), "g")
+    receiver = Authenticator([Secret(b"k")], "g")
+    first_run = Authenticator([Secret(b"k")], "g")
     stamps = [first_run.next_stamp(1000.0) for _ in range(3)]
     assert all(receiver.fresh("a", stamp, 1000.5) for stamp in stamps)
     assert not any(receiver.fresh("a", stamp, 1000.6) for stamp in stamps)  # replayed
     assert receiver.fresh("b", stamps[0], 1000.6)  # another sender's own sequence
     assert not receiver.fresh("a", first_run.next_stamp(1000.0), 1000.0 + MAX_CLOCK_SKEW + 1)  # stale
     assert not receiver.fresh("a", first_run.next_stamp(1100.0), 1000.0)  # from the future
-    restarted = Authenticator(Secret(b"k"), "g")
+    restarted = Authenticator([Secret(b"k")], "g")
     assert receiver.fresh("a", restarted.next_stamp(1010.0), 1010.0)
     assert not receiver.fresh("a", stamps[2], 1010.0)  # the old run, replayed after the restart
 
 
+def test_a_second_accepted_secret_lets_a_group_rotate() -> None:
+    old, new = Secret(b"old"), Secret(b"new")
+    phase1, phase2, done = Authenticator([old, new], "g"), Authenticator([new, old], "g"), Authenticator([new], "g")
+    for sender, receiver in ((phase1, phase2), (phase2, phase1), (phase2, done), (done, phase2)):
+        assert receiver.open(sender.seal(b"{}")) == b"{}"
+        assert receiver.record_valid(sender.sign_record({"g": "g"}, 100.0), 100.0)
+    assert done.open(phase1.seal(b"{}")) is None  # a node of phase 1 signs with the old secret
+
+
 def test_records_are_signed_and_refused_when_forged_or_stale() -> None:
-    auth = Authenticator(Secret(b"k"), "g")
+    auth = Authenticator([Secret(b"k")], "g")
     properties = auth.sign_record(encode_txt("g", Member("n", 0, "198.18.0.1", 9001), State.LEADER, 3), 5000.0)
     assert auth.record_valid(properties, 5001.0)
     assert not auth.record_valid({**properties, "t": "99"}, 5001.0)
     assert not auth.record_valid({k: v for k, v in properties.items() if k != "mac"}, 5001.0)
     assert not auth.record_valid(properties, 5000.0 + RECORD_MAX_AGE + MAX_CLOCK_SKEW + 1)
-    assert not Authenticator(Secret(b"x"), "g").record_valid(properties, 5001.0)
+    assert not Authenticator([Secret(b"x")], "g").record_valid(properties, 5001.0)
 
 
 def test_the_secret_never_shows(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -79,19 +88,22 @@ def test_the_secret_never_shows(caplog: pytest.LogCaptureFixture, monkeypatch: p
             texts.append(str(exc))
     monkeypatch.setenv(SECRET_ENVIRONMENT_VARIABLE, SECRET)
     from_environment = parse_options("g")
-    assert from_environment.secret == Secret(SECRET.encode()) and from_environment.npm_compat is False
+    assert from_environment.secret == (Secret(SECRET.encode()),) and from_environment.npm_compat is False
     texts.append(repr(from_environment))
     texts.extend(record.getMessage() for record in caplog.records)
     assert not any(SECRET in text or SECRET.encode().hex() in text for text in texts)
 
 
 def test_secret_option_checks() -> None:
-    assert parse_options("g", secret=b"\x00\x01").secret == Secret(b"\x00\x01")
+    assert parse_options("g", secret=b"\x00\x01").secret == (Secret(b"\x00\x01"),)
+    assert parse_options("g", secret=["new", b"old"]).secret == (Secret(b"new"), Secret(b"old"))
     assert parse_options("g").secret is None or os.environ.get(SECRET_ENVIRONMENT_VARIABLE)
     with pytest.raises(ValueError, match="npm_compat"):
         parse_options("g", secret="s", npm_compat=True)
-    with pytest.raises(TypeError, match="'secret' must be bytes or str, not int"):
+    with pytest.raises(TypeError, match="'secret' must be bytes or str, or a list of them, not int"):
         parse_options("g", secret=5)
+    with pytest.raises(ValueError, match="empty list"):
+        parse_options("g", secret=[])
 
 
 # ----------------------------------------------------------------- in the lab
@@ -140,7 +152,7 @@ import time
 for sender in ("zz-forger", "s-c"):
     message = Message("claim", sys.argv[1], sender, 2**31 - 1, State.LEADER, 10**6, leader=sender)
     resign = Message("resign", sys.argv[1], "s-c", 0, State.LEADER, 1, leader="s-c")
-    wrong = Authenticator(Secret(b"wrong"), sys.argv[1])
+    wrong = Authenticator([Secret(b"wrong")], sys.argv[1])
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         for host, port in {targets!r}:
             for m in (message, resign):
