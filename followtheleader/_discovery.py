@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import ipaddress
 import logging
 import os
@@ -159,6 +160,10 @@ class Discovery:
         :raises DiscoveryError: when mDNS cannot be started.
         """
         self._zc = _SharedZeroconf.acquire(self._options.interfaces, self._options.ip_version)
+        if not any(not ipaddress.ip_address(a.split("%")[0]).is_loopback for a in self._own_addresses()):
+            text = "no network interface with an address but loopback: only electors on this host can join"
+            log.warning("%s", text)
+            self._on_error(DiscoveryError(errno.ENETUNREACH, text), text)
         try:
             loop = self._loop()
             self._publisher = asyncio.run_coroutine_threadsafe(self._publish_loop(), loop)

@@ -81,7 +81,9 @@ class Elector:
         self._warn = RateLimitedWarning(log)
         self._auth = Authenticator(options.secret, name) if options.secret is not None else None
         timing = Timing(options.interval, options.max_failed_responses)
-        self._machine = Machine(name, Member(options.node_id, options.priority, "", options.port), timing)
+        self._machine = Machine(
+            name, Member(options.node_id, options.priority, "", options.port), timing, quorum=options.quorum
+        )
         self._callbacks = CallbackThread(f"followtheleader-callbacks-{name}", self._error_event)
         self._server: HeartbeatServer | None = None
         self._server_thread: threading.Thread | None = None

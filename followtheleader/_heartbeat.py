@@ -93,7 +93,9 @@ class HeartbeatServer(socketserver.UDPServer):
         try:
             self.socket.sendto(data, address)
         except OSError as exc:
-            self._warn(f"send:{exc.errno}", "cannot send a heartbeat to %s:%s: %s", address[0], address[1], exc)
+            text = f"cannot send a heartbeat to {address[0]}:{address[1]}: {exc.strerror or exc}"
+            if self._warn(f"send:{exc.errno}", "%s", text):
+                self._on_error(exc, text)  # the network is down or unreachable: tell the user too
 
     def normalise(self, address: tuple[str, ...]) -> tuple[str, int]:
         """``(host, port)`` of a source address, with IPv4-mapped IPv6 turned back to IPv4."""

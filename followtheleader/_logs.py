@@ -26,8 +26,8 @@ class RateLimitedWarning:
         self.counts: dict[str, int] = {}
         self._warned_at: dict[str, tuple[float, int]] = {}  # key -> (when, count then)
 
-    def __call__(self, key: str, message: str, *args: Any) -> None:
-        """Count one occurrence of ``key`` and log ``message % args``."""
+    def __call__(self, key: str, message: str, *args: Any) -> bool:
+        """Count one occurrence of ``key`` and log ``message % args``; True if at WARNING."""
         now = time.monotonic()
         with self._lock:
             count = self.counts.get(key, 0) + 1
@@ -41,3 +41,4 @@ class RateLimitedWarning:
             self._logger.warning(message + since, *args)
         else:
             self._logger.debug(message, *args)
+        return due

@@ -70,6 +70,24 @@ class Timing:
         """After start, nobody claims for this long: time to hear of an existing leader."""
         return 2.5 * self.interval
 
+    @property
+    def retry(self) -> float:
+        """A follower whose last ping got no answer pings again this soon (an eighth interval).
+
+        A lost datagram then costs one retry, not an interval: the failure window holds
+        ``max_failed`` pings when all goes well, and some eight times as many when datagrams
+        get lost, so a few lost in a row are not taken for a crash.
+        """
+        return self.interval / 8
+
+
+PROBE_FAST_FOR = 60.0
+"""A leader probes a peer it lost every interval for this many seconds ..."""
+PROBE_SLOW_EVERY = 2.0
+"""... then every this many seconds ..."""
+FORGET_AFTER = 3600.0
+"""... and forgets it after this long without a word from it."""
+
 
 @dataclass(frozen=True)
 class Send:
@@ -111,7 +129,13 @@ class _Peer:
     live_until: float = 0.0
     """(As leader) it counts as a live member until then."""
     dead: bool = False
-    """Silent for the failure window, resigned or said goodbye: no candidate, not pinged."""
+    """Silent for the failure window, or departed: no candidate."""
+    departed: bool = False
+    """It stopped cleanly (leave, resign or DNS-SD goodbye): never probed."""
+    renewed_at: float | None = None
+    """(As leader) when its last ping as this node's follower arrived."""
+    probed_since: float | None = None
+    """(As leader) when it started probing this peer, which it has never heard from."""
     term: int = 0
 
 
@@ -122,11 +146,14 @@ class Machine:
     :param group: the group name.
     :param me: this node (its host is empty: others see its address).
     :param timing: the timing parameters.
+    :param quorum: expected group size for quorum mode, or None.
     """
 
     group: str
     me: Member
     timing: Timing
+    quorum: int | None = None
+    """Expected group size: lead only while seeing a strict majority of it. None: off."""
     state: State = State.STOPPED
     term: int = 0
     """Term of the leadership this node holds or follows (the last one while electing)."""
@@ -182,7 +209,10 @@ class Machine:
         self._expire(now)
         if self.state is State.ELECTING:
             self._claim_if_best(now)
-        if self.state is not State.STOPPED and now >= self.next_ping_at:
+        if self.state is State.FOLLOWER and self.leader is not None:
+            if now >= self._follower_ping_due():
+                self._ping(self.peers[self.leader.node_id], now)
+        elif self.state is not State.STOPPED and now >= self.next_ping_at:
             self.next_ping_at = now + self.timing.interval
             self._send_pings(now)
         return self._flush()
@@ -228,7 +258,7 @@ class Machine:
         if self.state is State.STOPPED or peer is None:
             return []
         self._expire(now)
-        peer.dead = True
+        peer.dead = peer.departed = True
         if self.state is State.FOLLOWER and self.leader is not None and self.leader.node_id == node_id:
             self._start_electing(now, settle=False, reason="leader said goodbye")
             self._claim_if_best(now)
@@ -238,7 +268,10 @@ class Machine:
 
     def is_leader(self, now: float) -> bool:
         """True while leading with a lease that has not run out."""
-        return self.state is State.LEADER and (self.lease_until is None or now < self.lease_until)
+        if self.state is not State.LEADER or (self.lease_until is not None and now >= self.lease_until):
+            return False
+        quorum_until = self._quorum_until()
+        return quorum_until is None or now < quorum_until
 
     def members(self, now: float) -> tuple[Member, ...]:
         """The group as this node sees it, best-ranked first, this node included."""
@@ -256,9 +289,10 @@ class Machine:
         if self.state is State.STOPPED:
             return None
         deadlines = [self.next_ping_at]
-        if self.state is State.LEADER and self.lease_until is not None:
-            deadlines.append(self.lease_until)
+        if self.state is State.LEADER:
+            deadlines.extend(t for t in (self.lease_until, self._quorum_until()) if t is not None)
         elif self.state is State.FOLLOWER and self.leader is not None:
+            deadlines = [self._follower_ping_due()]
             heard = self.peers[self.leader.node_id].last_heard
             if heard is not None:
                 deadlines.append(heard + self.timing.failure_window)
@@ -279,6 +313,7 @@ class Machine:
             self._direct_from_leader(sender, message.term, now)
         elif self.state is State.LEADER and message.leader == self.me.node_id and message.term == self.term:
             self.lease_until = now + self.timing.lease
+            self.peers[sender.node_id].renewed_at = now
         if self.state is State.LEADER:
             self.peers[sender.node_id].live_until = now + self.timing.failure_window
             self._refresh_live_members(now)
@@ -301,7 +336,8 @@ class Machine:
             self._take_members(message, sender, now)
 
     def _on_resign(self, message: Message, sender: Member, now: float) -> None:
-        self.peers[sender.node_id].dead = True
+        peer = self.peers[sender.node_id]
+        peer.dead = peer.departed = True
         if message.members is not None:
             self._merge_candidates(message.members, sender, now)
         if self.state is State.FOLLOWER and self.leader is not None and self.leader.node_id == sender.node_id:
@@ -317,7 +353,8 @@ class Machine:
             # leader deserted for a better one steps down even if that check gets lost.
             self._hearsay_of_leader(message.leader_member, message.term, now)
             return
-        peer.dead = True  # it stops
+        peer.dead = peer.departed = True  # it stops
+        peer.renewed_at = None
         if self.state is State.LEADER and not self._live_ids:
             self.lease_until = None  # nobody left whose silence could mean a partition
 
@@ -362,7 +399,7 @@ class Machine:
         if now < self.settle_until:
             return
         best = self._best_candidate(now)
-        if best is self.me:
+        if best is self.me and self._sees_majority(now):
             self._claim(now)
 
     def _best_candidate(self, now: float) -> Member | None:
@@ -379,10 +416,12 @@ class Machine:
         # With followers to expect, the lease runs from the claim: a leader paused before their
         # first ping must not lead on when it resumes.
         window = self.timing.failure_window
-        expecting = any(
-            not p.dead and p.last_heard is not None and now - p.last_heard < window for p in self.peers.values()
-        )
-        self.lease_until = now + self.timing.lease if expecting else None
+        recent = {
+            k for k, p in self.peers.items() if not p.dead and p.last_heard is not None and now - p.last_heard < window
+        }
+        self.lease_until = now + self.timing.lease if recent else None
+        for node_id, peer in self.peers.items():
+            peer.renewed_at = peer.last_heard if node_id in recent else None
         self._refresh_live_members(now, force=True)
         self._set_state(State.LEADER, now, "claimed leadership")
         self._send_to_peers(self._message("claim", with_members=True, now=now))
@@ -419,9 +458,12 @@ class Machine:
         self._last_now = max(self._last_now, now)
         window = self.timing.failure_window
         if self.state is State.LEADER:
+            quorum_until = self._quorum_until()
             if self.lease_until is not None and now >= self.lease_until:
                 self.resigned_until = 0.0
                 self._start_electing(now, settle=True, reason="lost contact with every follower")
+            elif quorum_until is not None and now >= quorum_until:
+                self._start_electing(now, settle=True, reason="lost the quorum")
             else:
                 self._refresh_live_members(now)
         elif self.state is State.FOLLOWER and self.leader is not None:
@@ -443,7 +485,7 @@ class Machine:
         peer.member = member
         peer.last_heard = now
         peer.pinged_since = None
-        peer.dead = False
+        peer.dead = peer.departed = False
         return peer
 
     def _take_members(self, message: Message, leader: Member, now: float) -> None:
@@ -486,12 +528,62 @@ class Machine:
     # ----------------------------------------------------------------- output
 
     def _send_pings(self, now: float) -> None:
-        if self.state is State.FOLLOWER and self.leader is not None:
-            self._ping(self.peers[self.leader.node_id], now)
-        elif self.state is State.ELECTING:
+        """Every interval: a candidate pings every live candidate, a leader probes lost peers."""
+        if self.state is State.ELECTING:
             for peer in self.peers.values():
                 if not peer.dead:
                     self._ping(peer, now)
+        elif self.state is State.LEADER:
+            self._probe_lost_peers(now)
+
+    def _probe_lost_peers(self, now: float) -> None:
+        """As leader: ping peers that are not live members, so that rival leaders meet.
+
+        After a partition heals, the first probe that crosses makes the two leaders (or a
+        leader and the other's followers) compare claims. Peers that stopped cleanly are
+        never probed; a peer silent for long is probed less often, then forgotten.
+        """
+        for node_id, peer in list(self.peers.items()):
+            if peer.departed or peer.live_until >= now:
+                continue
+            if peer.last_heard is None and peer.probed_since is None:
+                peer.probed_since = now
+            silent_for = now - (peer.last_heard if peer.last_heard is not None else peer.probed_since or now)
+            if silent_for >= FORGET_AFTER:
+                del self.peers[node_id]
+            elif silent_for < PROBE_FAST_FOR:
+                self._ping_now(peer, now)
+            elif peer.last_ping is None or now - peer.last_ping >= PROBE_SLOW_EVERY:
+                self._ping(peer, now)
+
+    def _follower_ping_due(self) -> float:
+        """When a follower pings its leader next: an interval after its last ping, or sooner
+        (a retry) while that ping is unanswered."""
+        assert self.leader is not None
+        peer = self.peers[self.leader.node_id]
+        if peer.last_ping is None:
+            return self._last_now
+        return peer.last_ping + (self.timing.retry if peer.pinged_since is not None else self.timing.interval)
+
+    def _sees_majority(self, now: float) -> bool:
+        """Quorum mode: this node and the peers heard within the failure window are a majority."""
+        if self.quorum is None:
+            return True
+        window = self.timing.failure_window
+        visible = 1 + sum(
+            1 for p in self.peers.values() if not p.dead and p.last_heard is not None and now - p.last_heard < window
+        )
+        return visible >= self.quorum // 2 + 1
+
+    def _quorum_until(self) -> float | None:
+        """Quorum mode, as leader: when the majority renewed by follower pings runs out."""
+        needed = 0 if self.quorum is None else self.quorum // 2  # followers besides this node
+        if needed == 0:
+            return None
+        renewals = sorted((p.renewed_at for p in self.peers.values() if p.renewed_at is not None), reverse=True)
+        if len(renewals) < needed:
+            return self._last_now  # not enough followers: due now
+        return renewals[needed - 1] + self.timing.lease
 
     def _ping_now(self, peer: _Peer, now: float) -> None:
         """Ping at once, unless it was pinged less than an interval ago."""

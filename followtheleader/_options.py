@@ -58,6 +58,8 @@ class Options:
     :ivar interfaces: addresses for mDNS, or None for every interface.
     :ivar ip_version: ``"v4"``, ``"v6"`` or ``"all"`` for mDNS.
     :ivar npm_compat: answer the npm package's bare ``PING`` with ``PONG`` (off with a secret).
+    :ivar quorum: the expected group size: lead only while seeing a strict majority of it
+        (this node included); None (the default) for availability first.
     :ivar secret: the group's shared secrets (the first signs, all are accepted), or None for
         an open group.
     """
@@ -74,6 +76,7 @@ class Options:
     interfaces: tuple[str, ...] | None = None
     ip_version: str = "v4"
     npm_compat: bool = True
+    quorum: int | None = None
     secret: tuple[Secret, ...] | None = field(default=None, repr=False)
 
     @property
@@ -132,9 +135,10 @@ def parse_options(*args: Any, **kwargs: Any) -> Options:
         "ip_version": _check_ip_version,
         "npm_compat": lambda v: _check_bool("npm_compat", v),
         "secret": _check_secret,
+        "quorum": lambda v: _check_int("quorum", v, 1, 1000),
     }
     for key, value in given.items():
-        if value is None and key in ("node_id", "interfaces", "host", "secret"):
+        if value is None and key in ("node_id", "interfaces", "host", "secret", "quorum"):
             continue
         values[key] = checkers[key](value)
     if given.get("secret") is None and os.environ.get(SECRET_ENVIRONMENT_VARIABLE):

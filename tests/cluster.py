@@ -214,6 +214,41 @@ class Cluster:
 
         return self.wait(agreed, timeout, "one agreed leader")  # type: ignore[no-any-return]
 
+    def status(self, process: NodeProcess, index: int = 0) -> dict[str, Any]:
+        """Ask one elector of a process for its status and wait for the answer."""
+        with self.changed:
+            before = len([r for r in process.records if r["kind"] == "status"])
+        process.send(f"status {index}")
+        return self.wait(  # type: ignore[no-any-return]
+            lambda: ([r for r in process.records if r["kind"] == "status"][before:] or [None])[0], 10, "status"
+        )
+
+    def wait_counter(self, process: NodeProcess, key: str, at_least: int, timeout: float = 20.0) -> dict[str, Any]:
+        """Ask a node for its status until its counter ``key`` reaches ``at_least``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.status(process)
+            if found["counters"].get(key, 0) >= at_least:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"counter {key} of {process.node_ids} stayed below {at_least}: {found['counters']}"
+                )
+
+    def wait_quiet(self, seconds: float) -> list[dict[str, Any]]:
+        """Wait ``seconds`` for any new role event; return the ones that came (none expected)."""
+        with self.changed:
+            seen = {id(r) for r in self.all_events_locked()}
+        try:
+            self.wait(lambda: len(self.all_events_locked()) > len(seen), seconds, "a role event")
+        except TimeoutError:
+            return []
+        with self.changed:
+            return sorted((r for r in self.all_events_locked() if id(r) not in seen), key=lambda r: r["t"])
+
+    def all_events_locked(self) -> list[dict[str, Any]]:
+        return [r for p in self.processes for r in p.records if r["kind"] in ROLE_KINDS]
+
     def process_of(self, node_id: str) -> NodeProcess:
         for process in self.processes:
             if node_id in process.node_ids:

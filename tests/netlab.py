@@ -531,6 +531,51 @@ class Lab:
             logger.info("lab %s: host %s ns=%s addr=%s if=%s", self.prefix, name, ns, address, interface)
             return host
 
+    # -- faults (nftables rules on the bridge ports; the hosts cannot see them) --
+
+    def set_faults(
+        self,
+        loss: dict[str, int] | None = None,
+        partition: tuple[list[str], list[str]] | None = None,
+    ) -> None:
+        """Replace the lab's fault rules.
+
+        :param loss: host name -> percent of the datagrams it sends that are dropped
+            (``numgen random mod 100 < PCT drop`` on its bridge port).
+        :param partition: two lists of host names; nothing passes between the sides
+            (multicast included).
+        Call with no argument to heal everything.
+        """
+        nft = shutil.which("nft")
+        if nft is None:
+            raise LabError("nft (nftables) is needed for fault injection")
+        rules = []
+        for name, percent in sorted((loss or {}).items()):
+            if not 0 <= percent <= 100:
+                raise ValueError(f"loss must be a percentage, not {percent}")
+            port = self.hosts[name]._bridge_port
+            rules.append(f'iifname "{port}" numgen random mod 100 < {percent} drop')
+        if partition is not None:
+            side_a = ", ".join(f'"{self.hosts[n]._bridge_port}"' for n in partition[0])
+            side_b = ", ".join(f'"{self.hosts[n]._bridge_port}"' for n in partition[1])
+            rules.append(f"iifname {{ {side_a} }} oifname {{ {side_b} }} drop")
+            rules.append(f"iifname {{ {side_b} }} oifname {{ {side_a} }} drop")
+        ruleset = "table bridge ftl_faults\ndelete table bridge ftl_faults\n"
+        ruleset += (
+            "table bridge ftl_faults {\n  chain forward {\n    type filter hook forward priority 0; policy accept;\n"
+        )
+        ruleset += "".join(f"    {rule}\n" for rule in rules)
+        ruleset += "  }\n}\n"
+        subprocess.run(
+            ["ip", "netns", "exec", self._state.bridge_ns, nft, "-f", "-"],
+            input=ruleset,
+            text=True,
+            check=True,
+            capture_output=True,
+            timeout=_IP_TIMEOUT,
+        )
+        logger.info("lab %s: faults loss=%s partition=%s", self.prefix, loss, partition)
+
     def close(self) -> None:
         """Remove everything this lab created; idempotent, never raises.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import random
 from dataclasses import dataclass, field
 
 from followtheleader._machine import Action, Machine, Notify, Send, Timing
@@ -36,7 +37,17 @@ class SimNode:
 class SimNet:
     """Machines exchanging messages with ``latency`` seconds of delay, on a fake clock."""
 
-    def __init__(self, latency: float = 0.001, timing: Timing = TIMING) -> None:
+    def __init__(
+        self,
+        latency: float = 0.001,
+        timing: Timing = TIMING,
+        loss: float = 0.0,
+        seed: int = 1,
+        quorum: int | None = None,
+    ) -> None:
+        self.loss = loss
+        self.quorum = quorum
+        self.random = random.Random(seed)
         self.now = 100.0
         self.latency = latency
         self.timing = timing
@@ -46,12 +57,13 @@ class SimNet:
         self._seq = itertools.count()
         self.cut: set[frozenset[str]] = set()
         self.sent = 0
+        self.lost = 0
 
     # ----------------------------------------------------------------- setup
 
     def add(self, node_id: str, priority: int = 0) -> SimNode:
         address = (f"198.18.0.{len(self.nodes) + 1}", 9001)
-        machine = Machine("group", Member(node_id, priority, "", 9001), self.timing)
+        machine = Machine("group", Member(node_id, priority, "", 9001), self.timing, quorum=self.quorum)
         node = SimNode(machine, address)
         self.nodes[node_id] = node
         self.by_address[address] = node
@@ -164,6 +176,9 @@ class SimNet:
         target = self.by_address.get(send.address)
         self.sent += 1
         if target is None or frozenset((sender.node_id, target.node_id)) in self.cut:
+            return
+        if self.loss and self.random.random() < self.loss:
+            self.lost += 1
             return
         # Through the real encoder and decoder, so the simulation checks the wire format too.
         message = decode_message(encode_message(send.message))

@@ -342,3 +342,74 @@ def test_one_cut_link_heals_into_one_leader() -> None:
     assert net.agreed() == (leader, term)  # and it stays so
     assert_paired(net)
     assert_terms_increase(net)
+
+
+def all_kinds(net: SimNet) -> dict[str, list[str]]:
+    return {n.node_id: kinds(n.events) for n in net.nodes.values()}
+
+
+def test_partition_heals_into_one_leader_within_about_one_interval() -> None:
+    net = SimNet()
+    start_group(net, ["a", "b", "c", "d", "e"])
+    assert net.run_until_agreed() == ("e", 1)
+    net.run(1.0)
+    net.partition(["a", "b"], ["c", "d", "e"])
+    net.run(5.0)
+    assert sorted(n.node_id for n in net.leaders()) == ["b", "e"]  # availability first
+    net.heal()
+    healed_at = net.now
+    leader, term = net.run_until_agreed(limit=3 * TIMING.interval, step=0.005)
+    assert net.now - healed_at <= 1.5 * TIMING.interval
+    terms = {n.node_id: n.machine.term for n in net.nodes.values()}
+    assert term == max(terms.values())
+    net.run(5.0)
+    assert net.agreed() == (leader, term)
+    assert_paired(net)
+
+
+@pytest.mark.parametrize("loss", [0.10, 0.20])
+def test_packet_loss_changes_no_leadership_while_the_leader_lives(loss: float) -> None:
+    net = SimNet(loss=loss, seed=7)
+    start_group(net, ["a", "b", "c", "d", "e"])
+    first = net.run_until_agreed(limit=10)
+    before = all_kinds(net)
+    net.run(1800.0)  # half an hour on the fake clock
+    assert net.lost > 1000
+    assert net.agreed() == first
+    assert all_kinds(net) == before
+
+
+def test_thirty_percent_loss_still_converges_to_one_leader() -> None:
+    net = SimNet(loss=0.30, seed=3)
+    start_group(net, ["a", "b", "c", "d", "e"])
+    net.run_until_agreed(limit=30)
+    net.run(300.0)
+    assert len(net.leaders()) <= 1 or net.run_until_agreed(limit=30)
+    net.crash(net.leaders()[0].node_id)
+    net.run_until_agreed(limit=30)
+
+
+def test_quorum_minority_never_leads_and_partition_never_gives_two_leaders() -> None:
+    net = SimNet(quorum=5)
+    start_group(net, ["a", "b", "c", "d", "e"])
+    assert net.run_until_agreed() == ("e", 1)
+    net.run(1.0)
+    net.partition(["d", "e"], ["a", "b", "c"])  # the leader is in the minority
+    for _ in range(500):
+        net.run(0.01)
+        assert len([n for n in net.nodes.values() if n.machine.is_leader(net.now)]) <= 1
+    assert [n.node_id for n in net.leaders()] == ["c"]
+    assert net.nodes["e"].events[-1].reason == "lost the quorum"
+    assert_no_overlap(net)
+    net.heal()
+    assert net.run_until_agreed(limit=2)[0] == "c"
+
+
+def test_quorum_a_lone_node_never_claims() -> None:
+    net = SimNet(quorum=3)
+    start_group(net, ["a"])
+    net.run(10.0)
+    assert net.nodes["a"].machine.state is State.ELECTING and net.nodes["a"].events == []
+    net.add("b")
+    net.start("b")
+    assert net.run_until_agreed() == ("b", 1)

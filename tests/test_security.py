@@ -7,7 +7,6 @@ import logging
 import os
 import subprocess
 import sys
-from typing import Any
 
 import pytest
 
@@ -111,25 +110,6 @@ def test_secret_option_checks() -> None:
 pytest_lab = pytest.mark.lab
 
 
-def status(cluster: Cluster, process: NodeProcess) -> dict[str, Any]:
-    """Ask a node for its status and wait for the answer."""
-    before = len([r for r in process.records if r["kind"] == "status"])
-    process.send("status 0")
-    return cluster.wait(  # type: ignore[no-any-return]
-        lambda: ([r for r in process.records if r["kind"] == "status"][before:] or [None])[0], 10, "status"
-    )
-
-
-def wait_counter(cluster: Cluster, process: NodeProcess, key: str, at_least: int) -> dict[str, Any]:
-    """Poll a node's status until its counter ``key`` reaches ``at_least``."""
-    for _ in range(200):
-        found = status(cluster, process)
-        if found["counters"].get(key, 0) >= at_least:
-            return found
-        process.send("")  # nothing; the next status request follows at once
-    raise AssertionError(f"counter {key} of {process.node_ids} stayed below {at_least}: {found['counters']}")
-
-
 def secure_group(cluster: Cluster, hosts: list[Host]) -> list[NodeProcess]:
     processes = [
         cluster.spawn(host, options={"secret": SECRET}, node_ids=[f"s-{letter}"])
@@ -179,7 +159,7 @@ def test_rogue_nodes_and_forged_claims_change_nothing(lab: Lab, cluster: Cluster
         GROUP[0] = cluster.group
         forge(hosts[5], [(host.address, 9001) for host in hosts[:3]])
         for process in secure:
-            found = wait_counter(cluster, process, "unauthenticated", 8)
+            found = cluster.wait_counter(process, "unauthenticated", 8)
             assert found["counters"].get("unauthenticated-record", 0) >= 1, found["counters"]
             assert (found["leader"], found["term"]) == ("s-c", 1)
             assert sorted(found["members"]) == ["s-a", "s-b", "s-c"]
@@ -221,7 +201,7 @@ def test_replayed_datagrams_change_nothing(lab: Lab, cluster: Cluster, hosts: li
     )
     hosts[5].run([sys.executable, "-c", script, json.dumps(captured), json.dumps(targets)])
     for process in secure:
-        found = wait_counter(cluster, process, "replayed", len(captured))
+        found = cluster.wait_counter(process, "replayed", len(captured))
         assert (found["leader"], found["term"]) == ("s-c", 1)
         assert len(process.events()) == 1
 
@@ -236,4 +216,4 @@ def test_member_restarted_with_the_same_secret_rejoins(cluster: Cluster, hosts: 
     cluster.wait(lambda: any(e["kind"] == "follower" for e in restarted.events()), 10, "restarted member follows")
     agreed = cluster.wait_agreement()
     assert (agreed.leader, agreed.term) == ("s-c", 1)
-    assert sorted(status(cluster, restarted)["members"]) == ["s-a", "s-b", "s-c"]
+    assert sorted(cluster.status(restarted)["members"]) == ["s-a", "s-b", "s-c"]
