@@ -2,10 +2,11 @@
 
 With a shared secret, a datagram is ``<JSON body with a stamp> + <32-byte tag>``: the tag is
 HMAC-SHA256 over the body under a key derived from the secret and the group name, and the
-stamp ``"a": [boot, counter, time]`` says which run of which node sent it, in which order and
-when. A receiver drops a datagram whose tag is wrong, whose time is outside the allowed clock
-skew, or whose counter is not greater than the last one accepted from that run of that node,
-so a captured datagram replayed later is refused. TXT records carry ``ts`` and ``mac`` the same
+stamp ``"a": [boot, counter, time, to]`` says which run of which node sent it, in which order,
+when, and to which node. A receiver drops a datagram whose tag is wrong, that was sent to
+another node, whose time is outside the allowed clock skew, or whose counter it has accepted
+before from that run of that node (or is too old to tell), so a captured datagram replayed
+later, here or elsewhere, is refused. TXT records carry ``ts`` and ``mac`` the same
 way; a node re-publishes its record well before it would count as stale.
 
 The secret itself never leaves this module's objects: :class:`Secret` hides it from ``repr``,
@@ -33,6 +34,9 @@ RECORD_REFRESH = 240.0
 RECORD_MAX_AGE = 600.0
 """An authenticated TXT record older than this is refused as a replay."""
 _MAX_TRACKED_RUNS = 4096
+REPLAY_WINDOW = 64
+"""Datagrams of one run may arrive this many counters out of order and still be accepted."""
+_WINDOW_MASK = (1 << REPLAY_WINDOW) - 1
 
 
 class Secret:
@@ -73,16 +77,17 @@ class Authenticator:
         self._boot = os.urandom(8).hex()
         self._counter = itertools.count(1)
         self._lock = threading.Lock()
-        self._runs: dict[tuple[str, str], tuple[int, float]] = {}  # (sender, boot) -> (counter, time)
+        # (sender, boot) -> (greatest counter, bitmap of the counters below it seen, latest time)
+        self._runs: dict[tuple[str, str], tuple[int, int, float]] = {}
 
     def __repr__(self) -> str:
         return "<Authenticator>"
 
     # ----------------------------------------------------------------- datagrams
 
-    def next_stamp(self, now_wall: float) -> Stamp:
-        """A fresh stamp for one outgoing datagram."""
-        return Stamp(self._boot, next(self._counter), round(now_wall, 3))
+    def next_stamp(self, now_wall: float, to: str) -> Stamp:
+        """A fresh stamp for one outgoing datagram to node ``to``."""
+        return Stamp(self._boot, next(self._counter), round(now_wall, 3), to)
 
     def seal(self, body: bytes) -> bytes:
         """``body`` followed by its tag."""
@@ -98,30 +103,45 @@ class Authenticator:
                 return body
         return None
 
-    def fresh(self, sender: str, stamp: Stamp, now_wall: float) -> bool:
-        """True, and remembered, if this stamp is neither stale nor a replay.
+    def refusal(self, sender: str, stamp: Stamp, now_wall: float, me: str) -> str | None:
+        """None, and remembered, if this stamp is fresh and for node ``me``; else why not.
 
-        Each run of each sender is remembered with its greatest counter until its datagrams
-        would be stale anyway; a datagram of a forgotten run fails the clock-skew check.
+        ``"misdirected"``: it was sent to another node (a copy replayed here);
+        ``"clock-skew"``: its time is too far from ours; ``"replayed"``: this counter of this
+        run of this sender was accepted before, or is too old to tell. Each run keeps its
+        greatest counter and a window of the :data:`REPLAY_WINDOW` counters below it, so
+        datagrams that overtake each other on the way are still accepted once each.
         """
+        if stamp.to != me:
+            return "misdirected"
         if abs(stamp.time - now_wall) > MAX_CLOCK_SKEW:
-            return False
+            return "clock-skew"
         run = (sender, stamp.boot)
         with self._lock:
-            last = self._runs.get(run)
-            if last is not None and stamp.counter <= last[0]:
-                return False
-            if last is None and len(self._runs) >= _MAX_TRACKED_RUNS:
-                self._forget_stale(now_wall)
-            self._runs[run] = (stamp.counter, stamp.time)
-        return True
+            seen = self._runs.get(run)
+            if seen is None:
+                if len(self._runs) >= _MAX_TRACKED_RUNS:
+                    self._forget_stale(now_wall)
+                self._runs[run] = (stamp.counter, 1, stamp.time)
+                return None
+            top, window, sent_at = seen
+            if stamp.counter > top:
+                shift = stamp.counter - top
+                window = ((window << shift) | 1) & _WINDOW_MASK if shift < REPLAY_WINDOW else 1
+                self._runs[run] = (stamp.counter, window, max(sent_at, stamp.time))
+                return None
+            offset = top - stamp.counter
+            if offset >= REPLAY_WINDOW or window & (1 << offset):
+                return "replayed"
+            self._runs[run] = (top, window | (1 << offset), sent_at)
+            return None
 
     def _forget_stale(self, now_wall: float) -> None:
-        for run, (_counter, sent_at) in list(self._runs.items()):
+        for run, (_top, _window, sent_at) in list(self._runs.items()):
             if sent_at < now_wall - 2 * MAX_CLOCK_SKEW:
                 del self._runs[run]
         while len(self._runs) >= _MAX_TRACKED_RUNS:  # a flood of valid-looking runs: drop the oldest
-            del self._runs[min(self._runs, key=lambda r: self._runs[r][1])]
+            del self._runs[min(self._runs, key=lambda r: self._runs[r][2])]
 
     # ----------------------------------------------------------------- TXT records
 

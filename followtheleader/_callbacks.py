@@ -37,8 +37,6 @@ class CallbackThread:
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[Event | None] = queue.SimpleQueue()  # None: finish
         self._thread: threading.Thread | None = None
-        self.finished = threading.Event()
-        """Set once the thread has delivered everything queued before :meth:`close`."""
 
     def add(self, kind: str, callback: Callback) -> None:
         """Register ``callback`` for events of ``kind``. Any thread."""
@@ -53,11 +51,6 @@ class CallbackThread:
             except ValueError:
                 return False
             return True
-
-    def has_callbacks(self, kind: str) -> bool:
-        """True if anything listens to ``kind``."""
-        with self._lock:
-            return bool(self._callbacks[kind])
 
     def start(self) -> None:
         """Start the thread (once)."""
@@ -84,14 +77,8 @@ class CallbackThread:
         return not self._thread.is_alive()
 
     def _run(self) -> None:
-        try:
-            while True:
-                event = self._queue.get()
-                if event is None:
-                    return
-                self._deliver(event)
-        finally:
-            self.finished.set()
+        while (event := self._queue.get()) is not None:
+            self._deliver(event)
 
     def _deliver(self, event: Event) -> None:
         with self._lock:

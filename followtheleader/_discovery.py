@@ -22,6 +22,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import errno
+import hashlib
 import ipaddress
 import logging
 import os
@@ -143,7 +144,7 @@ class Discovery:
         self._on_error = on_error
         self._zc: Zeroconf | None = None
         self._browser: ServiceBrowser | None = None
-        self._names: dict[str, str] = {}  # instance name -> node id (browser thread only)
+        self._names: dict[str, str] = {}  # instance name -> node id, of this group only
         self._desired: tuple[State, int] = (State.ELECTING, 0)
         self._changed: asyncio.Event | None = None
         self._publisher: concurrent.futures.Future[None] | None = None
@@ -189,9 +190,7 @@ class Discovery:
         if zc is None:
             return
         if self._browser is not None:
-            self._browser.cancel()
-            if self._browser.is_alive() and self._browser is not threading.current_thread():
-                self._browser.join(_GOODBYE_TIMEOUT)
+            self._browser.cancel()  # joins the browser thread
             self._browser = None
         if self._publisher is not None and zc.loop is not None and zc.loop.is_running():
             self._publisher.cancel()
@@ -289,6 +288,8 @@ class Discovery:
         if record is None:
             self._warn("bad-txt", "ignored a malformed %s record: %s", self._options.service_type, info.name)
             return
+        if record.group != self._options.name:
+            return  # another group sharing the service type
         self._names[info.name] = record.member.node_id
         self._on_record(record)
 
@@ -306,10 +307,12 @@ class Discovery:
         return self._zc.loop
 
     def _instance_name(self) -> str:
-        """``<group>-<node id>``: unique by the node id, so it needs no probing."""
-        room = 63 - len(self._member.node_id) - 1
+        """``<group>-<hash of group>-<node id>``: unique by group and node id, so it needs no
+        probing (the group may be cut short to fit 63 bytes; the hash keeps groups apart)."""
+        digest = hashlib.sha256(self._options.name.encode()).hexdigest()[:6]
+        room = 63 - len(self._member.node_id) - len(digest) - 2
         group = self._options.name.encode()[:room].decode(errors="ignore")
-        return f"{group}-{self._member.node_id}.{self._options.service_type}"
+        return f"{group}-{digest}-{self._member.node_id}.{self._options.service_type}"
 
     def _service_info(self, role: State, term: int) -> ServiceInfo:
         return ServiceInfo(

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 
-from ._auth import Authenticator
+from ._auth import MAX_CLOCK_SKEW, Authenticator
 from ._callbacks import EVENT_KINDS, Callback, CallbackThread
 from ._discovery import Discovery
 from ._heartbeat import HeartbeatServer, Ticker, bind_heartbeat_server
@@ -76,6 +76,7 @@ class Elector:
         self._options = options
         name = options.name
         self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
         self._state_changed = threading.Condition(self._lock)
         self._lifecycle = threading.Lock()
         self._warn = RateLimitedWarning(log)
@@ -175,6 +176,7 @@ class Elector:
         self._discovery = Discovery(
             self._options, me, self._auth, self._on_record, self._on_goodbye, self._warn, self._report_error
         )
+        self._feed(self._machine.start)  # before discovery, so that no early record is dropped
         self._discovery.start()
         self._server_thread = threading.Thread(
             target=self._server.serve_forever,
@@ -184,7 +186,6 @@ class Elector:
         )
         self._server_thread.start()
         self._ticker = Ticker(f"followtheleader-ticker-{name}", self._tick, self._report_error, self._options.interval)
-        self._feed(self._machine.start)
         self._ticker.start()
         log.info("elector %r node %s started, heartbeat port %d", name, me.node_id, me.port)
 
@@ -346,7 +347,11 @@ class Elector:
     # ----------------------------------------------------------------- inputs (various threads)
 
     def _feed(self, step: Callable[[float], list[Action]]) -> float | None:
-        """Run one machine step under the lock, then carry out its actions outside it."""
+        """Run one machine step under the lock, then carry out its actions outside it.
+
+        Datagrams go out in the order of the decisions: the send lock is taken before the
+        state lock is released, and the sends happen under the send lock alone.
+        """
         with self._lock:
             actions = step(time.monotonic())
             sends: list[Send] = []
@@ -360,10 +365,14 @@ class Elector:
                 elif isinstance(action, Publish) and self._discovery is not None:
                     self._discovery.publish(action.role, action.term)
             deadline = self._machine.next_deadline()
-        server = self._server
-        if server is not None:
-            for send in sends:
-                server.send(self._encode(send.message), send.address)
+            self._send_lock.acquire()
+        try:
+            server = self._server
+            if server is not None:
+                for send in sends:
+                    server.send(self._encode(send.message, send.to), send.address)
+        finally:
+            self._send_lock.release()
         ticker = self._ticker
         if ticker is not None and deadline is not None and deadline < ticker.planned:
             ticker.wake()
@@ -389,16 +398,25 @@ class Elector:
             self._warn("bad-datagram", "ignored a malformed heartbeat datagram from %s:%s", *source)
             return
         message, stamp = decoded
-        if self._auth is not None and (stamp is None or not self._auth.fresh(message.sender, stamp, time.time())):
-            self._warn("replayed", "dropped a stale or replayed heartbeat datagram from %s:%s", *source)
-            return
+        if self._auth is not None:
+            refusal = (
+                "unstamped" if stamp is None else self._auth.refusal(message.sender, stamp, time.time(), self.node_id)
+            )
+            if refusal == "clock-skew":
+                text = f"clocks differ by more than {MAX_CLOCK_SKEW:.0f} s with {source[0]}: its heartbeats are refused"
+                if self._warn("clock-skew", "%s", text):
+                    self._report_error(OSError(text), text)
+                return
+            if refusal is not None:
+                self._warn("replayed", "dropped a %s heartbeat datagram from %s:%s", refusal, *source)
+                return
         self._feed(lambda now: self._machine.on_message(message, source, now))
 
-    def _encode(self, message: Message) -> bytes:
+    def _encode(self, message: Message, to: str) -> bytes:
         """The datagram for ``message``: stamped and tagged in an authenticated group."""
         if self._auth is None:
             return encode_message(message)
-        return self._auth.seal(encode_message(message, self._auth.next_stamp(time.time())))
+        return self._auth.seal(encode_message(message, self._auth.next_stamp(time.time(), to)))
 
     def _on_record(self, record: PeerRecord) -> None:
         """Browser thread: a peer's DNS-SD record appeared or changed."""
@@ -411,20 +429,12 @@ class Elector:
     # ----------------------------------------------------------------- errors and logs
 
     def _error_event(self, error: BaseException, reason: str) -> Event:
-        with self._lock:
-            machine = self._machine
-            leader = machine.leader if machine.state in (State.LEADER, State.FOLLOWER) else None
-            return Event(
-                "error",
-                self.node_id,
-                machine.state,
-                machine.state,
-                machine.term,
-                leader,
-                reason,
-                time.monotonic(),
-                error,
-            )
+        """The ``error`` event. Any thread; takes no lock (it may run under the send lock), so
+        state, term and leader are a snapshot that may straddle a change."""
+        machine = self._machine
+        state, term, leader = machine.state, machine.term, machine.leader
+        leader = leader if state in (State.LEADER, State.FOLLOWER) else None
+        return Event("error", self.node_id, state, state, term, leader, reason, time.monotonic(), error)
 
     def _report_error(self, error: BaseException, reason: str) -> None:
         """Any thread: report a problem through the ``error`` event."""

@@ -94,8 +94,10 @@ class HeartbeatServer(socketserver.UDPServer):
             self.socket.sendto(data, address)
         except OSError as exc:
             text = f"cannot send a heartbeat to {address[0]}:{address[1]}: {exc.strerror or exc}"
-            if self._warn(f"send:{exc.errno}", "%s", text):
-                self._on_error(exc, text)  # the network is down or unreachable: tell the user too
+            if self._warn(f"send:{exc.errno}", "%s", text) and exc.errno != errno.ECONNREFUSED:
+                # The network is down or unreachable: tell the user too. (Linux reports a port
+                # unreachable for an earlier datagram as ECONNREFUSED: a peer that stopped.)
+                self._on_error(exc, text)
 
     def normalise(self, address: tuple[str, ...]) -> tuple[str, int]:
         """``(host, port)`` of a source address, with IPv4-mapped IPv6 turned back to IPv4."""
@@ -189,6 +191,7 @@ class Ticker:
     def _run(self) -> None:
         while not self._stopping:
             self._wake.clear()
+            self.planned = float("inf")  # a deadline set while tick() runs must wake us
             try:
                 deadline = self._tick()
             except Exception as exc:  # never let the thread die silently

@@ -34,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ._model import Event, Member, State
-from ._wire import Message, PeerRecord
+from ._wire import MAX_MEMBERS, Message, PeerRecord
 
 __all__ = ["Machine", "Notify", "Publish", "Send", "Timing"]
 
@@ -57,18 +57,30 @@ class Timing:
 
     @property
     def lease(self) -> float:
-        """A leader without a follower's ping for this long demotes itself.
+        """A leader demotes itself this long after the latest lease mark a follower echoed.
 
-        One interval shorter than the failure window: the last pong a follower received can
-        be up to one interval older than the last ping the leader received (from another
-        follower), and the leader must be gone before any follower gives up on it.
+        A lease mark is the leader's own clock when it sent a pong; a follower echoes the
+        mark of the last pong it received in its next ping, so only pongs that arrived renew
+        the lease. The lease ends at (greatest echoed mark + lease). A follower gives up at
+        (its last pong received + failure window). When the leader stops answering at time
+        t, the echoed marks are at most about t - interval (an echo travels with the next
+        ping, an interval later), and every follower's last pong was sent at least at about
+        t - interval (it pings every interval). So a lease shorter than the failure window
+        ends before any follower gives up; the fifth of an interval between them covers
+        timer jitter.
         """
-        return self.failure_window - self.interval - 0.1 * self.interval
+        return self.failure_window - 0.2 * self.interval
 
     @property
     def settle(self) -> float:
         """After start, nobody claims for this long: time to hear of an existing leader."""
         return 2.5 * self.interval
+
+    @property
+    def confirm(self) -> float:
+        """After losing its leader, a follower waits this long before claiming: half an interval,
+        enough to hear back from a leader that is alive after all."""
+        return self.interval / 2
 
     @property
     def retry(self) -> float:
@@ -91,10 +103,11 @@ FORGET_AFTER = 3600.0
 
 @dataclass(frozen=True)
 class Send:
-    """Send ``message`` to ``address`` over the heartbeat socket."""
+    """Send ``message`` to node ``to`` at ``address`` over the heartbeat socket."""
 
     message: Message
     address: tuple[str, int]
+    to: str
 
 
 @dataclass(frozen=True)
@@ -136,7 +149,6 @@ class _Peer:
     """(As leader) when its last ping as this node's follower arrived."""
     probed_since: float | None = None
     """(As leader) when it started probing this peer, which it has never heard from."""
-    term: int = 0
 
 
 @dataclass
@@ -167,6 +179,8 @@ class Machine:
     resigned_until: float = 0.0
     members_version: int = 0
     """As leader: version of the live member list. Otherwise: version of the list held."""
+    leader_mark: float = 0.0
+    """As follower: the lease mark of the last pong from the leader, echoed in each ping."""
     _last_now: float = 0.0
     """The time of the latest input, so that passed deadlines are not asked for again."""
     _live_ids: frozenset[str] = frozenset()
@@ -187,9 +201,9 @@ class Machine:
         """Leave the group: a leader resigns, a follower says it leaves."""
         self._expire(now)
         if self.state is State.LEADER:
-            self._send_to_peers(self._message("resign", with_members=True, now=now))
+            self._send_to_peers(self._message("resign", now, with_members=True))
         elif self.state is State.FOLLOWER and self.leader is not None:
-            self._send(self._message("leave"), self.leader.address)
+            self._send(self._message("leave", now), self.leader)
         if self.state is not State.STOPPED:
             self.lease_until = None
             self._set_state(State.STOPPED, now, "stopped")
@@ -199,9 +213,9 @@ class Machine:
         """Step down if leading, and stand back as a candidate for one failure window."""
         self._expire(now)
         if self.state is State.LEADER:
-            self._send_to_peers(self._message("resign", with_members=True, now=now))
+            self._send_to_peers(self._message("resign", now, with_members=True))
             self.resigned_until = now + self.timing.failure_window
-            self._start_electing(now, settle=False, reason="resigned")
+            self._start_electing(now, "resigned")
         return self._flush()
 
     def tick(self, now: float) -> list[Action]:
@@ -224,8 +238,14 @@ class Machine:
         self._expire(now)
         self.max_term = max(self.max_term, message.term)
         sender = Member(message.sender, message.priority, source[0], source[1])
-        peer = self._heard(sender, now)
-        peer.term = message.term
+        if (
+            self.state is State.FOLLOWER
+            and self.leader is not None
+            and message.sender == self.leader.node_id
+            and message.role is not State.LEADER
+        ):
+            self._start_electing(now, reason="leader stepped down")  # it says so itself
+        self._heard(sender, now)
         handler = {
             "ping": self._on_ping,
             "pong": self._on_pong,
@@ -248,8 +268,16 @@ class Machine:
             peer = self.peers.get(record.member.node_id)
             if peer is None:
                 peer = self.peers[record.member.node_id] = _Peer(record.member)
-            if record.role is State.LEADER or (self.state is State.ELECTING and not peer.dead):
-                self._ping_now(peer, now)  # a record is a hint: only an answer makes it count
+            elif peer.dead or peer.last_heard is None:
+                peer.member = record.member  # it may have come back elsewhere
+            peer.departed = False  # a new or changed record: it is there again
+            # A record is a hint: only an answer makes it count. A leader greets every node it
+            # does not hear from yet, so a newcomer learns of it before its own settle window
+            # ends (answers to the newcomer's DNS-SD query may be rate-limited for a second).
+            if (self.state is State.LEADER and peer.live_until < now) or (
+                self.state is State.ELECTING and (record.role is State.LEADER or not peer.dead)
+            ):
+                self._ping_now(peer, now)
         return self._flush()
 
     def on_goodbye(self, node_id: str, now: float) -> list[Action]:
@@ -260,7 +288,7 @@ class Machine:
         self._expire(now)
         peer.dead = peer.departed = True
         if self.state is State.FOLLOWER and self.leader is not None and self.leader.node_id == node_id:
-            self._start_electing(now, settle=False, reason="leader said goodbye")
+            self._start_electing(now, "leader said goodbye")
             self._claim_if_best(now)
         return self._flush()
 
@@ -312,17 +340,17 @@ class Machine:
         if message.role is State.LEADER:
             self._direct_from_leader(sender, message.term, now)
         elif self.state is State.LEADER and message.leader == self.me.node_id and message.term == self.term:
-            self.lease_until = now + self.timing.lease
-            self.peers[sender.node_id].renewed_at = now
+            self._renew_lease(self.peers[sender.node_id], message.lease_mark)
         if self.state is State.LEADER:
             self.peers[sender.node_id].live_until = now + self.timing.failure_window
             self._refresh_live_members(now)
-        self._send(self._pong(message.members_version, now), sender.address)
+        self._send(self._pong(message.members_version, now), sender)
 
     def _on_pong(self, message: Message, sender: Member, now: float) -> None:
         if message.role is State.LEADER:
             self._direct_from_leader(sender, message.term, now)
             if self.state is State.FOLLOWER and self.leader is not None and self.leader.node_id == sender.node_id:
+                self.leader_mark = max(self.leader_mark, message.lease_mark)
                 self._take_members(message, sender, now)
         else:
             if message.leader_member is not None and message.leader is not None:
@@ -333,6 +361,7 @@ class Machine:
     def _on_claim(self, message: Message, sender: Member, now: float) -> None:
         self._direct_from_leader(sender, message.term, now)
         if self.state is State.FOLLOWER and self.leader is not None and self.leader.node_id == sender.node_id:
+            self.leader_mark = max(self.leader_mark, message.lease_mark)
             self._take_members(message, sender, now)
 
     def _on_resign(self, message: Message, sender: Member, now: float) -> None:
@@ -341,7 +370,7 @@ class Machine:
         if message.members is not None:
             self._merge_candidates(message.members, sender, now)
         if self.state is State.FOLLOWER and self.leader is not None and self.leader.node_id == sender.node_id:
-            self._start_electing(now, settle=False, reason="leader resigned")
+            self._start_electing(now, "leader resigned")
 
     def _on_leave(self, message: Message, sender: Member, now: float) -> None:
         peer = self.peers[sender.node_id]
@@ -366,7 +395,7 @@ class Machine:
             if (term, leader.rank) > (self.term, self.me.rank):
                 self._follow(leader, term, now, "a better leader was found")
             else:
-                self._send(self._message("claim", with_members=True, now=now), leader.address)
+                self._send(self._message("claim", now, with_members=True), leader)
         elif self.state is State.FOLLOWER and self.leader is not None:
             current = (self.term, self.leader.rank)
             if leader.node_id == self.leader.node_id:
@@ -375,9 +404,9 @@ class Machine:
             elif (term, leader.rank) > current:
                 old = self.leader
                 self._follow(leader, term, now, "a better leader was found")
-                self._send(self._message("leave"), old.address)
+                self._send(self._message("leave", now), old)
             else:
-                self._send(self._pong(0, now), leader.address)
+                self._send(self._pong(0, now), leader)
         elif self.state is State.ELECTING:
             self._follow(leader, term, now, "found the leader")
 
@@ -424,34 +453,41 @@ class Machine:
             peer.renewed_at = peer.last_heard if node_id in recent else None
         self._refresh_live_members(now, force=True)
         self._set_state(State.LEADER, now, "claimed leadership")
-        self._send_to_peers(self._message("claim", with_members=True, now=now))
+        self._send_to_peers(self._message("claim", now, with_members=True))
 
     def _follow(self, leader: Member, term: int, now: float, reason: str) -> None:
         was_leader = self.state is State.LEADER
         if was_leader:
             # Point our followers at the new leader; they will check with it directly.
-            hint = self._message("pong", leader_member=leader, term=term, leader=leader.node_id, role=State.FOLLOWER)
+            hint = self._message(
+                "pong", now, leader_member=leader, term=term, leader=leader.node_id, role=State.FOLLOWER
+            )
             self._send_to_peers(hint)
         self.leader = leader
         self.term = term
         self.max_term = max(self.max_term, term)
         self.lease_until = None
         self.members_version = 0
+        self.leader_mark = 0.0
         peer = self._heard(leader, now)
-        peer.dead = False
+        peer.last_ping = None  # ping the new leader at once: its member list and a lease mark
         self.next_ping_at = now
         self._set_state(State.FOLLOWER, now, reason, force=True)
 
-    def _start_electing(self, now: float, settle: bool, reason: str) -> None:
-        if self.leader is not None and self.leader.node_id in self.peers and self.leader.node_id != self.me.node_id:
-            self.peers[self.leader.node_id].dead = True
+    def _start_electing(self, now: float, reason: str, wait: float = 0.0) -> None:
+        """Elect; nobody is claimed for ``wait`` seconds (time to hear of a live leader)."""
+        old = self.peers.get(self.leader.node_id) if self.leader is not None else None
         self.leader = None
         self.lease_until = None
-        self.settle_until = now + self.timing.settle if settle else now
+        self.settle_until = now + wait
         self.next_ping_at = now
         for peer in self.peers.values():
             peer.pinged_since = None
         self._set_state(State.ELECTING, now, reason)
+        if old is not None:
+            old.dead = True  # no candidate; but if it answers as leader after all, it is followed
+            if wait:
+                self._ping(old, now)
 
     def _expire(self, now: float) -> None:
         """Apply every timeout that has passed, before anything else is decided."""
@@ -459,17 +495,19 @@ class Machine:
         window = self.timing.failure_window
         if self.state is State.LEADER:
             quorum_until = self._quorum_until()
-            if self.lease_until is not None and now >= self.lease_until:
+            if quorum_until is not None and now >= quorum_until:
+                self._start_electing(now, "lost the quorum", wait=self.timing.settle)
+            elif self.lease_until is not None and now >= self.lease_until:
                 self.resigned_until = 0.0
-                self._start_electing(now, settle=True, reason="lost contact with every follower")
-            elif quorum_until is not None and now >= quorum_until:
-                self._start_electing(now, settle=True, reason="lost the quorum")
+                self._start_electing(now, "lost contact with every follower", wait=self.timing.settle)
             else:
                 self._refresh_live_members(now)
         elif self.state is State.FOLLOWER and self.leader is not None:
             heard = self.peers[self.leader.node_id].last_heard
             if heard is None or now >= heard + window:
-                self._start_electing(now, settle=False, reason="leader unreachable")
+                # Wait a moment before claiming: a node back from a pause hears from a live
+                # leader (the old one, or a newer one) before it could depose it.
+                self._start_electing(now, "leader unreachable", wait=self.timing.confirm)
         if self.state is State.ELECTING:
             for peer in self.peers.values():
                 if not peer.dead and peer.pinged_since is not None and now >= peer.pinged_since + window:
@@ -575,6 +613,13 @@ class Machine:
         )
         return visible >= self.quorum // 2 + 1
 
+    def _renew_lease(self, peer: _Peer, mark: float) -> None:
+        """As leader: a follower echoed ``mark``, the time this node sent a pong it received."""
+        if mark <= 0.0:
+            return
+        self.lease_until = max(self.lease_until or 0.0, mark + self.timing.lease)
+        peer.renewed_at = max(peer.renewed_at or 0.0, mark)
+
     def _quorum_until(self) -> float | None:
         """Quorum mode, as leader: when the majority renewed by follower pings runs out."""
         needed = 0 if self.quorum is None else self.quorum // 2  # followers besides this node
@@ -596,18 +641,19 @@ class Machine:
         if peer.pinged_since is None and not peer.dead:
             peer.pinged_since = now
         peer.last_ping = now
-        self._send(self._message("ping"), peer.member.address)
+        self._send(self._message("ping", now), peer.member)
 
     def _pong(self, pinger_version: int, now: float) -> Message:
         if self.state is State.LEADER:
-            return self._message("pong", with_members=pinger_version != self.members_version, now=now)
-        return self._message("pong", with_members=self.state is State.ELECTING, now=now)
+            return self._message("pong", now, with_members=pinger_version != self.members_version)
+        return self._message("pong", now, with_members=self.state is State.ELECTING)
 
     def _message(
         self,
         kind: str,
+        now: float,
+        *,
         with_members: bool = False,
-        now: float = 0.0,
         leader_member: Member | None = None,
         term: int | None = None,
         leader: str | None = None,
@@ -620,6 +666,12 @@ class Machine:
                 leader_member = self.leader
         if term is None:
             term = self.term if self.state in (State.LEADER, State.FOLLOWER) else self.max_term
+        if self.state is State.LEADER:
+            mark = now  # a follower echoes it back; only that renews the lease
+        elif self.state is State.FOLLOWER and kind == "ping":
+            mark = self.leader_mark
+        else:
+            mark = 0.0
         return Message(
             kind=kind,
             group=self.group,
@@ -630,16 +682,18 @@ class Machine:
             leader=leader,
             leader_member=leader_member,
             members_version=self.members_version,
-            members=self.members(now) if with_members else None,
+            members=self.members(now)[:MAX_MEMBERS] if with_members else None,
+            lease_mark=mark,
         )
 
-    def _send(self, message: Message, address: tuple[str, int]) -> None:
-        self._actions.append(Send(message, address))
+    def _send(self, message: Message, to: Member) -> None:
+        self._actions.append(Send(message, to.address, to.node_id))
 
     def _send_to_peers(self, message: Message) -> None:
+        """Send to every peer that has not departed, those found dead too (they may be back)."""
         for peer in self.peers.values():
-            if not peer.dead and peer.member.host:
-                self._send(message, peer.member.address)
+            if not peer.departed and peer.member.host:
+                self._send(message, peer.member)
 
     def _set_state(self, new: State, now: float, reason: str, force: bool = False) -> None:
         previous = self.state

@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["Event", "Member", "Role", "State"]
+__all__ = ["Event", "Member", "State"]
 
 
 class State(enum.Enum):
@@ -22,10 +22,6 @@ class State(enum.Enum):
     """Following :attr:`Elector.leader`."""
     LEADER = "leader"
     """This node leads its group."""
-
-
-Role = State
-"""The role a peer reports on the wire is one of the states above."""
 
 
 @dataclass(frozen=True, order=False)

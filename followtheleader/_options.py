@@ -34,8 +34,8 @@ ACCEPTED_SECRET_ENVIRONMENT_VARIABLE = "FOLLOWTHELEADER_ACCEPTED_SECRET"
 DEFAULT_PORT = 9001
 """The npm original's heartbeat port; used when it is free and the user asked for no port."""
 
-_NODE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
-_SERVICE_LABEL_PATTERN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,13}[A-Za-z0-9])?$")
+_NODE_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,32}")
+_SERVICE_LABEL_PATTERN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,13}[A-Za-z0-9])?")
 _IP_VERSIONS = ("v4", "v6", "all")
 
 # Names the npm original (or a JavaScript habit) uses, mapped to ours.
@@ -167,7 +167,7 @@ def _check_type(value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError(f"option 'type' must be a str, not {type(value).__name__}")
     label = value[1:] if value.startswith("_") else value
-    if not _SERVICE_LABEL_PATTERN.match(label):
+    if not _SERVICE_LABEL_PATTERN.fullmatch(label):
         raise ValueError(
             "option 'type' must be a DNS-SD service label: 1 to 15 letters, digits or inner hyphens "
             f"(like 'ftl'), not {value!r}"
@@ -219,7 +219,7 @@ def _check_host(value: Any) -> str:
 def _check_node_id(value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError(f"option 'node_id' must be a str, not {type(value).__name__}")
-    if not _NODE_ID_PATTERN.match(value):
+    if not _NODE_ID_PATTERN.fullmatch(value):
         raise ValueError(f"option 'node_id' must be 1 to 32 letters, digits, '_' or '-', not {value!r}")
     return value
 

@@ -51,7 +51,7 @@ NPM_PONG = b"PONG"
 KINDS = ("ping", "pong", "claim", "resign", "leave")
 
 _MAX_TERM = 2**53
-_NODE_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+_NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _ROLE_BY_NAME = {"leader": State.LEADER, "follower": State.FOLLOWER, "electing": State.ELECTING}
 _ROLE_NAME = {state: name for name, state in _ROLE_BY_NAME.items()}
 
@@ -71,6 +71,9 @@ class Message:
     :ivar members_version: version of the sender's member list (pong, claim) or of the one the
         sender holds (ping).
     :ivar members: the member list, when included.
+    :ivar lease_mark: from a leader, its clock when it sent this; in a follower's ping, the
+        mark of the last datagram it received from its leader (the leader renews its lease
+        from it). 0 when there is none.
     """
 
     kind: str
@@ -83,6 +86,7 @@ class Message:
     leader_member: Member | None = None
     members_version: int = 0
     members: tuple[Member, ...] | None = None
+    lease_mark: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -92,11 +96,13 @@ class Stamp:
     :ivar boot: random id of the sender's run (a restarted node has a new one).
     :ivar counter: strictly increasing within one run.
     :ivar time: the sender's wall clock, in seconds.
+    :ivar to: the node id of the receiver it was sent to (a copy sent elsewhere is refused).
     """
 
     boot: str
     counter: int
     time: float
+    to: str
 
 
 @dataclass(frozen=True)
@@ -127,8 +133,10 @@ def encode_message(message: Message, stamp: Stamp | None = None) -> bytes:
         body["lm"] = _member_to_list(message.leader_member)
     if message.members is not None:
         body["m"] = [_member_to_list(m) for m in message.members]
+    if message.lease_mark:
+        body["e"] = message.lease_mark
     if stamp is not None:
-        body["a"] = [stamp.boot, stamp.counter, stamp.time]
+        body["a"] = [stamp.boot, stamp.counter, stamp.time, stamp.to]
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -175,6 +183,9 @@ def decode_datagram(data: bytes) -> tuple[Message, Stamp | None] | None:
         members = tuple(m for m in parsed if m is not None)
     assert isinstance(group, str) and isinstance(sender, str)  # checked above; for the type checker
     assert isinstance(priority, int) and isinstance(term, int) and isinstance(version, int)
+    mark = body.get("e", 0.0)
+    if isinstance(mark, bool) or not isinstance(mark, (int, float)) or not 0 <= mark < 1e12:
+        return None
     stamp = None
     if "a" in body:
         stamp = _stamp_from_list(body["a"])
@@ -191,6 +202,7 @@ def decode_datagram(data: bytes) -> tuple[Message, Stamp | None] | None:
         leader_member=leader_member,
         members_version=version,
         members=members,
+        lease_mark=float(mark),
     )
     return message, stamp
 
@@ -231,14 +243,16 @@ def decode_txt(properties: Mapping[str, str | None], host: str) -> PeerRecord | 
 
 
 def _stamp_from_list(item: object) -> Stamp | None:
-    if not isinstance(item, list) or len(item) != 3:
+    if not isinstance(item, list) or len(item) != 4:
         return None
-    boot, counter, sent_at = item
+    boot, counter, sent_at, to = item
+    if not _is_node_id(to):
+        return None
     if not isinstance(boot, str) or not re.fullmatch(r"[0-9a-f]{16}", boot) or not _is_int(counter, 1, _MAX_TERM):
         return None
     if isinstance(sent_at, bool) or not isinstance(sent_at, (int, float)) or not 0 <= sent_at < 1e11:
         return None
-    return Stamp(boot, counter, float(sent_at))
+    return Stamp(boot, counter, float(sent_at), to)
 
 
 def _member_to_list(member: Member) -> list[object]:
@@ -268,7 +282,7 @@ def _parse_int(text: str | None, low: int, high: int) -> int | None:
 
 
 def _is_node_id(value: object) -> bool:
-    return isinstance(value, str) and _NODE_ID.match(value) is not None
+    return isinstance(value, str) and _NODE_ID.fullmatch(value) is not None
 
 
 def _is_group(value: object) -> bool:

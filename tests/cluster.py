@@ -149,6 +149,21 @@ class Cluster:
         self.processes.append(process)
         return process
 
+    def start_together(self, hosts: list[Host], node_ids: list[str] | None = None, **kwargs: Any) -> list[NodeProcess]:
+        """One node process per host, all told to start at the same moment (once imported).
+
+        Python start-up times vary by hundreds of milliseconds on a loaded machine; a test
+        that expects the best-ranked node to lead starts its nodes this way.
+        """
+        processes = [
+            self.spawn(host, wait_go=True, node_ids=[node_ids[i]] if node_ids else None, **kwargs)
+            for i, host in enumerate(hosts)
+        ]
+        self.wait_ready()
+        for process in processes:
+            process.send("go")
+        return processes
+
     def wait_ready(self, timeout: float = 20.0) -> None:
         """Wait until every process has created its electors (imports done)."""
         self.wait(lambda: all(p.node_ids for p in self.processes), timeout, "node processes ready")
@@ -234,6 +249,13 @@ class Cluster:
                 raise AssertionError(
                     f"counter {key} of {process.node_ids} stayed below {at_least}: {found['counters']}"
                 )
+
+    def wait_members(self, process: NodeProcess, expected: list[str], timeout: float = 10.0) -> None:
+        """Ask a node for its member list until it is ``expected`` (the list follows the leader's)."""
+        deadline = time.monotonic() + timeout
+        while sorted(found := self.status(process)["members"]) != sorted(expected):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"members of {process.node_ids}: {found}, expected {expected}")
 
     def wait_quiet(self, seconds: float) -> list[dict[str, Any]]:
         """Wait ``seconds`` for any new role event; return the ones that came (none expected)."""

@@ -56,6 +56,7 @@ class SimNet:
         self._queue: list[tuple[float, int, str, object]] = []
         self._seq = itertools.count()
         self.cut: set[frozenset[str]] = set()
+        self.one_way_cut: set[tuple[str, str]] = set()  # (from, to)
         self.sent = 0
         self.lost = 0
 
@@ -176,6 +177,8 @@ class SimNet:
         target = self.by_address.get(send.address)
         self.sent += 1
         if target is None or frozenset((sender.node_id, target.node_id)) in self.cut:
+            return
+        if (sender.node_id, target.node_id) in self.one_way_cut:
             return
         if self.loss and self.random.random() < self.loss:
             self.lost += 1

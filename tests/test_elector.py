@@ -245,7 +245,7 @@ def test_atexit_hands_leadership_over(lab, cluster) -> None:  # type: ignore[no-
         assert leader.wait(TIMEOUT) == 0
         promoted = cluster.wait(lambda: [e for e in follower.events() if e["kind"] == "leader"], TIMEOUT, "takeover")
         reelection = next(e for e in follower.events() if e["kind"] == "reelection")
-        assert reelection["reason"] == "leader resigned"
+        assert reelection["reason"] in ("leader resigned", "leader said goodbye")  # whichever is handled first
         assert promoted[0]["term"] == 2
     finally:
         if leader.poll() is None:
@@ -272,15 +272,15 @@ def test_threads_are_named_and_daemonic(local: Local) -> None:
 
 
 def test_a_slow_callback_delays_no_heartbeat(local: Local) -> None:
-    """The leader's callback blocks for several failure windows; nobody notices (guarantee 5)."""
+    """The leader's callback blocks for 10 s; nobody notices (guarantee 5)."""
     name = group()
-    leader, follower = elect(name, node_id="z-slow", interval=0.05), elect(name, node_id="a-fast", interval=0.05)
+    leader, follower = elect(name, node_id="z-slow"), elect(name, node_id="a-fast")
     release = threading.Event()
     blocked = threading.Event()
 
     def slow(event: Event) -> None:
         blocked.set()
-        release.wait(TIMEOUT)
+        release.wait(30)
 
     leader.on("leader", slow)
     follower_events = Recorder(follower)
@@ -289,10 +289,10 @@ def test_a_slow_callback_delays_no_heartbeat(local: Local) -> None:
     try:
         assert blocked.wait(TIMEOUT)
         assert follower_events.next().kind == "follower"
-        window = leader._machine.timing.failure_window
         with pytest.raises(queue.Empty):
-            follower_events.events.get(timeout=4 * window)  # no reelection while the callback blocks
+            follower_events.events.get(timeout=10.0)  # no reelection while the callback blocks
         assert leader.is_leader and follower.leader is not None and follower.leader.node_id == "z-slow"
+        assert leader.state is State.LEADER and leader.term == follower.term == 1
     finally:
         release.set()
         leader.stop()

@@ -31,8 +31,7 @@ def faults(lab: Lab) -> Iterator[Lab]:
 
 
 def start(cluster: Cluster, hosts: list[Host], count: int, **options: Any) -> Agreement:
-    for index, host in enumerate(hosts[:count]):
-        cluster.spawn(host, node_ids=[f"node-{index}"], options=options or None)
+    cluster.start_together(hosts[:count], [f"node-{i}" for i in range(count)], options=options or None)
     return cluster.wait_agreement()
 
 

@@ -17,8 +17,7 @@ def test_one_node_leads_alone(cluster: Cluster, hosts: list[Host]) -> None:
 
 
 def test_three_nodes_agree_on_one_leader(cluster: Cluster, hosts: list[Host]) -> None:
-    for host in hosts[:3]:
-        cluster.spawn(host)
+    cluster.start_together(hosts[:3])
     agreed = cluster.wait_agreement()
     assert agreed.term == 1
     assert agreed.leader == max(node for p in cluster.processes for node in p.node_ids)
@@ -49,7 +48,9 @@ def test_ten_nodes_started_at_once_agree_on_one_leader(cluster: Cluster, hosts: 
     for status in statuses:
         assert status["leader"] == agreed.leader and status["term"] == 1
         assert status["is_leader"] == (status["node"] == agreed.leader)
-        assert len(status["members"]) == 10
+    everyone = [node for p in processes for node in p.node_ids]
+    for process in processes:
+        cluster.wait_members(process, everyone)
 
 
 def test_three_electors_on_one_host_agree(cluster: Cluster, hosts: list[Host]) -> None:

@@ -37,6 +37,7 @@ messages = st.builds(
     leader_member=st.none() | members,
     members_version=st.integers(0, 2**40),
     members=st.none() | st.lists(members, max_size=40).map(tuple),
+    lease_mark=st.floats(0, 1e9),
 )
 
 
