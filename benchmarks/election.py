@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import sys
 import time
@@ -74,6 +75,7 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=10)
     parser.add_argument("--interval", type=float, default=None, help="heartbeat interval (default: the library's)")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so that the lab is removed
     reason = lab_unavailable_reason()
     if reason:
         print(f"cannot run: {reason}", file=sys.stderr)

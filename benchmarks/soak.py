@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 
@@ -60,6 +61,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=300.0, help="soak time per loss level")
     parser.add_argument("--losses", default="0,10,20,30", help="comma-separated loss percentages")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so that the lab is removed
     reason = lab_unavailable_reason()
     if reason:
         print(f"cannot run: {reason}", file=sys.stderr)
