@@ -1,50 +1,137 @@
-"""The command line: ``followtheleader elect NAME`` joins a group and prints each event.
+"""The command line: ``followtheleader elect``, ``status`` and ``run``.
 
-Runs on the main thread: it starts the elector, then waits in :meth:`Elector.join`. SIGINT
-and SIGTERM stop the elector gracefully (a leader hands over) and the command exits 0.
+Everything here runs on the main thread: it parses the arguments and hands over to the
+subcommand. ``elect`` is here; ``status`` is in :mod:`._status` and ``run`` in
+:mod:`._runner`. SIGINT and SIGTERM only put the signal into a queue (see
+:func:`._console.catch_signals`); the main thread then stops the elector gracefully (a
+leader hands over) and the command exits 0.
+
+Bad arguments give a one-line error on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import logging
-import signal
+import math
+import queue
+import shutil
 import sys
-import threading
-from collections.abc import Sequence
-from types import FrameType
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
+from ._callbacks import EVENT_KINDS
+from ._console import Console, catch_signals
 from ._elector import Elector, elect
-from ._model import Event
+from ._options import parse_options
+from ._runner import ON_EXIT_CHOICES, Runner
+from ._status import DEFAULT_TIMEOUT, format_table, survey, to_json
 
 __all__ = ["main"]
 
 _EXAMPLES = """examples:
   followtheleader elect MyService
+  followtheleader status
+  followtheleader run MyService -- python scheduler.py --verbose
+"""
+
+_ELECT_EXAMPLES = """examples:
+  followtheleader elect MyService
   followtheleader elect MyService --priority 10 --interval 0.1
   followtheleader elect MyService --json | jq .
 """
 
+_STATUS_EXAMPLES = """The records nodes publish through DNS-SD are a hint (a node's record says what it was doing
+when it last published). Unless --no-ping is given, the leader a group's records name is asked
+directly with one heartbeat ping; it counts as leader only if it answers as leader.
+
+exit status: 0, or 1 when NAME is given and that group has no (live) leader.
+
+examples:
+  followtheleader status
+  followtheleader status MyService --timeout 3
+  followtheleader status MyService --json | jq '.groups[0].leader'
+  followtheleader status MyService >/dev/null && echo "MyService has a leader"
+"""
+
+_RUN_EXAMPLES = """CMD starts when this node becomes leader, with FOLLOWTHELEADER_TERM (a fencing token),
+FOLLOWTHELEADER_NODE_ID and FOLLOWTHELEADER_NAME in its environment. When the node stops
+leading, CMD's process group gets SIGTERM, then SIGKILL after --grace seconds. SIGINT or
+SIGTERM to this command stops CMD the same way, then hands leadership over and exits 0. If this
+command dies, CMD gets SIGKILL from the kernel. Its own lines go to stderr; CMD keeps stdin,
+stdout and stderr.
+
+examples:
+  followtheleader run MyService -- python manage.py run_scheduler
+  followtheleader run MyService --grace 30 --on-exit restart -- ./worker.sh --queue main
+  followtheleader run MyService --on-exit exit -- sh -c 'backup.sh "$FOLLOWTHELEADER_TERM"'
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (and exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+@dataclass(frozen=True)
+class _ElectorOption:
+    """A command-line option that becomes the ``elect()`` keyword ``option``.
+
+    ``type`` turns the text into the value (raising ``argparse.ArgumentTypeError`` or
+    ``ValueError`` for a bad one); ``elect()`` validates the value itself.
+    """
+
+    flag: str
+    option: str
+    type: Callable[[str], Any]
+    metavar: str
+    help: str
+
+
+ELECTOR_OPTIONS: tuple[_ElectorOption, ...] = (
+    _ElectorOption("--port", "port", int, "PORT", "UDP heartbeat port (default 9001, or any free one)"),
+    _ElectorOption("--host", "host", str, "ADDRESS", "address to bind the heartbeat socket to (default 0.0.0.0)"),
+    _ElectorOption("--priority", "priority", int, "N", "higher is preferred as leader (default 0)"),
+    _ElectorOption("--interval", "interval", float, "SECONDS", "seconds between heartbeats (default 0.2)"),
+    _ElectorOption(
+        "--max-failed-responses", "max_failed_responses", int, "N", "missed heartbeats before failover (default 3)"
+    ),
+    _ElectorOption("--node-id", "node_id", str, "ID", "this node's id (default: random)"),
+    _ElectorOption("--type", "type", str, "LABEL", "DNS-SD service label (default ftl: _ftl._udp.local.)"),
+)
+"""The election options of ``elect`` and ``run``; a new one is one more entry here."""
+
+Handler = Callable[[argparse.Namespace, _Parser, "list[str] | None"], int]
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``followtheleader`` console script and ``python -m followtheleader``."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
-    args = parser.parse_args(argv)
+    # ``run NAME [options] -- CMD ...``: everything after the first "--" is CMD.
+    head, command = arguments, None
+    if "--" in arguments:
+        split = arguments.index("--")
+        head, command = arguments[:split], arguments[split + 1 :]
+    args, unknown = parser.parse_known_args(head)
+    if args.command != "run" and command is not None:
+        args, command = parser.parse_args(arguments), None  # elsewhere "--" means what it means to argparse
+    elif unknown:
+        hint = " (CMD goes after '--')" if args.command == "run" else ""
+        (args.parser if args.command else parser).error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     if args.command is None:
-        parser.print_help(sys.stderr)
-        return 2
+        parser.error("a command is required: elect, status or run")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        elector = _make_elector(args)
-    except (TypeError, ValueError) as exc:
-        parser.error(str(exc))
-    return _run_elect(elector, json_lines=args.json)
+    handler: Handler = args.handler
+    return handler(args, args.parser, command)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _parser() -> _Parser:
+    parser = _Parser(
         prog="followtheleader",
         description="Zero-configuration leader election on a local network.",
         epilog=_EXAMPLES,
@@ -52,96 +139,157 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
     elect_parser = commands.add_parser(
         "elect",
         help="join a group and print each event until Ctrl-C",
         description="Join group NAME and print one line per event; Ctrl-C or SIGTERM hands over and exits 0.",
-        epilog=_EXAMPLES,
+        epilog=_ELECT_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     elect_parser.add_argument("name", metavar="NAME", help="the group name")
-    elect_parser.add_argument("--port", type=int, help="UDP heartbeat port (default 9001, or any free one)")
-    elect_parser.add_argument("--host", help="address to bind the heartbeat socket to (default 0.0.0.0)")
-    elect_parser.add_argument("--priority", type=int, help="higher is preferred as leader (default 0)")
-    elect_parser.add_argument("--interval", type=float, help="seconds between heartbeats (default 0.2)")
-    elect_parser.add_argument("--max-failed-responses", type=int, help="missed heartbeats before failover (default 3)")
-    elect_parser.add_argument("--node-id", help="this node's id (default: random)")
-    elect_parser.add_argument("--type", help="DNS-SD service label (default ftl: _ftl._udp.local.)")
+    _add_elector_options(elect_parser)
     elect_parser.add_argument("--json", action="store_true", help="print one JSON object per line")
+    elect_parser.set_defaults(handler=_elect, parser=elect_parser)
+
+    status_parser = commands.add_parser(
+        "status",
+        help="list the groups on this network, their leaders and members",
+        description="List every group on this network segment (or only NAME): its leader, term and members.",
+        epilog=_STATUS_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    status_parser.add_argument("name", metavar="NAME", nargs="?", help="only this group")
+    status_parser.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"how long to collect DNS-SD records (default {DEFAULT_TIMEOUT:g})",
+    )
+    status_parser.add_argument("--type", metavar="LABEL", help="DNS-SD service label (default ftl)")
+    status_parser.add_argument(
+        "--no-ping", action="store_true", help="trust the DNS-SD records; do not ask the leader whether it leads"
+    )
+    status_parser.add_argument("--json", action="store_true", help="print one JSON object")
+    status_parser.set_defaults(handler=_status, parser=status_parser)
+
+    run_parser = commands.add_parser(
+        "run",
+        help="run a command only while this node leads",
+        usage="%(prog)s [-h] [options] NAME -- CMD [ARGS...]",
+        description="Join group NAME and run CMD only while this node is its leader (one CMD in the whole group).",
+        epilog=_RUN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run_parser.add_argument("name", metavar="NAME", help="the group name")
+    _add_elector_options(run_parser)
+    run_parser.add_argument(
+        "--grace",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds between SIGTERM and SIGKILL when CMD is stopped (default 10)",
+    )
+    run_parser.add_argument(
+        "--on-exit",
+        choices=ON_EXIT_CHOICES,
+        default="resign",
+        help="when CMD exits by itself: resign (default: another node takes over), restart it (at most once"
+        " a second), or exit with its status",
+    )
+    run_parser.add_argument("--json", action="store_true", help="print one JSON object per line (on stderr)")
+    run_parser.set_defaults(handler=_run, parser=run_parser)
     return parser
 
 
-def _make_elector(args: argparse.Namespace) -> Elector:
-    names = ("port", "host", "priority", "interval", "max_failed_responses", "node_id", "type")
-    options = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    return elect(args.name, **options)
+def _add_elector_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("election options")
+    for option in ELECTOR_OPTIONS:
+        group.add_argument(option.flag, dest=option.option, type=option.type, metavar=option.metavar, help=option.help)
 
 
-def _run_elect(elector: Elector, json_lines: bool) -> int:
-    def show(event: Event) -> None:
-        print(_format(event, elector, json_lines), flush=True)
-
-    for kind in ("leader", "follower", "reelection", "error"):
-        elector.on(kind, show)
-    stop_requested = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop_requested.set()
-        elector.stop()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+def _make_elector(args: argparse.Namespace, parser: _Parser) -> Elector:
+    """The elector the election options ask for; a bad value is an argument error."""
+    options = {o.option: getattr(args, o.option) for o in ELECTOR_OPTIONS if getattr(args, o.option) is not None}
     try:
+        return elect(args.name, **options)
+    except (TypeError, ValueError) as exc:
+        parser.error(str(exc))
+
+
+def _seconds(text: str) -> float:
+    """A number of seconds, 0 or more (argparse type)."""
+    return _parse_seconds(text, allow_zero=True)
+
+
+def _positive_seconds(text: str) -> float:
+    """A number of seconds greater than 0 (argparse type)."""
+    return _parse_seconds(text, allow_zero=False)
+
+
+def _parse_seconds(text: str, allow_zero: bool) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        wanted = "0 or more" if allow_zero else "greater than 0"
+        raise argparse.ArgumentTypeError(f"must be a number of seconds {wanted}, not {text!r}")
+    return value
+
+
+# --------------------------------------------------------------------- subcommands
+
+
+def _elect(args: argparse.Namespace, parser: _Parser, command: list[str] | None) -> int:
+    """``elect``: print each event until SIGINT or SIGTERM, then hand over and exit 0."""
+    elector = _make_elector(args, parser)
+    console = Console(sys.stdout, elector.node_id, args.json)
+    for kind in EVENT_KINDS:
+        elector.on(kind, console.event)
+    signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+    with catch_signals(signals.put):
         try:
             elector.start()
         except OSError as exc:
             print(f"followtheleader: {exc}", file=sys.stderr)
             return 1
-        if not json_lines:
-            print(
-                f"joined group {elector.name!r} as node {elector.node_id} (heartbeat port {elector.port})", flush=True
-            )
-        elector.join()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        elector.stop()
+        try:
+            if not args.json:
+                console.line(f"joined group {elector.name!r} as node {elector.node_id} (heartbeat port {elector.port})")
+            signals.get()
+        finally:
+            elector.stop()
     return 0
 
 
-def _format(event: Event, elector: Elector, json_lines: bool) -> str:
-    now = datetime.datetime.now().astimezone()
-    leader = event.leader
-    if json_lines:
-        return json.dumps(
-            {
-                "time": now.isoformat(timespec="milliseconds"),
-                "event": event.kind,
-                "node_id": event.node_id,
-                "state": event.state.value,
-                "previous_state": event.previous_state.value,
-                "term": event.term,
-                "leader": None
-                if leader is None
-                else {
-                    "node_id": leader.node_id,
-                    "priority": leader.priority,
-                    "host": leader.host,
-                    "port": leader.port,
-                },
-                "reason": event.reason,
-                "error": None if event.error is None else repr(event.error),
-            }
-        )
-    if leader is None:
-        who = "no leader"
-    elif leader.node_id == elector.node_id:
-        who = "leader this node"
+def _status(args: argparse.Namespace, parser: _Parser, command: list[str] | None) -> int:
+    """``status``: print the groups; exit 1 when the group NAME has no (live) leader."""
+    try:
+        options = parse_options(args.name or "status", **({} if args.type is None else {"type": args.type}))
+    except (TypeError, ValueError) as exc:
+        parser.error(str(exc))
+    try:
+        groups = survey(options.service_type, args.timeout, args.name, ping=not args.no_ping)
+    except OSError as exc:
+        print(f"followtheleader: cannot browse {options.service_type}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(to_json(groups, options.service_type)), flush=True)
     else:
-        who = f"leader {leader.node_id} at {leader.host}:{leader.port}"
-    text = (
-        f"{now:%H:%M:%S.%f}"[:-3]
-        + f" {event.kind:<10} {event.state.value:<8} term {event.term:<4} {who} ({event.reason})"
-    )
-    if event.error is not None:
-        text += f": {event.error!r}"
-    return text
+        print(format_table(groups, options.service_type), flush=True)
+    if args.name is None:
+        return 0
+    return 0 if any(group.leader is not None for group in groups) else 1
+
+
+def _run(args: argparse.Namespace, parser: _Parser, command: list[str] | None) -> int:
+    """``run``: run CMD while this node leads (see :class:`._runner.Runner`)."""
+    if not command:
+        parser.error("give the command to run after '--', as in: followtheleader run NAME -- CMD [ARGS...]")
+    if shutil.which(command[0]) is None:
+        parser.error(f"command not found or not executable: {command[0]!r}")
+    elector = _make_elector(args, parser)
+    console = Console(sys.stderr, elector.node_id, args.json)
+    return Runner(elector, command, args.grace, args.on_exit, console).run()

@@ -189,8 +189,10 @@ class Ticker:
         return not self._thread.is_alive()
 
     def _run(self) -> None:
-        while not self._stopping:
+        while True:
             self._wake.clear()
+            if self._stopping:  # checked after clear(): a stop() in between is never lost
+                return
             self.planned = float("inf")  # a deadline set while tick() runs must wake us
             try:
                 deadline = self._tick()

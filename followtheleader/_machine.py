@@ -77,6 +77,18 @@ class Timing:
         return 2.5 * self.interval
 
     @property
+    def suspect(self) -> float:
+        """A follower switches to a better leader only if its own has been silent this long.
+
+        One and a half intervals short of the failure window: after a crash, the node that
+        claims first has waited a whole failure window (and the confirmation), and the others
+        have not heard from the dead leader for at least an interval less than that; while a
+        leader lives, its followers hear from it every interval. So a node that lost only its
+        own link to the leader cannot take the others over.
+        """
+        return self.failure_window - 1.5 * self.interval
+
+    @property
     def confirm(self) -> float:
         """After losing its leader, a follower waits this long before claiming: half an interval,
         enough to hear back from a leader that is alive after all."""
@@ -179,6 +191,12 @@ class Machine:
     resigned_until: float = 0.0
     members_version: int = 0
     """As leader: version of the live member list. Otherwise: version of the list held."""
+    leader_alive_until: float = 0.0
+    """While electing: some peer heard from a live leader recently; no claim before then."""
+    claimed_at: float = 0.0
+    """As leader: when this node claimed."""
+    confirmed: bool = True
+    """As leader: announced (always, unless quorum mode waits for a majority to follow)."""
     leader_mark: float = 0.0
     """As follower: the lease mark of the last pong from the leader, echoed in each ping."""
     _last_now: float = 0.0
@@ -244,7 +262,7 @@ class Machine:
             and message.sender == self.leader.node_id
             and message.role is not State.LEADER
         ):
-            self._start_electing(now, reason="leader stepped down")  # it says so itself
+            self._start_electing(now, "leader stepped down", wait=self.timing.confirm)  # it says so itself
         self._heard(sender, now)
         handler = {
             "ping": self._on_ping,
@@ -296,7 +314,9 @@ class Machine:
 
     def is_leader(self, now: float) -> bool:
         """True while leading with a lease that has not run out."""
-        if self.state is not State.LEADER or (self.lease_until is not None and now >= self.lease_until):
+        if self.state is not State.LEADER or not self.confirmed:
+            return False
+        if self.lease_until is not None and now >= self.lease_until:
             return False
         quorum_until = self._quorum_until()
         return quorum_until is None or now < quorum_until
@@ -318,7 +338,8 @@ class Machine:
             return None
         deadlines = [self.next_ping_at]
         if self.state is State.LEADER:
-            deadlines.extend(t for t in (self.lease_until, self._quorum_until()) if t is not None)
+            quorum_due = self._quorum_until() if self.confirmed else self.claimed_at + self.timing.failure_window
+            deadlines.extend(t for t in (self.lease_until, quorum_due) if t is not None)
         elif self.state is State.FOLLOWER and self.leader is not None:
             deadlines = [self._follower_ping_due()]
             heard = self.peers[self.leader.node_id].last_heard
@@ -326,7 +347,8 @@ class Machine:
                 deadlines.append(heard + self.timing.failure_window)
         elif self.state is State.ELECTING:
             # Settle and resign holds matter only until they pass (then the ping timer rules).
-            deadlines.extend(t for t in (self.settle_until, self.resigned_until) if t > self._last_now)
+            holds = (self.settle_until, self.resigned_until, self.leader_alive_until)
+            deadlines.extend(t for t in holds if t > self._last_now)
             deadlines.extend(
                 p.pinged_since + self.timing.failure_window
                 for p in self.peers.values()
@@ -340,7 +362,7 @@ class Machine:
         if message.role is State.LEADER:
             self._direct_from_leader(sender, message.term, now)
         elif self.state is State.LEADER and message.leader == self.me.node_id and message.term == self.term:
-            self._renew_lease(self.peers[sender.node_id], message.lease_mark)
+            self._renew_lease(self.peers[sender.node_id], message.lease_mark, now)
         if self.state is State.LEADER:
             self.peers[sender.node_id].live_until = now + self.timing.failure_window
             self._refresh_live_members(now)
@@ -354,6 +376,7 @@ class Machine:
                 self._take_members(message, sender, now)
         else:
             if message.leader_member is not None and message.leader is not None:
+                self._note_live_leader(message, now)
                 self._hearsay_of_leader(message.leader_member, message.term, now)
             if message.members is not None and self.state is not State.FOLLOWER:
                 self._merge_candidates(message.members, sender, now)
@@ -401,14 +424,39 @@ class Machine:
             if leader.node_id == self.leader.node_id:
                 if term != self.term:
                     self._follow(leader, term, now, "leader started a new term")
-            elif (term, leader.rank) > current:
+            elif (term, leader.rank) > current and not self._leader_alive(now):
                 old = self.leader
                 self._follow(leader, term, now, "a better leader was found")
                 self._send(self._message("leave", now), old)
             else:
-                self._send(self._pong(0, now), leader)
+                self._send(self._pong(0, now), leader)  # tells it which leader this node follows
         elif self.state is State.ELECTING:
             self._follow(leader, term, now, "found the leader")
+
+    def _leader_age(self, now: float) -> float:
+        """As follower: seconds since the leader last spoke as leader."""
+        assert self.leader is not None
+        heard = self.peers[self.leader.node_id].last_heard
+        return now - heard if heard is not None else self.timing.failure_window
+
+    def _leader_alive(self, now: float) -> bool:
+        """As follower: the leader spoke as leader less than :attr:`Timing.suspect` ago."""
+        assert self.leader is not None
+        heard = self.peers[self.leader.node_id].last_heard
+        return heard is not None and now - heard < self.timing.suspect
+
+    def _note_live_leader(self, message: Message, now: float) -> None:
+        """A follower says it heard its leader recently: do not claim while that holds.
+
+        Like a pre-vote: a node that lost only its own link to a live leader sees the others
+        still hear from it, and keeps out of the way instead of claiming (and flapping).
+        """
+        known = self.peers.get(message.leader or "")
+        if message.leader_age is None or message.leader == self.me.node_id or (known and known.departed):
+            return
+        remaining = self.timing.suspect - message.leader_age
+        if remaining > 0:
+            self.leader_alive_until = max(self.leader_alive_until, now + remaining)
 
     def _hearsay_of_leader(self, leader: Member, term: int, now: float) -> None:
         """A peer names ``leader``: ping it, unless it is known and no better than ours."""
@@ -427,6 +475,8 @@ class Machine:
         """While electing and settled: claim if this node is the best live candidate."""
         if now < self.settle_until:
             return
+        if now < self.leader_alive_until:
+            return  # a peer still hears from its leader
         best = self._best_candidate(now)
         if best is self.me and self._sees_majority(now):
             self._claim(now)
@@ -449,10 +499,15 @@ class Machine:
             k for k, p in self.peers.items() if not p.dead and p.last_heard is not None and now - p.last_heard < window
         }
         self.lease_until = now + self.timing.lease if recent else None
-        for node_id, peer in self.peers.items():
-            peer.renewed_at = peer.last_heard if node_id in recent else None
+        for peer in self.peers.values():
+            peer.renewed_at = None
+        self.claimed_at = now
+        # In quorum mode the claim is announced (``leader`` event, is_leader True) only once a
+        # majority has followed it: a node that lost only its own link to a live leader claims
+        # in vain, and nobody sees two leaders.
+        self.confirmed = self._quorum_until() is None
         self._refresh_live_members(now, force=True)
-        self._set_state(State.LEADER, now, "claimed leadership")
+        self._set_state(State.LEADER, now, "claimed leadership", quiet=not self.confirmed)
         self._send_to_peers(self._message("claim", now, with_members=True))
 
     def _follow(self, leader: Member, term: int, now: float, reason: str) -> None:
@@ -474,7 +529,7 @@ class Machine:
         self.next_ping_at = now
         self._set_state(State.FOLLOWER, now, reason, force=True)
 
-    def _start_electing(self, now: float, reason: str, wait: float = 0.0) -> None:
+    def _start_electing(self, now: float, reason: str, wait: float = 0.0, quiet: bool = False) -> None:
         """Elect; nobody is claimed for ``wait`` seconds (time to hear of a live leader)."""
         old = self.peers.get(self.leader.node_id) if self.leader is not None else None
         self.leader = None
@@ -483,7 +538,7 @@ class Machine:
         self.next_ping_at = now
         for peer in self.peers.values():
             peer.pinged_since = None
-        self._set_state(State.ELECTING, now, reason)
+        self._set_state(State.ELECTING, now, reason, quiet=quiet)
         if old is not None:
             old.dead = True  # no candidate; but if it answers as leader after all, it is followed
             if wait:
@@ -495,7 +550,10 @@ class Machine:
         window = self.timing.failure_window
         if self.state is State.LEADER:
             quorum_until = self._quorum_until()
-            if quorum_until is not None and now >= quorum_until:
+            if not self.confirmed:
+                if now >= self.claimed_at + window:  # no majority followed the claim
+                    self._start_electing(now, "no quorum followed the claim", wait=self.timing.settle, quiet=True)
+            elif quorum_until is not None and now >= quorum_until:
                 self._start_electing(now, "lost the quorum", wait=self.timing.settle)
             elif self.lease_until is not None and now >= self.lease_until:
                 self.resigned_until = 0.0
@@ -613,12 +671,15 @@ class Machine:
         )
         return visible >= self.quorum // 2 + 1
 
-    def _renew_lease(self, peer: _Peer, mark: float) -> None:
+    def _renew_lease(self, peer: _Peer, mark: float, now: float) -> None:
         """As leader: a follower echoed ``mark``, the time this node sent a pong it received."""
         if mark <= 0.0:
             return
         self.lease_until = max(self.lease_until or 0.0, mark + self.timing.lease)
         peer.renewed_at = max(peer.renewed_at or 0.0, mark)
+        if not self.confirmed and (self._quorum_until() or 0.0) > now:
+            self.confirmed = True  # a majority follows: announce the leadership now
+            self._set_state(State.LEADER, now, "claimed leadership with a quorum", force=True)
 
     def _quorum_until(self) -> float | None:
         """Quorum mode, as leader: when the majority renewed by follower pings runs out."""
@@ -684,6 +745,7 @@ class Machine:
             members_version=self.members_version,
             members=self.members(now)[:MAX_MEMBERS] if with_members else None,
             lease_mark=mark,
+            leader_age=self._leader_age(now) if kind == "pong" and self.state is State.FOLLOWER else None,
         )
 
     def _send(self, message: Message, to: Member) -> None:
@@ -695,7 +757,8 @@ class Machine:
             if not peer.departed and peer.member.host:
                 self._send(message, peer.member)
 
-    def _set_state(self, new: State, now: float, reason: str, force: bool = False) -> None:
+    def _set_state(self, new: State, now: float, reason: str, force: bool = False, quiet: bool = False) -> None:
+        """Change state, emit the event it means (unless ``quiet``) and publish the role."""
         previous = self.state
         if new is previous and not force:
             return
@@ -703,7 +766,7 @@ class Machine:
         kind = {State.LEADER: "leader", State.FOLLOWER: "follower"}.get(new)
         if kind is None and previous in (State.LEADER, State.FOLLOWER):
             kind = "reelection"
-        if kind is not None:
+        if kind is not None and not quiet:
             leader = self.leader if new in (State.LEADER, State.FOLLOWER) else None
             event = Event(kind, self.me.node_id, new, previous, self.term, leader, reason, now)
             self._actions.append(Notify(event))

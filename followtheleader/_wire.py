@@ -74,6 +74,7 @@ class Message:
     :ivar lease_mark: from a leader, its clock when it sent this; in a follower's ping, the
         mark of the last datagram it received from its leader (the leader renews its lease
         from it). 0 when there is none.
+    :ivar leader_age: in a follower's pong, seconds since it last heard from its leader.
     """
 
     kind: str
@@ -87,6 +88,7 @@ class Message:
     members_version: int = 0
     members: tuple[Member, ...] | None = None
     lease_mark: float = 0.0
+    leader_age: float | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,8 @@ def encode_message(message: Message, stamp: Stamp | None = None) -> bytes:
         body["m"] = [_member_to_list(m) for m in message.members]
     if message.lease_mark:
         body["e"] = message.lease_mark
+    if message.leader_age is not None:
+        body["la"] = round(message.leader_age, 4)
     if stamp is not None:
         body["a"] = [stamp.boot, stamp.counter, stamp.time, stamp.to]
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
@@ -186,6 +190,9 @@ def decode_datagram(data: bytes) -> tuple[Message, Stamp | None] | None:
     mark = body.get("e", 0.0)
     if isinstance(mark, bool) or not isinstance(mark, (int, float)) or not 0 <= mark < 1e12:
         return None
+    age = body.get("la")
+    if age is not None and (isinstance(age, bool) or not isinstance(age, (int, float)) or not 0 <= age < 1e9):
+        return None
     stamp = None
     if "a" in body:
         stamp = _stamp_from_list(body["a"])
@@ -203,6 +210,7 @@ def decode_datagram(data: bytes) -> tuple[Message, Stamp | None] | None:
         members_version=version,
         members=members,
         lease_mark=float(mark),
+        leader_age=None if age is None else float(age),
     )
     return message, stamp
 

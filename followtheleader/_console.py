@@ -1,0 +1,117 @@
+"""What the commands share: one line per event, and signals turned into queue items.
+
+:class:`Console` writes whole lines under a lock, so lines printed by the elector's callback
+thread and by the main thread never mix. :func:`catch_signals` makes SIGINT and SIGTERM put
+their number into a queue: a Python signal handler runs on the main thread between two
+bytecodes, possibly while that thread holds a lock, so it must do nothing but a reentrant
+``queue.SimpleQueue.put``; the main thread then acts on it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any, TextIO
+
+from ._model import Event
+
+__all__ = ["STOP_SIGNALS", "Console", "catch_signals"]
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Console:
+    """Writes one line at a time to ``stream``; any thread.
+
+    :param stream: where to write (``sys.stdout`` for ``elect``, ``sys.stderr`` for ``run``).
+    :param node_id: this node's id, so that events can say "leader this node".
+    :param json_lines: write one JSON object a line instead of readable text.
+    """
+
+    def __init__(self, stream: TextIO, node_id: str, json_lines: bool) -> None:
+        self._stream = stream
+        self._node_id = node_id
+        self.json_lines = json_lines
+        self._lock = threading.Lock()
+
+    def line(self, text: str) -> None:
+        """Write ``text`` and a newline, and flush."""
+        with self._lock:
+            self._stream.write(text + "\n")
+            self._stream.flush()
+
+    def event(self, event: Event) -> None:
+        """Write one elector event (a callback: runs on the elector's callback thread)."""
+        self.line(format_event(event, self._node_id, self.json_lines))
+
+    def record(self, kind: str, text: str, **fields: Any) -> None:
+        """Write a line of the command's own: readable ``text``, or ``fields`` as JSON."""
+        now = _now()
+        if self.json_lines:
+            self.line(json.dumps({"time": now.isoformat(timespec="milliseconds"), "event": kind, **fields}))
+        else:
+            self.line(f"{_clock(now)} {kind:<10} {text}")
+
+
+def format_event(event: Event, node_id: str, json_lines: bool) -> str:
+    """One line for one elector event: readable text, or one JSON object."""
+    now = _now()
+    leader = event.leader
+    if json_lines:
+        return json.dumps(
+            {
+                "time": now.isoformat(timespec="milliseconds"),
+                "event": event.kind,
+                "node_id": event.node_id,
+                "state": event.state.value,
+                "previous_state": event.previous_state.value,
+                "term": event.term,
+                "leader": None
+                if leader is None
+                else {"node_id": leader.node_id, "priority": leader.priority, "host": leader.host, "port": leader.port},
+                "reason": event.reason,
+                "error": None if event.error is None else repr(event.error),
+            }
+        )
+    if leader is None:
+        who = "no leader"
+    elif leader.node_id == node_id:
+        who = "leader this node"
+    else:
+        who = f"leader {leader.node_id} at {leader.host}:{leader.port}"
+    text = f"{_clock(now)} {event.kind:<10} {event.state.value:<8} term {event.term:<4} {who} ({event.reason})"
+    if event.error is not None:
+        text += f": {event.error!r}"
+    return text
+
+
+@contextmanager
+def catch_signals(put: Callable[[int], None]) -> Iterator[None]:
+    """While inside, SIGINT and SIGTERM call ``put(signum)`` instead of their usual action.
+
+    ``put`` runs on the main thread inside a signal handler: it must be reentrant, such as
+    ``queue.SimpleQueue.put``. The previous handlers come back on exit.
+    """
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        put(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now().astimezone()
+
+
+def _clock(now: datetime.datetime) -> str:
+    return f"{now:%H:%M:%S.%f}"[:-3]
