@@ -102,6 +102,14 @@ ELECTOR_OPTIONS: tuple[_ElectorOption, ...] = (
     ),
     _ElectorOption("--node-id", "node_id", str, "ID", "this node's id (default: random)"),
     _ElectorOption("--type", "type", str, "LABEL", "DNS-SD service label (default ftl: _ftl._udp.local.)"),
+    _ElectorOption("--quorum", "quorum", int, "N", "expected group size: lead only while seeing a majority of N"),
+    _ElectorOption(
+        "--secret-file",
+        "secret",
+        lambda path: _read_secret(path),
+        "PATH",
+        "file holding the group's shared secret (default: $FOLLOWTHELEADER_SECRET, else an open group)",
+    ),
 )
 """The election options of ``elect`` and ``run``; a new one is one more entry here."""
 
@@ -216,6 +224,18 @@ def _make_elector(args: argparse.Namespace, parser: _Parser) -> Elector:
         return elect(args.name, **options)
     except (TypeError, ValueError) as exc:
         parser.error(str(exc))
+
+
+def _read_secret(path: str) -> bytes:
+    """The secret in a file, without a trailing newline (argparse type; never shows it)."""
+    try:
+        with open(path, "rb") as file:
+            secret = file.read().rstrip(b"\r\n")
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read the secret file {path}: {exc.strerror}") from None
+    if not secret:
+        raise argparse.ArgumentTypeError(f"the secret file {path} is empty")
+    return secret
 
 
 def _seconds(text: str) -> float:

@@ -250,7 +250,9 @@ class Discovery:
         try:
             if state_change is ServiceStateChange.Removed:
                 node_id = self._names.pop(name, None)
-                if node_id is not None:
+                # A goodbye carries no tag: in an authenticated group it could be forged, so
+                # only the signed resign message counts there.
+                if node_id is not None and self._auth is None:
                     self._on_goodbye(node_id)
                 return
             if name == self.instance_name:

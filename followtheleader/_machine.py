@@ -191,6 +191,8 @@ class Machine:
     resigned_until: float = 0.0
     members_version: int = 0
     """As leader: version of the live member list. Otherwise: version of the list held."""
+    round_trip: float = 0.0
+    """As follower: smoothed round trip of a ping to the leader, in seconds."""
     leader_alive_until: float = 0.0
     """While electing: some peer heard from a live leader recently; no claim before then."""
     claimed_at: float = 0.0
@@ -373,6 +375,7 @@ class Machine:
             self._direct_from_leader(sender, message.term, now)
             if self.state is State.FOLLOWER and self.leader is not None and self.leader.node_id == sender.node_id:
                 self.leader_mark = max(self.leader_mark, message.lease_mark)
+                self._measure_round_trip(now)
                 self._take_members(message, sender, now)
         else:
             if message.leader_member is not None and message.leader is not None:
@@ -652,6 +655,13 @@ class Machine:
             elif peer.last_ping is None or now - peer.last_ping >= PROBE_SLOW_EVERY:
                 self._ping(peer, now)
 
+    def _measure_round_trip(self, now: float) -> None:
+        """As follower: a pong from the leader answers the last ping; keep a smoothed round trip."""
+        assert self.leader is not None
+        sent = self.peers[self.leader.node_id].last_ping
+        if sent is not None and 0.0 <= now - sent < self.timing.interval:
+            self.round_trip = 0.8 * self.round_trip + 0.2 * (now - sent)
+
     def _follower_ping_due(self) -> float:
         """When a follower pings its leader next: an interval after its last ping, or sooner
         (a retry) while that ping is unanswered."""
@@ -659,7 +669,10 @@ class Machine:
         peer = self.peers[self.leader.node_id]
         if peer.last_ping is None:
             return self._last_now
-        return peer.last_ping + (self.timing.retry if peer.pinged_since is not None else self.timing.interval)
+        # A retry waits for three smoothed round trips at least: on a loaded host pongs come
+        # late, and retrying at once would only add load.
+        retry = min(self.timing.interval, max(self.timing.retry, 3.0 * self.round_trip))
+        return peer.last_ping + (retry if peer.pinged_since is not None else self.timing.interval)
 
     def _sees_majority(self, now: float) -> bool:
         """Quorum mode: this node and the peers heard within the failure window are a majority."""

@@ -311,6 +311,38 @@ def test_elect_prints_events_and_hands_over_on_sigterm(lab: Lab) -> None:
                 proc.wait()
 
 
+@pytest.mark.lab
+def test_elect_with_a_secret_file_ignores_nodes_without_the_secret(lab: Lab, tmp_path: Path) -> None:
+    group = unique_group()
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret-for-the-test\n")
+    secured = [
+        lab.hosts[f"n{i}"].popen(
+            cli("elect", group, "--node-id", f"s-{i}", "--secret-file", str(secret), "--json"),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in (2, 3)
+    ]
+    rogue = lab.hosts["n4"].popen(
+        cli("elect", group, "--node-id", "zz-rogue", "--priority", "1000", "--json"), stdout=subprocess.PIPE, text=True
+    )
+    try:
+        events = [json.loads(proc.stdout.readline()) for proc in (*secured, rogue)]
+        assert {e["event"] for e in events[:2]} == {"leader", "follower"}
+        assert all(e["leader"]["node_id"] in ("s-2", "s-3") for e in events[:2])
+        assert events[2]["event"] == "leader" and events[2]["node_id"] == "zz-rogue"  # alone, outside the group
+    finally:
+        for proc in (*secured, rogue):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
 # --------------------------------------------------------------------- status
 
 
