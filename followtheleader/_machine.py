@@ -783,7 +783,10 @@ class Machine:
             leader = self.leader if new in (State.LEADER, State.FOLLOWER) else None
             event = Event(kind, self.me.node_id, new, previous, self.term, leader, reason, now)
             self._actions.append(Notify(event))
-        if new is not State.STOPPED:
+        # The DNS-SD record is a hint, updated only when leadership starts or ends: a group's
+        # followers re-announcing every change of theirs would flood mDNS right when a new
+        # leader needs the CPU (the record of a follower keeps saying "electing").
+        if State.LEADER in (new, previous) and new is not State.STOPPED:
             self._actions.append(Publish(new, self.term if new is not State.ELECTING else self.max_term))
 
     def _flush(self) -> list[Action]:
