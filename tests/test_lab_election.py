@@ -34,17 +34,7 @@ def test_ten_nodes_started_at_once_agree_on_one_leader(cluster: Cluster, hosts: 
     events = cluster.all_events()
     assert [e["kind"] for e in events].count("leader") == 1
     assert cluster.leader_overlap() == 0
-    for process in processes:
-        process.send("status 0")
-    statuses = cluster.wait(
-        lambda: (
-            [r for p in processes for r in p.records if r["kind"] == "status"]
-            if all(any(r["kind"] == "status" for r in p.records) for p in processes)
-            else None
-        ),
-        10,
-        "status of every node",
-    )
+    statuses = [cluster.status(process) for process in processes]
     for status in statuses:
         assert status["leader"] == agreed.leader and status["term"] == 1
         assert status["is_leader"] == (status["node"] == agreed.leader)
@@ -57,17 +47,7 @@ def test_three_electors_on_one_host_agree(cluster: Cluster, hosts: list[Host]) -
     processes = [cluster.spawn(hosts[0]) for _ in range(3)]
     agreed = cluster.wait_agreement()
     assert agreed.term == 1
-    for process in processes:
-        process.send("status 0")
-    statuses = cluster.wait(
-        lambda: (
-            [r for p in processes for r in p.records if r["kind"] == "status"]
-            if all(any(r["kind"] == "status" for r in p.records) for p in processes)
-            else None
-        ),
-        10,
-        "status of every node",
-    )
+    statuses = [cluster.status(process) for process in processes]
     ports = sorted(s["port"] for s in statuses)
     assert 9001 in ports and len(set(ports)) == 3, ports
 
