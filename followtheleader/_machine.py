@@ -444,9 +444,7 @@ class Machine:
 
     def _leader_alive(self, now: float) -> bool:
         """As follower: the leader spoke as leader less than :attr:`Timing.suspect` ago."""
-        assert self.leader is not None
-        heard = self.peers[self.leader.node_id].last_heard
-        return heard is not None and now - heard < self.timing.suspect
+        return self._leader_age(now) < self.timing.suspect
 
     def _note_live_leader(self, message: Message, now: float) -> None:
         """A follower says it heard its leader recently: do not claim while that holds.
