@@ -173,8 +173,13 @@ class Ticker:
         self._thread.start()
 
     def wake(self) -> None:
-        """Make the thread run ``tick`` now. Any thread."""
-        self._wake.set()
+        """Make the thread run ``tick`` now. Any thread but the ticker's own.
+
+        On the ticker thread itself it does nothing: the deadline ``tick`` returns is the one
+        that counts, and waking there would make the thread spin, ticking without pause.
+        """
+        if threading.current_thread() is not self._thread:
+            self._wake.set()
 
     def stop(self) -> None:
         """Ask the thread to finish. Any thread; never joins."""
