@@ -7,7 +7,7 @@ import sys
 
 sys.path.insert(0, os.path.abspath(".."))
 
-import followtheleader  # noqa: E402
+import followtheleader
 
 project = "followtheleader"
 author = "followtheleader developers"

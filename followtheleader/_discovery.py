@@ -8,7 +8,8 @@ Threads:
 
 * zeroconf's event-loop thread runs :meth:`Discovery._publish_loop`, which registers the
   record and then updates its TXT whenever :meth:`Discovery.publish` asks (latest state
-  wins), and the goodbye at close;
+  wins), and the goodbye at close. With ``npm_compat``, a leader also publishes what nodes
+  of the npm package look for: instance ``<group>`` of ``_<type>._udp`` and ``_<type>._tcp``;
 * zeroconf's ServiceBrowser thread runs :meth:`Discovery._on_service_state_change`, which
   only parses the record and hands it on: it never blocks and never raises.
 
@@ -38,6 +39,7 @@ from zeroconf import (
     IPVersion,
     ServiceBrowser,
     ServiceInfo,
+    ServiceNameAlreadyRegistered,
     ServiceStateChange,
     Zeroconf,
 )
@@ -56,6 +58,9 @@ log = logging.getLogger(__name__)
 _IP_VERSIONS = {"v4": IPVersion.V4Only, "v6": IPVersion.V6Only, "all": IPVersion.All}
 _RESOLVE_TIMEOUT_MS = 1000
 _GOODBYE_TIMEOUT = 1.0
+_NPM_RETRY = 1.0
+"""Seconds before trying again to publish the npm records (another elector of this process
+still had them registered)."""
 
 
 class DiscoveryError(OSError):
@@ -123,6 +128,9 @@ class Discovery:
     :param on_goodbye: called on the browser thread with the node id of a withdrawn record.
     :param warn: rate-limited logger for malformed records.
     :param on_error: called when publishing fails.
+    :param on_npm_record: with ``npm_compat``, called like ``on_record`` with the address and
+        port of an npm leader's record (instance ``<group>`` published by a node not ours).
+    :param on_npm_goodbye: called on the browser thread when that record is withdrawn.
     """
 
     def __init__(
@@ -134,6 +142,9 @@ class Discovery:
         on_goodbye: Callable[[str], None],
         warn: RateLimitedWarning,
         on_error: Callable[[BaseException, str], None],
+        *,
+        on_npm_record: Callable[[str, int], None],
+        on_npm_goodbye: Callable[[], None],
     ) -> None:
         self._options = options
         self._member = member
@@ -142,6 +153,8 @@ class Discovery:
         self._on_goodbye = on_goodbye
         self._warn = warn
         self._on_error = on_error
+        self._on_npm_record = on_npm_record
+        self._on_npm_goodbye = on_npm_goodbye
         self._zc: Zeroconf | None = None
         self._browser: ServiceBrowser | None = None
         self._names: dict[str, str] = {}  # instance name -> node id, of this group only
@@ -152,6 +165,10 @@ class Discovery:
         self._ipv6_heartbeats = ":" in options.host
         self._refresh = RECORD_REFRESH if auth is not None else None
         self.instance_name = self._instance_name()
+        self.npm_instance_name = f"{options.name}.{options.service_type}"
+        """The record an npm leader publishes (and ours too, with ``npm_compat``)."""
+        self._npm_leader_seen = False
+        self._npm_published: list[ServiceInfo] = []
 
     # ----------------------------------------------------------------- any thread
 
@@ -211,13 +228,15 @@ class Discovery:
         zc = self._zc
         self._changed = changed = asyncio.Event()
         broadcast: Awaitable[Any] | None = None
+        npm_pending = False
         changed.set()
         try:
             while True:
                 # On time-out: re-publish with a fresh signature before the record counts as stale.
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(changed.wait(), self._refresh)
+                    await asyncio.wait_for(changed.wait(), _NPM_RETRY if npm_pending else self._refresh)
                 changed.clear()
+                npm_pending = not await self._publish_npm_records(zc, *self._desired)
                 info = self._service_info(*self._desired)
                 try:
                     if self._published is None:
@@ -234,12 +253,54 @@ class Discovery:
             if isinstance(broadcast, asyncio.Future):
                 broadcast.cancel()
 
+    async def _publish_npm_records(self, zc: Zeroconf, role: State, term: int) -> bool:
+        """As leader with ``npm_compat``: publish what npm nodes look for; else withdraw it.
+
+        npm nodes browse ``_<type>._tcp`` and publish ``_<type>._udp``, so a leader of ours
+        publishes instance ``<group>`` under both, pointing at its heartbeat port, with an A
+        record in the same packet (npm uses no other). No probing (cooperating responders):
+        only a leader publishes it, and no leader of ours leads while an npm leader answers.
+        Returns False when it must be tried again later.
+        """
+        wanted = role is State.LEADER and self._options.npm_compat
+        if not wanted:
+            for info in self._npm_published:
+                await zc.async_unregister_service(info)  # its goodbye repeats run on their own
+            self._npm_published = []
+            return True
+        if self._npm_published:
+            return True
+        for protocol in ("_udp", "_tcp"):
+            service_type = f"_{self._options.type}.{protocol}.local."
+            info = ServiceInfo(
+                service_type,
+                f"{self._options.name}.{service_type}",
+                port=self._member.port,
+                properties=self._txt(role, term),
+                server=f"ftl-{self._member.node_id}.local.",
+                parsed_addresses=[a for a in self._own_addresses() if ":" not in a] or self._own_addresses(),
+            )
+            try:
+                await zc.async_register_service(info, cooperating_responders=True)
+            except ServiceNameAlreadyRegistered:
+                log.debug("the npm record %s is still registered by another elector here", info.name)
+                return False
+            except Exception as exc:
+                log.exception("cannot publish the npm record %s", info.name)
+                self._on_error(exc, f"cannot publish the record npm nodes look for: {exc!r}")
+                return True
+            self._npm_published.append(info)
+        return True
+
     async def _goodbye(self, zc: Zeroconf) -> None:
-        """Withdraw the record (three goodbye packets, the first one at once)."""
+        """Withdraw the records (three goodbye packets, the first one at once)."""
+        repeats = [await zc.async_unregister_service(info) for info in self._npm_published]
+        self._npm_published = []
         if self._published is not None:
-            repeats = await zc.async_unregister_service(self._published)
+            repeats.append(await zc.async_unregister_service(self._published))
             self._published = None
-            await repeats
+        for repeat in repeats:
+            await repeat
 
     # ----------------------------------------------------------------- browser thread
 
@@ -248,6 +309,9 @@ class Discovery:
     ) -> None:
         """Parse a peer's record and hand it on. Never blocks, never raises."""
         try:
+            if name == self.npm_instance_name:
+                self._take_npm(zeroconf, service_type, name, state_change)
+                return
             if state_change is ServiceStateChange.Removed:
                 node_id = self._names.pop(name, None)
                 # A goodbye carries no tag: in an authenticated group it could be forged, so
@@ -266,12 +330,45 @@ class Discovery:
             log.exception("error while handling DNS-SD record %s", name)
             self._on_error(exc, f"error while handling DNS-SD record {name}: {exc!r}")
 
+    def _take_npm(self, zeroconf: Zeroconf, service_type: str, name: str, change: ServiceStateChange) -> None:
+        """The record ``<group>``: an npm leader's, or the one a leader of ours publishes for them."""
+        if not self._options.npm_compat:
+            return
+        if change is ServiceStateChange.Removed:
+            if self._npm_leader_seen:
+                self._npm_leader_seen = False
+                self._on_npm_goodbye()
+            return
+        info = ServiceInfo(service_type, name)
+        if info.load_from_cache(zeroconf):
+            self._take_npm_info(info)
+        elif zeroconf.loop is not None:
+            asyncio.run_coroutine_threadsafe(self._resolve(zeroconf, service_type, name), zeroconf.loop)
+
+    def _take_npm_info(self, info: ServiceInfo) -> None:
+        try:
+            properties = info.decoded_properties
+        except Exception:  # noqa: BLE001 - npm's TXT is one NUL byte; anything goes
+            properties = {}
+        if "id" in properties and "v" in properties:
+            self._npm_leader_seen = False  # published by a leader of ours, for npm nodes
+            return
+        v4 = info.parsed_addresses(IPVersion.V4Only)
+        if not v4 or not info.port:
+            self._warn("npm-no-ipv4", "ignored an npm leader's record without an IPv4 address: %s", info.name)
+            return
+        self._npm_leader_seen = True
+        self._on_npm_record(v4[0], info.port)
+
     async def _resolve(self, zeroconf: Zeroconf, service_type: str, name: str) -> None:
         """Ask for a record that was announced incomplete (zeroconf's loop thread)."""
         info = AsyncServiceInfo(service_type, name)
         try:
             if await info.async_request(zeroconf, _RESOLVE_TIMEOUT_MS, question_type=DNSQuestionType.QM):
-                self._take(info)
+                if name == self.npm_instance_name:
+                    self._take_npm_info(info)
+                else:
+                    self._take(info)
         except Exception as exc:  # noqa: BLE001 - a peer's bad record must not break the loop
             self._warn("resolve", "cannot resolve DNS-SD record %s: %s", name, exc)
 

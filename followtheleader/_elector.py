@@ -6,8 +6,9 @@ Threads of one started elector (all daemon threads, all gone after :meth:`Electo
   to :meth:`Elector._on_datagram`.
 * ``followtheleader-ticker-<name>``: runs :meth:`Elector._tick` at the machine's deadlines
   (pings, failure detection, lease, claims).
-* zeroconf's ServiceBrowser thread: runs :meth:`Elector._on_record` and
-  :meth:`Elector._on_goodbye`; zeroconf's own event-loop thread publishes the record.
+* zeroconf's ServiceBrowser thread: runs :meth:`Elector._on_record`,
+  :meth:`Elector._on_goodbye` and their npm counterparts; zeroconf's own event-loop thread
+  publishes the records.
 * ``followtheleader-callbacks-<name>``: the user's callbacks, one at a time, in order.
 
 Every input goes through :meth:`Elector._feed`: the machine decides under ``self._lock`` (and
@@ -37,7 +38,7 @@ from ._callbacks import EVENT_KINDS, Callback, CallbackThread
 from ._discovery import Discovery
 from ._heartbeat import HeartbeatServer, Ticker, bind_heartbeat_server
 from ._logs import RateLimitedWarning
-from ._machine import Action, Machine, Notify, Publish, Send, Timing
+from ._machine import Action, Machine, Notify, NpmPing, Publish, Send, Timing
 from ._model import Event, Member, State
 from ._options import Options, parse_options
 from ._wire import NPM_PING, NPM_PONG, Message, PeerRecord, decode_datagram, encode_message
@@ -93,6 +94,7 @@ class Elector:
         self._started = False
         self._stopping = False
         self._torn_down = threading.Event()
+        self._npm_pings_answered = 0
 
     def __repr__(self) -> str:
         return f"<Elector {self._options.name!r} node_id={self.node_id!r} state={self.state.value} term={self.term}>"
@@ -174,7 +176,15 @@ class Elector:
         me = Member(self._options.node_id, self._options.priority, "", self._server.port)
         self._machine.me = me
         self._discovery = Discovery(
-            self._options, me, self._auth, self._on_record, self._on_goodbye, self._warn, self._report_error
+            self._options,
+            me,
+            self._auth,
+            self._on_record,
+            self._on_goodbye,
+            self._warn,
+            self._report_error,
+            on_npm_record=self._on_npm_record,
+            on_npm_goodbye=self._on_npm_goodbye,
         )
         self._feed(self._machine.start)  # before discovery, so that no early record is dropped
         self._discovery.start()
@@ -341,8 +351,12 @@ class Elector:
 
     @property
     def counters(self) -> dict[str, int]:
-        """How often each kind of trouble (malformed datagram or record, send error) was seen."""
-        return dict(self._warn.counts)
+        """How often each kind of trouble (malformed datagram or record, send error) was seen,
+        and ``npm-pings-answered``: how many ``PING`` of npm followers this node answered."""
+        counts = dict(self._warn.counts)
+        if self._npm_pings_answered:
+            counts["npm-pings-answered"] = self._npm_pings_answered
+        return counts
 
     # ----------------------------------------------------------------- inputs (various threads)
 
@@ -354,9 +368,9 @@ class Elector:
         """
         with self._lock:
             actions = step(time.monotonic())
-            sends: list[Send] = []
+            sends: list[Send | NpmPing] = []
             for action in actions:
-                if isinstance(action, Send):
+                if isinstance(action, (Send, NpmPing)):
                     sends.append(action)
                 elif isinstance(action, Notify):
                     self._log_event(action.event)
@@ -370,7 +384,8 @@ class Elector:
             server = self._server
             if server is not None:
                 for send in sends:
-                    server.send(self._encode(send.message, send.to), send.address)
+                    data = NPM_PING if isinstance(send, NpmPing) else self._encode(send.message, send.to)
+                    server.send(data, send.address)
         finally:
             self._send_lock.release()
         ticker = self._ticker
@@ -384,8 +399,12 @@ class Elector:
 
     def _on_datagram(self, data: bytes, source: tuple[str, int]) -> None:
         """Heartbeat thread: one datagram arrived."""
-        if data == NPM_PING and self._options.npm_compat and self._server is not None and self.is_leader:
-            self._server.send(NPM_PONG, source)
+        if data in (NPM_PING, NPM_PONG) and self._options.npm_compat:
+            if data == NPM_PONG:  # the npm leader answers our PING
+                self._feed(lambda now: self._machine.on_npm_pong(source, now))
+            elif self._server is not None and self.is_leader:  # an npm follower of ours
+                self._server.send(NPM_PONG, source)
+                self._npm_pings_answered += 1  # heartbeat thread only
             return
         if self._auth is not None:
             body = self._auth.open(data)
@@ -425,6 +444,14 @@ class Elector:
     def _on_goodbye(self, node_id: str) -> None:
         """Browser thread: a peer withdrew its DNS-SD record."""
         self._feed(lambda now: self._machine.on_goodbye(node_id, now))
+
+    def _on_npm_record(self, host: str, port: int) -> None:
+        """Browser or zeroconf loop thread: an npm leader's DNS-SD record appeared."""
+        self._feed(lambda now: self._machine.on_npm_record(host, port, now))
+
+    def _on_npm_goodbye(self) -> None:
+        """Browser thread: the npm leader withdrew its DNS-SD record."""
+        self._feed(lambda now: self._machine.on_npm_goodbye(now))
 
     # ----------------------------------------------------------------- errors and logs
 

@@ -27,6 +27,10 @@ How an election goes (see ``docs/how-it-works.rst``):
 * Two leaders that learn of each other compare (term, priority, node id); the lesser steps
   down. Hearsay (a pong that names a leader) only makes a node ping that leader; only a
   message from the leader itself makes a node follow it or step down for it.
+* A leader of the npm package (seen as the DNS-SD record ``<group>`` of the service type)
+  outranks every node of ours, since it never steps down: a node that gets its ``PONG``
+  follows it, and nobody of ours claims while it may be alive. Its followers ping it with
+  ``PING`` every interval and elect among themselves when it falls silent.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from dataclasses import dataclass, field
 from ._model import Event, Member, State
 from ._wire import MAX_MEMBERS, Message, PeerRecord
 
-__all__ = ["Machine", "Notify", "Publish", "Send", "Timing"]
+__all__ = ["Machine", "Notify", "NpmPing", "Publish", "Send", "Timing", "npm_member"]
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,13 @@ class Send:
 
 
 @dataclass(frozen=True)
+class NpmPing:
+    """Send the npm package's bare ``PING`` to the npm leader at ``address``."""
+
+    address: tuple[str, int]
+
+
+@dataclass(frozen=True)
 class Publish:
     """Publish this node's role and term in its DNS-SD TXT record."""
 
@@ -137,7 +148,12 @@ class Notify:
     event: Event
 
 
-Action = Send | Publish | Notify
+Action = Send | NpmPing | Publish | Notify
+
+
+def npm_member(host: str, port: int) -> Member:
+    """The member that stands for an npm leader at ``host:port`` (it has no id of its own)."""
+    return Member(f"npm-{host.replace('.', '-').replace(':', '_')}-{port}"[:32], 0, host, port, npm=True)
 
 
 @dataclass
@@ -201,6 +217,8 @@ class Machine:
     """As leader: announced (always, unless quorum mode waits for a majority to follow)."""
     leader_mark: float = 0.0
     """As follower: the lease mark of the last pong from the leader, echoed in each ping."""
+    npm: _Peer | None = None
+    """The npm leader this node knows of (its DNS-SD record was seen), if any."""
     _last_now: float = 0.0
     """The time of the latest input, so that passed deadlines are not asked for again."""
     _live_ids: frozenset[str] = frozenset()
@@ -245,10 +263,11 @@ class Machine:
             self._claim_if_best(now)
         if self.state is State.FOLLOWER and self.leader is not None:
             if now >= self._follower_ping_due():
-                self._ping(self.peers[self.leader.node_id], now)
+                self._ping(self._leader_peer(), now)
         elif self.state is not State.STOPPED and now >= self.next_ping_at:
             self.next_ping_at = now + self.timing.interval
             self._send_pings(now)
+        self._probe_npm(now)
         return self._flush()
 
     def on_message(self, message: Message, source: tuple[str, int], now: float) -> list[Action]:
@@ -312,6 +331,49 @@ class Machine:
             self._claim_if_best(now)
         return self._flush()
 
+    def on_npm_record(self, host: str, port: int, now: float) -> list[Action]:
+        """The DNS-SD record of an npm leader appeared at ``host:port``: a hint; ping it."""
+        if self.state is State.STOPPED:
+            return []
+        self._expire(now)
+        member = npm_member(host, port)
+        if self.npm is None or self.npm.member != member:
+            if self._follows_npm():
+                return self._flush()  # it follows another npm leader, alive: one at a time
+            self.npm = _Peer(member, probed_since=now)
+        self.npm.departed = False
+        if not self._follows_npm():
+            self._ping_now(self.npm, now)
+        return self._flush()
+
+    def on_npm_pong(self, source: tuple[str, int], now: float) -> list[Action]:
+        """The npm leader answered a ``PING``: it is alive, and it leads (it never steps down)."""
+        npm = self.npm
+        if self.state is State.STOPPED or npm is None or npm.member.address != source:
+            return []
+        self._expire(now)
+        if self._follows_npm():
+            self._measure_round_trip(now)
+        npm.last_heard = now
+        npm.pinged_since = None
+        npm.dead = npm.departed = False
+        if not self._follows_npm():
+            reason = "an npm leader outranks this leader" if self.state is State.LEADER else "found the npm leader"
+            self._follow(npm.member, 0, now, reason)
+        return self._flush()
+
+    def on_npm_goodbye(self, now: float) -> list[Action]:
+        """The npm leader withdrew its DNS-SD record."""
+        npm = self.npm
+        if self.state is State.STOPPED or npm is None:
+            return []
+        self._expire(now)
+        npm.dead = npm.departed = True
+        if self._follows_npm():
+            self._start_electing(now, "npm leader said goodbye")
+            self._claim_if_best(now)
+        return self._flush()
+
     # ----------------------------------------------------------------- queries
 
     def is_leader(self, now: float) -> bool:
@@ -323,8 +385,12 @@ class Machine:
         quorum_until = self._quorum_until()
         return quorum_until is None or now < quorum_until
 
-    def members(self, now: float) -> tuple[Member, ...]:
-        """The group as this node sees it, best-ranked first, this node included."""
+    def members(self, now: float, with_npm: bool = True) -> tuple[Member, ...]:
+        """The group as this node sees it, best-ranked first, this node included.
+
+        A followed npm leader comes first, unless ``with_npm`` is False (member lists on
+        the wire hold our nodes only).
+        """
         if self.state is State.LEADER:
             found = [p.member for p in self.peers.values() if p.live_until >= now and not p.dead]
         elif self.state is State.FOLLOWER or self.state is State.ELECTING:
@@ -332,7 +398,10 @@ class Machine:
         else:
             return ()
         found.append(self.me)
-        return tuple(sorted(found, key=lambda m: m.rank, reverse=True))
+        ranked = sorted(found, key=lambda m: m.rank, reverse=True)
+        if with_npm and self._follows_npm() and self.leader is not None:
+            ranked.insert(0, self.leader)
+        return tuple(ranked)
 
     def next_deadline(self) -> float | None:
         """The time at which :meth:`tick` next has work, or None when stopped."""
@@ -344,7 +413,7 @@ class Machine:
             deadlines.extend(t for t in (self.lease_until, quorum_due) if t is not None)
         elif self.state is State.FOLLOWER and self.leader is not None:
             deadlines = [self._follower_ping_due()]
-            heard = self.peers[self.leader.node_id].last_heard
+            heard = self._leader_peer().last_heard
             if heard is not None:
                 deadlines.append(heard + self.timing.failure_window)
         elif self.state is State.ELECTING:
@@ -353,9 +422,12 @@ class Machine:
             deadlines.extend(t for t in holds if t > self._last_now)
             deadlines.extend(
                 p.pinged_since + self.timing.failure_window
-                for p in self.peers.values()
+                for p in self._candidate_peers()
                 if p.pinged_since is not None and not p.dead
             )
+        npm_due = self._npm_probe_due()
+        if npm_due is not None:
+            deadlines.append(npm_due)
         return min(deadlines)
 
     # ----------------------------------------------------------------- message handlers
@@ -438,8 +510,7 @@ class Machine:
 
     def _leader_age(self, now: float) -> float:
         """As follower: seconds since the leader last spoke as leader."""
-        assert self.leader is not None
-        heard = self.peers[self.leader.node_id].last_heard
+        heard = self._leader_peer().last_heard
         return now - heard if heard is not None else self.timing.failure_window
 
     def _leader_alive(self, now: float) -> bool:
@@ -463,6 +534,9 @@ class Machine:
         """A peer names ``leader``: ping it, unless it is known and no better than ours."""
         if leader.node_id == self.me.node_id or not leader.host:
             return
+        if leader.node_id == npm_member(leader.host, leader.port).node_id:
+            self._npm_hearsay(leader.host, leader.port, now)
+            return
         peer = self.peers.get(leader.node_id)
         if peer is None:
             peer = self.peers[leader.node_id] = _Peer(leader)
@@ -483,6 +557,8 @@ class Machine:
             self._claim(now)
 
     def _best_candidate(self, now: float) -> Member | None:
+        if self.npm is not None and not self.npm.dead:
+            return self.npm.member  # it never steps down: nobody of ours claims while it may live
         candidates = [p.member for p in self.peers.values() if not p.dead]
         if now >= self.resigned_until:
             candidates.append(self.me)
@@ -525,19 +601,19 @@ class Machine:
         self.lease_until = None
         self.members_version = 0
         self.leader_mark = 0.0
-        peer = self._heard(leader, now)
+        peer = self.npm if leader.npm and self.npm is not None else self._heard(leader, now)
         peer.last_ping = None  # ping the new leader at once: its member list and a lease mark
         self.next_ping_at = now
         self._set_state(State.FOLLOWER, now, reason, force=True)
 
     def _start_electing(self, now: float, reason: str, wait: float = 0.0, quiet: bool = False) -> None:
         """Elect; nobody is claimed for ``wait`` seconds (time to hear of a live leader)."""
-        old = self.peers.get(self.leader.node_id) if self.leader is not None else None
+        old = self._leader_peer() if self.state is State.FOLLOWER and self.leader is not None else None
         self.leader = None
         self.lease_until = None
         self.settle_until = now + wait
         self.next_ping_at = now
-        for peer in self.peers.values():
+        for peer in self._candidate_peers():
             peer.pinged_since = None
         self._set_state(State.ELECTING, now, reason, quiet=quiet)
         if old is not None:
@@ -562,13 +638,13 @@ class Machine:
             else:
                 self._refresh_live_members(now)
         elif self.state is State.FOLLOWER and self.leader is not None:
-            heard = self.peers[self.leader.node_id].last_heard
+            heard = self._leader_peer().last_heard
             if heard is None or now >= heard + window:
                 # Wait a moment before claiming: a node back from a pause hears from a live
                 # leader (the old one, or a newer one) before it could depose it.
                 self._start_electing(now, "leader unreachable", wait=self.timing.confirm)
         if self.state is State.ELECTING:
-            for peer in self.peers.values():
+            for peer in self._candidate_peers():
                 if not peer.dead and peer.pinged_since is not None and now >= peer.pinged_since + window:
                     peer.dead = True
 
@@ -622,6 +698,62 @@ class Machine:
             self._live_ids = live
             self.members_version += 1
 
+    # ----------------------------------------------------------------- the npm leader
+
+    def _follows_npm(self) -> bool:
+        return self.state is State.FOLLOWER and self.leader is not None and self.leader.npm
+
+    def _leader_peer(self) -> _Peer:
+        """As follower: what this node knows of its leader."""
+        assert self.leader is not None
+        if self.leader.npm:
+            assert self.npm is not None
+            return self.npm
+        return self.peers[self.leader.node_id]
+
+    def _candidate_peers(self) -> list[_Peer]:
+        """While electing: every peer that may lead, the npm leader included."""
+        peers = list(self.peers.values())
+        return [*peers, self.npm] if self.npm is not None else peers
+
+    def _npm_hearsay(self, host: str, port: int, now: float) -> None:
+        """A peer follows an npm leader: count it as a candidate again, and ping it."""
+        if self._follows_npm():
+            return
+        member = npm_member(host, port)
+        if self.npm is None or self.npm.member != member:
+            self.npm = _Peer(member, probed_since=now)
+        if not self.npm.departed:
+            self.npm.dead = False
+        self._ping_now(self.npm, now)
+
+    def _npm_probe_due(self) -> float | None:
+        """When a node that does not follow the known npm leader pings it next, if ever."""
+        npm = self.npm
+        if npm is None or npm.departed or self._follows_npm():
+            return None
+        if npm.last_ping is None:
+            return self._last_now
+        silent_since = npm.last_heard if npm.last_heard is not None else npm.probed_since or npm.last_ping
+        fast = self._last_now - silent_since < PROBE_FAST_FOR
+        return npm.last_ping + (self.timing.interval if fast else PROBE_SLOW_EVERY)
+
+    def _probe_npm(self, now: float) -> None:
+        """Ping a known npm leader this node does not follow: when it answers, it is followed.
+
+        Every interval for a minute after it fell silent, then every two seconds; forgotten
+        after an hour of silence or when its record is withdrawn.
+        """
+        npm = self.npm
+        due = self._npm_probe_due()
+        if npm is None or due is None or now < due:
+            return
+        silent_since = npm.last_heard if npm.last_heard is not None else npm.probed_since or now
+        if now - silent_since >= FORGET_AFTER:
+            self.npm = None
+            return
+        self._ping(npm, now)
+
     # ----------------------------------------------------------------- output
 
     def _send_pings(self, now: float) -> None:
@@ -655,16 +787,14 @@ class Machine:
 
     def _measure_round_trip(self, now: float) -> None:
         """As follower: a pong from the leader answers the last ping; keep a smoothed round trip."""
-        assert self.leader is not None
-        sent = self.peers[self.leader.node_id].last_ping
+        sent = self._leader_peer().last_ping
         if sent is not None and 0.0 <= now - sent < self.timing.interval:
             self.round_trip = 0.8 * self.round_trip + 0.2 * (now - sent)
 
     def _follower_ping_due(self) -> float:
         """When a follower pings its leader next: an interval after its last ping, or sooner
         (a retry) while that ping is unanswered."""
-        assert self.leader is not None
-        peer = self.peers[self.leader.node_id]
+        peer = self._leader_peer()
         if peer.last_ping is None:
             return self._last_now
         # A retry waits for three smoothed round trips at least: on a loaded host pongs come
@@ -713,7 +843,10 @@ class Machine:
         if peer.pinged_since is None and not peer.dead:
             peer.pinged_since = now
         peer.last_ping = now
-        self._send(self._message("ping", now), peer.member)
+        if peer.member.npm:
+            self._actions.append(NpmPing(peer.member.address))
+        else:
+            self._send(self._message("ping", now), peer.member)
 
     def _pong(self, pinger_version: int, now: float) -> Message:
         if self.state is State.LEADER:
@@ -754,13 +887,14 @@ class Machine:
             leader=leader,
             leader_member=leader_member,
             members_version=self.members_version,
-            members=self.members(now)[:MAX_MEMBERS] if with_members else None,
+            members=self.members(now, with_npm=False)[:MAX_MEMBERS] if with_members else None,
             lease_mark=mark,
             leader_age=self._leader_age(now) if kind == "pong" and self.state is State.FOLLOWER else None,
         )
 
     def _send(self, message: Message, to: Member) -> None:
-        self._actions.append(Send(message, to.address, to.node_id))
+        if not to.npm:  # an npm node understands nothing but PING
+            self._actions.append(Send(message, to.address, to.node_id))
 
     def _send_to_peers(self, message: Message) -> None:
         """Send to every peer that has not departed, those found dead too (they may be back)."""

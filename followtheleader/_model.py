@@ -32,12 +32,15 @@ class Member:
     :ivar priority: higher is preferred as leader; ties go to the greater node id.
     :ivar host: the address its heartbeats come from (``""`` when not known yet).
     :ivar port: its UDP heartbeat port.
+    :ivar npm: True for a leader run by the npm package ``followtheleader`` (a Node.js
+        service in the same group); its ``node_id`` is then ``npm-<address>-<port>``.
     """
 
     node_id: str
     priority: int = 0
     host: str = ""
     port: int = 0
+    npm: bool = False
 
     @property
     def rank(self) -> tuple[int, str]:

@@ -57,7 +57,8 @@ class Options:
     :ivar node_id: this node's identity, unique in its group.
     :ivar interfaces: addresses for mDNS, or None for every interface.
     :ivar ip_version: ``"v4"``, ``"v6"`` or ``"all"`` for mDNS.
-    :ivar npm_compat: answer the npm package's bare ``PING`` with ``PONG`` (off with a secret).
+    :ivar npm_compat: share the group with nodes of the npm package: as leader, publish the
+        records they look for and answer their ``PING``; follow an npm leader (off with a secret).
     :ivar quorum: the expected group size: lead only while seeing a strict majority of it
         (this node included); None (the default) for availability first.
     :ivar secret: the group's shared secrets (the first signs, all are accepted), or None for
@@ -221,6 +222,8 @@ def _check_node_id(value: Any) -> str:
         raise TypeError(f"option 'node_id' must be a str, not {type(value).__name__}")
     if not _NODE_ID_PATTERN.fullmatch(value):
         raise ValueError(f"option 'node_id' must be 1 to 32 letters, digits, '_' or '-', not {value!r}")
+    if value.lower().startswith("npm-"):
+        raise ValueError(f"option 'node_id' must not start with 'npm-' (it names npm leaders), not {value!r}")
     return value
 
 

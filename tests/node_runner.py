@@ -58,6 +58,7 @@ class Node:
             previous=event.previous_state.value,
             term=event.term,
             leader=event.leader.node_id if event.leader else None,
+            leader_npm=event.leader.npm if event.leader else None,
             reason=event.reason,
             error=repr(event.error) if event.error else None,
             thread=threading.current_thread().name,

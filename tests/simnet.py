@@ -13,7 +13,7 @@ import itertools
 import random
 from dataclasses import dataclass, field
 
-from followtheleader._machine import Action, Machine, Notify, Send, Timing
+from followtheleader._machine import Action, Machine, Notify, NpmPing, Send, Timing
 from followtheleader._model import Event, Member, State
 from followtheleader._wire import Message, PeerRecord, decode_message, encode_message
 
@@ -59,6 +59,9 @@ class SimNet:
         self.one_way_cut: set[tuple[str, str]] = set()  # (from, to)
         self.sent = 0
         self.lost = 0
+        self.npm_leaders: dict[tuple[str, int], bool] = {}
+        """Simulated npm leaders by address: True while alive (they answer every PING)."""
+        self.npm_pings = 0
 
     # ----------------------------------------------------------------- setup
 
@@ -74,6 +77,8 @@ class SimNet:
         """Start a node; with ``discover``, it and the running nodes see each other's records."""
         node = self.nodes[node_id]
         self._apply(node, node.machine.start(self.now))
+        for address in self.npm_leaders:  # their records stay (npm nodes send no goodbye)
+            self._schedule(self.now + 0.02, node_id, ("npm-record", address))
         if discover:
             for other in self.nodes.values():
                 if other is not node and other.machine.state is not State.STOPPED and not other.crashed:
@@ -88,6 +93,17 @@ class SimNet:
             subject.machine.term,
         )
         self._schedule(self.now + 0.02, observer.node_id, ("record", record))
+
+    def add_npm_leader(self, address: tuple[str, int] = ("198.18.1.1", 9001)) -> tuple[str, int]:
+        """An npm leader appears: alive, and every running node sees its DNS-SD record."""
+        self.npm_leaders[address] = True
+        for node in self.live():
+            self._schedule(self.now + 0.02, node.node_id, ("npm-record", address))
+        return address
+
+    def kill_npm_leader(self, address: tuple[str, int]) -> None:
+        """It stops answering (npm nodes send no goodbye)."""
+        self.npm_leaders[address] = False
 
     # ----------------------------------------------------------------- faults
 
@@ -151,6 +167,14 @@ class SimNet:
             if node.crashed:
                 return
             kind, payload = item  # type: ignore[misc]
+            if kind in ("npm-record", "npm-pong"):
+                if not node.paused:
+                    host, port = payload
+                    if kind == "npm-record":
+                        self._apply(node, node.machine.on_npm_record(host, port, self.now))
+                    else:
+                        self._apply(node, node.machine.on_npm_pong((host, port), self.now))
+                return
             if kind == "record":
                 if not node.paused:
                     self._apply(node, node.machine.on_discovered(payload, self.now))
@@ -172,6 +196,10 @@ class SimNet:
                 node.events.append(action.event)
             elif isinstance(action, Send):
                 self._deliver(node, action)
+            elif isinstance(action, NpmPing):
+                self.npm_pings += 1
+                if self.npm_leaders.get(action.address):
+                    self._schedule(self.now + 2 * self.latency, node.node_id, ("npm-pong", action.address))
 
     def _deliver(self, sender: SimNode, send: Send) -> None:
         target = self.by_address.get(send.address)
@@ -202,21 +230,23 @@ class SimNet:
         return [n for n in self.live() if n.machine.state is State.LEADER]
 
     def agreed(self) -> tuple[str, int] | None:
-        """(leader id, term) when every live node agrees on one leader."""
+        """(leader id, term) when every live node agrees on one leader (ours, or an npm one)."""
         nodes = self.live()
         views = {(n.machine.leader.node_id if n.machine.leader else None, n.machine.term) for n in nodes}
         states = {n.machine.state for n in nodes}
-        if len(views) == 1 and len(self.leaders()) == 1 and states <= {State.LEADER, State.FOLLOWER}:
+        npm_led = any(n.machine.leader is not None and n.machine.leader.npm for n in nodes)
+        leaders = len(self.leaders()) + (1 if npm_led else 0)
+        if len(views) == 1 and leaders == 1 and states <= {State.LEADER, State.FOLLOWER}:
             leader, term = views.pop()
             assert leader is not None
             return leader, term
         return None
 
-    def run_until_agreed(self, limit: float = 10.0, step: float = 0.01) -> tuple[str, int]:
+    def run_until_agreed(self, limit: float = 10.0, step: float = 0.01, other_than: str = "") -> tuple[str, int]:
         waited = 0.0
         while waited <= limit:
             found = self.agreed()
-            if found:
+            if found and found[0] != other_than:
                 return found
             self.run(step)
             waited += step

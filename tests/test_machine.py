@@ -519,3 +519,98 @@ def test_quorum_one_cut_link_never_gives_two_leaders() -> None:
     assert "leader" not in kinds(net.nodes["c"].events)  # it claimed in vain, unannounced
     net.heal()
     assert net.run_until_agreed(limit=2) == ("b", 1)
+
+
+# ----------------------------------------------------------------- npm leaders (npm_compat)
+
+
+def npm_followers(net: SimNet) -> list[str]:
+    return sorted(
+        n.node_id
+        for n in net.live()
+        if n.machine.state is State.FOLLOWER and n.machine.leader is not None and n.machine.leader.npm
+    )
+
+
+def npm_followers_leader(net: SimNet) -> str:
+    (leader,) = {n.machine.leader.node_id for n in net.live() if n.machine.leader is not None}
+    return leader
+
+
+def test_nodes_that_find_an_npm_leader_follow_it_and_never_claim() -> None:
+    net = SimNet()
+    address = net.add_npm_leader()
+    start_group(net, ["a", "b", "c"])
+    net.run(10 * W)
+    assert npm_followers(net) == ["a", "b", "c"]
+    assert not net.leaders()
+    for node in net.nodes.values():
+        assert kinds(node.events) == ["follower"]
+        leader = node.events[0].leader
+        assert leader is not None and leader.npm and leader.address == address
+        assert node.events[0].term == 0  # an npm leader has no term
+        assert node.machine.members(net.now)[0] == leader  # listed first, for the user
+        assert all(not m.npm for m in node.machine.members(net.now, with_npm=False))
+
+
+def test_followers_of_a_silent_npm_leader_elect_one_of_theirs() -> None:
+    net = SimNet()
+    address = net.add_npm_leader()
+    start_group(net, ["a", "b", "c"])
+    net.run(5 * W)
+    assert npm_followers(net) == ["a", "b", "c"]
+    silent_at = net.now
+    net.kill_npm_leader(address)
+    leader, term = net.run_until_agreed(limit=3 * W, other_than=npm_followers_leader(net))
+    assert leader == "c" and term >= 1
+    took = next(e.time for e in net.nodes["c"].events if e.kind == "leader") - silent_at
+    assert took <= W + TIMING.confirm + 0.01
+    assert_paired(net)
+
+
+def test_a_leader_of_ours_steps_down_for_an_npm_leader_that_answers() -> None:
+    net = SimNet()
+    start_group(net, ["a", "b", "c"])
+    assert net.run_until_agreed() == ("c", 1)
+    appeared = net.now
+    net.add_npm_leader()
+    net.run(W)
+    assert npm_followers(net) == ["a", "b", "c"]
+    demoted = next(e for e in net.nodes["c"].events if e.kind == "follower")
+    assert demoted.reason == "an npm leader outranks this leader"
+    assert demoted.time - appeared < 0.1
+    assert_paired(net)
+
+
+def test_an_npm_leader_that_never_answers_delays_an_election_by_one_failure_window() -> None:
+    net = SimNet()
+    address = net.add_npm_leader()
+    net.kill_npm_leader(address)  # a stale record: the node is gone
+    start_group(net, ["a", "b", "c"])
+    leader, _ = net.run_until_agreed(limit=SETTLE + 3 * W)
+    assert leader == "c"
+    assert not npm_followers(net)
+
+
+def test_an_npm_leader_back_from_a_pause_is_followed_again() -> None:
+    net = SimNet()
+    address = net.add_npm_leader()
+    start_group(net, ["a", "b", "c"])
+    net.run(5 * W)
+    npm_id = npm_followers_leader(net)
+    net.kill_npm_leader(address)
+    assert net.run_until_agreed(limit=3 * W, other_than=npm_id)[0] == "c"
+    net.npm_leaders[address] = True  # it answers again (it never stepped down)
+    net.run(2 * TIMING.interval)
+    assert npm_followers(net) == ["a", "b", "c"]
+    assert not net.leaders()
+    assert_paired(net)
+
+
+def test_npm_hearsay_is_never_taken_for_a_peer_of_ours() -> None:
+    net = SimNet()
+    net.add_npm_leader()
+    start_group(net, ["a", "b"])
+    net.run(10 * W)
+    for node in net.nodes.values():
+        assert all(not node_id.startswith("npm-") for node_id in node.machine.peers)

@@ -11,13 +11,17 @@
 // Lines: {"t": <CLOCK_MONOTONIC seconds, comparable with Python's
 // time.monotonic()>, "kind": ..., "node": "npm-<pid>", ...} with kind
 //   ready      - elector created and started (first line)
-//   leader     - the package emitted 'leader'
+//   leader     - the package emitted 'leader' (it does so before probing its name)
+//   published  - bonjour probed the leader's name and announced it (about 0.8 s later)
 //   follower   - the package emitted 'follower'; "leader" describes the service
 //                it follows ({name, host, port, addresses})
 //   reelection - the package emitted 'reelection'
 //   error      - the package emitted 'error'; "error" is the message
 //   crash      - an uncaught exception (e.g. bonjour's name conflict); the
 //                process then dies with status 1 as a real npm node would
+//   received   - a heartbeat socket of the package got a datagram: "data" (as
+//                latin1 text, e.g. "PONG" for a follower, "PING" for a leader),
+//                "from" and "port" of its sender (observed, not changed)
 //   exit       - leaving after SIGTERM, SIGINT or end of stdin
 //
 // Options: --port, --type, --host, --max-failed go to the elector as options
@@ -90,6 +94,19 @@ if (args.hostname !== null) {
   os.hostname = () => hostname; // bonjour's Service reads os.hostname() at publish time
 }
 
+// Observe the package's heartbeat sockets (it creates them with dgram.createSocket)
+// without changing what they do.
+const dgram = require('dgram');
+const createSocket = dgram.createSocket;
+dgram.createSocket = function observedCreateSocket(...socketArgs) {
+  const socket = createSocket.apply(this, socketArgs);
+  socket.on('message', (message, rinfo) => {
+    if (rinfo.port === 5353) return; // bonjour's own mDNS socket
+    emit('received', { data: message.toString('latin1'), from: rinfo.address, port: rinfo.port });
+  });
+  return socket;
+};
+
 // The package creates one private bonjour instance when it is loaded. Record it
 // (without changing it) so that --goodbye can unpublish on exit.
 const bonjourInstances = [];
@@ -99,6 +116,12 @@ const Bonjour = require(bonjourPath);
 require.cache[bonjourPath].exports = function recordedBonjour(opts) {
   const instance = Bonjour(opts);
   bonjourInstances.push(instance);
+  const publish = instance.publish;
+  instance.publish = function observedPublish(...publishArgs) {
+    const service = publish.apply(this, publishArgs);
+    service.on('up', () => emit('published', { service: `${service.name}.${service.type}` }));
+    return service;
+  };
   return instance;
 };
 
