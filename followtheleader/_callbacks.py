@@ -65,6 +65,11 @@ class CallbackThread:
         """Ask the thread to finish once everything queued so far is delivered. Never joins."""
         self._queue.put(None)
 
+    def forget_thread_after_fork(self) -> None:
+        """In a forked child: the thread was the parent's; nothing will be delivered here."""
+        self._lock = threading.Lock()  # the parent may have held it at the fork
+        self._thread = None
+
     def is_current_thread(self) -> bool:
         """True when called from a callback."""
         return self._thread is not None and threading.current_thread() is self._thread

@@ -222,6 +222,24 @@ class Elector:
         log.info("elector %r node %s stopped", self._options.name, self.node_id)
         return self._wait_closed(timeout)
 
+    def _disown_after_fork(self) -> None:
+        """In a forked child (fork hook): this running elector is the parent's, and the child
+        has none of its threads. It becomes a stopped copy: ``is_leader`` False, ``stop()`` a
+        no-op that sends nothing in the parent's name; the child's copies of its sockets are
+        dropped (closing them does not close the parent's). Locks the parent's threads may have
+        held at the fork are replaced."""
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._state_changed = threading.Condition(self._lock)
+        self._lifecycle = threading.Lock()
+        self._torn_down = threading.Event()
+        self._torn_down.set()
+        self._stopping = True
+        self._machine.state = State.STOPPED
+        self._machine.leader = None
+        self._server = self._server_thread = self._ticker = self._discovery = None
+        self._callbacks.forget_thread_after_fork()
+
     def _close_resources(self) -> None:
         """Close in reverse order of opening: ticker, discovery, heartbeat server."""
         if self._ticker is not None:
@@ -481,8 +499,17 @@ class Elector:
 
 
 _running: weakref.WeakSet[Elector] = weakref.WeakSet()
+
+
+def _disown_running_electors_after_fork() -> None:
+    """In a forked child: the running electors are the parent's; make them stopped copies."""
+    for elector in list(_running):
+        elector._disown_after_fork()
+    _running.clear()
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_running.clear)  # a child has none of its parent's threads
+    os.register_at_fork(after_in_child=_disown_running_electors_after_fork)
 
 
 @atexit.register

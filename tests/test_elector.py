@@ -297,3 +297,35 @@ def test_a_slow_callback_delays_no_heartbeat(local: Local) -> None:
         release.set()
         leader.stop()
         follower.stop()
+
+
+def test_a_forked_child_holds_a_stopped_copy_that_sends_nothing(local: Local) -> None:
+    """After os.fork() (gunicorn --preload, multiprocessing), the running elector is the
+    parent's: in the child it reads stopped, and its stop() must not resign for the parent."""
+    name = group()
+    leader, follower = elect(name, node_id="b-node"), elect(name, node_id="a-node")
+    recorder = Recorder(follower)
+    local(leader.start)
+    local(follower.start)
+    try:
+        Recorder(leader)
+        assert recorder.next("follower").leader.node_id == "b-node"  # type: ignore[union-attr]
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report, then leave without running any test machinery
+            try:
+                report = f"{leader.is_leader} {leader.state.value} {leader.stop(timeout=2.0)} {follower.stop()}"
+                os.write(write_end, report.encode())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end) as pipe:
+            assert pipe.read() == "False stopped True True"
+        assert os.waitpid(pid, 0)[1] == 0
+        assert leader.is_leader and leader.term == 1
+        # A resign sent from the child in the leader's name would make the follower elect at once.
+        with pytest.raises(queue.Empty):
+            recorder.events.get(timeout=1.0)
+    finally:
+        leader.stop()
+        follower.stop()
