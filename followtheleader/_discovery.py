@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import errno
 import hashlib
 import ipaddress
@@ -130,7 +129,9 @@ class Discovery:
     :param on_error: called when publishing fails.
     :param on_npm_record: with ``npm_compat``, called like ``on_record`` with the address and
         port of an npm leader's record (instance ``<group>`` published by a node not ours).
-    :param on_npm_goodbye: called on the browser thread when that record is withdrawn.
+        Its withdrawal is not reported: npm nodes send no goodbye, and the goodbye of the
+        same-named record of a leader of ours removes the identical PTR record of an npm
+        leader from every cache; heartbeats tell when an npm leader is gone.
     """
 
     def __init__(
@@ -144,7 +145,6 @@ class Discovery:
         on_error: Callable[[BaseException, str], None],
         *,
         on_npm_record: Callable[[str, int], None],
-        on_npm_goodbye: Callable[[], None],
     ) -> None:
         self._options = options
         self._member = member
@@ -154,11 +154,11 @@ class Discovery:
         self._warn = warn
         self._on_error = on_error
         self._on_npm_record = on_npm_record
-        self._on_npm_goodbye = on_npm_goodbye
         self._zc: Zeroconf | None = None
         self._browser: ServiceBrowser | None = None
         self._names: dict[str, str] = {}  # instance name -> node id, of this group only
         self._desired: tuple[State, int] = (State.ELECTING, 0)
+        self._serve_npm = False
         self._changed: asyncio.Event | None = None
         self._publisher: concurrent.futures.Future[None] | None = None
         self._published: ServiceInfo | None = None
@@ -167,7 +167,6 @@ class Discovery:
         self.instance_name = self._instance_name()
         self.npm_instance_name = f"{options.name}.{options.service_type}"
         """The record an npm leader publishes (and ours too, with ``npm_compat``)."""
-        self._npm_leader_seen = False
         self._npm_published: list[ServiceInfo] = []
 
     # ----------------------------------------------------------------- any thread
@@ -195,9 +194,11 @@ class Discovery:
             self.close()
             raise
 
-    def publish(self, role: State, term: int) -> None:
-        """Ask for this node's TXT record to say ``role`` and ``term``. Never blocks."""
+    def publish(self, role: State, term: int, serve_npm: bool = False) -> None:
+        """Ask for this node's TXT record to say ``role`` and ``term``, and for the records npm
+        nodes look for to be published (``serve_npm``) or withdrawn. Never blocks."""
         self._desired = (role, term)
+        self._serve_npm = serve_npm and self._options.npm_compat
         if self._zc is not None and self._changed is not None:
             self._loop().call_soon_threadsafe(self._changed.set)
 
@@ -232,11 +233,17 @@ class Discovery:
         changed.set()
         try:
             while True:
-                # On time-out: re-publish with a fresh signature before the record counts as stale.
-                with contextlib.suppress(asyncio.TimeoutError):
+                # On time-out: re-publish with a fresh signature before the record counts as
+                # stale, or try the npm records again.
+                try:
                     await asyncio.wait_for(changed.wait(), _NPM_RETRY if npm_pending else self._refresh)
+                    woken = True
+                except asyncio.TimeoutError:
+                    woken = False
                 changed.clear()
-                npm_pending = not await self._publish_npm_records(zc, *self._desired)
+                npm_pending = not await self._publish_npm_records(zc, self._serve_npm, *self._desired)
+                if npm_pending and not woken:
+                    continue  # only the npm records were due
                 info = self._service_info(*self._desired)
                 try:
                     if self._published is None:
@@ -253,8 +260,9 @@ class Discovery:
             if isinstance(broadcast, asyncio.Future):
                 broadcast.cancel()
 
-    async def _publish_npm_records(self, zc: Zeroconf, role: State, term: int) -> bool:
-        """As leader with ``npm_compat``: publish what npm nodes look for; else withdraw it.
+    async def _publish_npm_records(self, zc: Zeroconf, wanted: bool, role: State, term: int) -> bool:
+        """As announced leader with ``npm_compat`` (``wanted``): publish what npm nodes look
+        for; else withdraw it.
 
         npm nodes browse ``_<type>._tcp`` and publish ``_<type>._udp``, so a leader of ours
         publishes instance ``<group>`` under both, pointing at its heartbeat port, with an A
@@ -262,13 +270,16 @@ class Discovery:
         only a leader publishes it, and no leader of ours leads while an npm leader answers.
         Returns False when it must be tried again later.
         """
-        wanted = role is State.LEADER and self._options.npm_compat
         if not wanted:
             for info in self._npm_published:
                 await zc.async_unregister_service(info)  # its goodbye repeats run on their own
             self._npm_published = []
             return True
         if self._npm_published:
+            return True
+        addresses = [a for a in self._own_addresses() if ":" not in a]
+        if not addresses:
+            self._warn("npm-no-ipv4", "no IPv4 address to publish for npm nodes (they cannot use IPv6)")
             return True
         for protocol in ("_udp", "_tcp"):
             service_type = f"_{self._options.type}.{protocol}.local."
@@ -278,7 +289,7 @@ class Discovery:
                 port=self._member.port,
                 properties=self._txt(role, term),
                 server=f"ftl-{self._member.node_id}.local.",
-                parsed_addresses=[a for a in self._own_addresses() if ":" not in a] or self._own_addresses(),
+                parsed_addresses=addresses,
             )
             try:
                 await zc.async_register_service(info, cooperating_responders=True)
@@ -332,12 +343,7 @@ class Discovery:
 
     def _take_npm(self, zeroconf: Zeroconf, service_type: str, name: str, change: ServiceStateChange) -> None:
         """The record ``<group>``: an npm leader's, or the one a leader of ours publishes for them."""
-        if not self._options.npm_compat:
-            return
-        if change is ServiceStateChange.Removed:
-            if self._npm_leader_seen:
-                self._npm_leader_seen = False
-                self._on_npm_goodbye()
+        if not self._options.npm_compat or change is ServiceStateChange.Removed:
             return
         info = ServiceInfo(service_type, name)
         if info.load_from_cache(zeroconf):
@@ -351,14 +357,31 @@ class Discovery:
         except Exception:  # noqa: BLE001 - npm's TXT is one NUL byte; anything goes
             properties = {}
         if "id" in properties and "v" in properties:
-            self._npm_leader_seen = False  # published by a leader of ours, for npm nodes
-            return
-        v4 = info.parsed_addresses(IPVersion.V4Only)
-        if not v4 or not info.port:
+            return  # published by a leader of ours, for npm nodes
+        address = self._pick_npm_address(info.parsed_addresses(IPVersion.V4Only))
+        if address is None or not info.port:
             self._warn("npm-no-ipv4", "ignored an npm leader's record without an IPv4 address: %s", info.name)
             return
-        self._npm_leader_seen = True
-        self._on_npm_record(v4[0], info.port)
+        self._on_npm_record(address, info.port)
+
+    def _pick_npm_address(self, addresses: list[str]) -> str | None:
+        """The npm leader's address to ping: one on a subnet of ours that is not ours, if any.
+
+        bonjour publishes every IPv4 address of the host, in no useful order, docker0's
+        (172.17.0.1 on every Docker host) included: such an address would reach a port of
+        our own host. A same-host npm leader has only addresses of ours: then one of those.
+        """
+        own = set()
+        networks = []
+        for adapter in ifaddr.get_adapters():
+            for ip in adapter.ips:
+                if ip.is_IPv4 and isinstance(ip.ip, str):
+                    own.add(ip.ip)
+                    networks.append(ipaddress.ip_network(f"{ip.ip}/{ip.network_prefix}", strict=False))
+        foreign = [a for a in addresses if a not in own]
+        near = [a for a in foreign if any(ipaddress.ip_address(a) in network for network in networks)]
+        candidates = near or foreign or addresses
+        return candidates[0] if candidates else None
 
     async def _resolve(self, zeroconf: Zeroconf, service_type: str, name: str) -> None:
         """Ask for a record that was announced incomplete (zeroconf's loop thread)."""

@@ -84,7 +84,11 @@ class Elector:
         self._auth = Authenticator(options.secret, name) if options.secret is not None else None
         timing = Timing(options.interval, options.max_failed_responses)
         self._machine = Machine(
-            name, Member(options.node_id, options.priority, "", options.port), timing, quorum=options.quorum
+            name,
+            Member(options.node_id, options.priority, "", options.port),
+            timing,
+            quorum=options.quorum,
+            npm_compat=options.npm_compat,
         )
         self._callbacks = CallbackThread(f"followtheleader-callbacks-{name}", self._error_event)
         self._server: HeartbeatServer | None = None
@@ -184,7 +188,6 @@ class Elector:
             self._warn,
             self._report_error,
             on_npm_record=self._on_npm_record,
-            on_npm_goodbye=self._on_npm_goodbye,
         )
         self._feed(self._machine.start)  # before discovery, so that no early record is dropped
         self._discovery.start()
@@ -395,7 +398,7 @@ class Elector:
                     self._callbacks.put(action.event)
                     self._state_changed.notify_all()
                 elif isinstance(action, Publish) and self._discovery is not None:
-                    self._discovery.publish(action.role, action.term)
+                    self._discovery.publish(action.role, action.term, action.serve_npm)
             deadline = self._machine.next_deadline()
             self._send_lock.acquire()
         try:
@@ -466,10 +469,6 @@ class Elector:
     def _on_npm_record(self, host: str, port: int) -> None:
         """Browser or zeroconf loop thread: an npm leader's DNS-SD record appeared."""
         self._feed(lambda now: self._machine.on_npm_record(host, port, now))
-
-    def _on_npm_goodbye(self) -> None:
-        """Browser thread: the npm leader withdrew its DNS-SD record."""
-        self._feed(lambda now: self._machine.on_npm_goodbye(now))
 
     # ----------------------------------------------------------------- errors and logs
 

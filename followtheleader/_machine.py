@@ -135,10 +135,12 @@ class NpmPing:
 
 @dataclass(frozen=True)
 class Publish:
-    """Publish this node's role and term in its DNS-SD TXT record."""
+    """Publish this node's role and term in its DNS-SD TXT record; with ``serve_npm``, also
+    the records npm nodes look for (an announced leader with ``npm_compat``)."""
 
     role: State
     term: int
+    serve_npm: bool = False
 
 
 @dataclass(frozen=True)
@@ -194,6 +196,9 @@ class Machine:
     timing: Timing
     quorum: int | None = None
     """Expected group size: lead only while seeing a strict majority of it. None: off."""
+    npm_compat: bool = True
+    """Follow npm leaders (their records and PONGs come from the elector only when on; this
+    also makes the machine ignore peers' hearsay of an npm leader when off)."""
     state: State = State.STOPPED
     term: int = 0
     """Term of the leadership this node holds or follows (the last one while electing)."""
@@ -303,7 +308,9 @@ class Machine:
             return []
         self._expire(now)
         self.max_term = max(self.max_term, record.term)
-        if self.state is not State.FOLLOWER:
+        # A follower of one of ours gets the member list from its leader; a follower of an npm
+        # leader (which sends none) keeps track of its peers itself, for the election to come.
+        if self.state is not State.FOLLOWER or self._follows_npm():
             peer = self.peers.get(record.member.node_id)
             if peer is None:
                 peer = self.peers[record.member.node_id] = _Peer(record.member)
@@ -313,8 +320,10 @@ class Machine:
             # A record is a hint: only an answer makes it count. A leader greets every node it
             # does not hear from yet, so a newcomer learns of it before its own settle window
             # ends (answers to the newcomer's DNS-SD query may be rate-limited for a second).
-            if (self.state is State.LEADER and peer.live_until < now) or (
-                self.state is State.ELECTING and (record.role is State.LEADER or not peer.dead)
+            if (
+                (self.state is State.LEADER and peer.live_until < now)
+                or (self.state is State.ELECTING and (record.role is State.LEADER or not peer.dead))
+                or (self._follows_npm() and peer.last_heard is None)  # so that both know each other
             ):
                 self._ping_now(peer, now)
         return self._flush()
@@ -360,18 +369,6 @@ class Machine:
         if not self._follows_npm():
             reason = "an npm leader outranks this leader" if self.state is State.LEADER else "found the npm leader"
             self._follow(npm.member, 0, now, reason)
-        return self._flush()
-
-    def on_npm_goodbye(self, now: float) -> list[Action]:
-        """The npm leader withdrew its DNS-SD record."""
-        npm = self.npm
-        if self.state is State.STOPPED or npm is None:
-            return []
-        self._expire(now)
-        npm.dead = npm.departed = True
-        if self._follows_npm():
-            self._start_electing(now, "npm leader said goodbye")
-            self._claim_if_best(now)
         return self._flush()
 
     # ----------------------------------------------------------------- queries
@@ -422,12 +419,14 @@ class Machine:
             deadlines.extend(t for t in holds if t > self._last_now)
             deadlines.extend(
                 p.pinged_since + self.timing.failure_window
-                for p in self._candidate_peers()
+                for p in self.peers.values()
                 if p.pinged_since is not None and not p.dead
             )
         npm_due = self._npm_probe_due()
         if npm_due is not None:
             deadlines.append(npm_due)
+            if self.npm is not None and not self.npm.dead and self.npm.pinged_since is not None:
+                deadlines.append(self.npm.pinged_since + self.timing.failure_window)
         return min(deadlines)
 
     # ----------------------------------------------------------------- message handlers
@@ -535,7 +534,8 @@ class Machine:
         if leader.node_id == self.me.node_id or not leader.host:
             return
         if leader.node_id == npm_member(leader.host, leader.port).node_id:
-            self._npm_hearsay(leader.host, leader.port, now)
+            if self.npm_compat:
+                self._npm_hearsay(leader.host, leader.port, now)
             return
         peer = self.peers.get(leader.node_id)
         if peer is None:
@@ -613,7 +613,7 @@ class Machine:
         self.lease_until = None
         self.settle_until = now + wait
         self.next_ping_at = now
-        for peer in self._candidate_peers():
+        for peer in self.peers.values():
             peer.pinged_since = None
         self._set_state(State.ELECTING, now, reason, quiet=quiet)
         if old is not None:
@@ -644,9 +644,12 @@ class Machine:
                 # leader (the old one, or a newer one) before it could depose it.
                 self._start_electing(now, "leader unreachable", wait=self.timing.confirm)
         if self.state is State.ELECTING:
-            for peer in self._candidate_peers():
+            for peer in self.peers.values():
                 if not peer.dead and peer.pinged_since is not None and now >= peer.pinged_since + window:
                     peer.dead = True
+        npm = self.npm
+        if npm is not None and not npm.dead and npm.pinged_since is not None and now >= npm.pinged_since + window:
+            npm.dead = True  # in any state: it is no candidate, and no reason to wait, any more
 
     # ----------------------------------------------------------------- members
 
@@ -710,11 +713,6 @@ class Machine:
             assert self.npm is not None
             return self.npm
         return self.peers[self.leader.node_id]
-
-    def _candidate_peers(self) -> list[_Peer]:
-        """While electing: every peer that may lead, the npm leader included."""
-        peers = list(self.peers.values())
-        return [*peers, self.npm] if self.npm is not None else peers
 
     def _npm_hearsay(self, host: str, port: int, now: float) -> None:
         """A peer follows an npm leader: count it as a candidate again, and ping it."""
@@ -870,7 +868,10 @@ class Machine:
             if self.state is State.FOLLOWER:
                 leader_member = self.leader
         if term is None:
-            term = self.term if self.state in (State.LEADER, State.FOLLOWER) else self.max_term
+            # A follower of an npm leader (term 0) passes on the greatest term it knows, so
+            # that the terms of our leaders keep increasing across an npm leadership.
+            ours = self.state is State.LEADER or (self.state is State.FOLLOWER and not self._follows_npm())
+            term = self.term if ours else self.max_term
         if self.state is State.LEADER:
             mark = now  # a follower echoes it back; only that renews the lease
         elif self.state is State.FOLLOWER and kind == "ping":
@@ -919,7 +920,10 @@ class Machine:
         # followers re-announcing every change of theirs would flood mDNS right when a new
         # leader needs the CPU (the record of a follower keeps saying "electing").
         if State.LEADER in (new, previous) and new is not State.STOPPED:
-            self._actions.append(Publish(new, self.term if new is not State.ELECTING else self.max_term))
+            ours = new is State.LEADER or (new is State.FOLLOWER and not self._follows_npm())
+            term = self.term if ours else self.max_term
+            serve_npm = new is State.LEADER and self.confirmed and self.npm_compat
+            self._actions.append(Publish(new, term, serve_npm))
 
     def _flush(self) -> list[Action]:
         actions, self._actions = self._actions, []

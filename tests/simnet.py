@@ -65,9 +65,11 @@ class SimNet:
 
     # ----------------------------------------------------------------- setup
 
-    def add(self, node_id: str, priority: int = 0) -> SimNode:
+    def add(self, node_id: str, priority: int = 0, npm_compat: bool = True) -> SimNode:
         address = (f"198.18.0.{len(self.nodes) + 1}", 9001)
-        machine = Machine("group", Member(node_id, priority, "", 9001), self.timing, quorum=self.quorum)
+        machine = Machine(
+            "group", Member(node_id, priority, "", 9001), self.timing, quorum=self.quorum, npm_compat=npm_compat
+        )
         node = SimNode(machine, address)
         self.nodes[node_id] = node
         self.by_address[address] = node
@@ -78,7 +80,8 @@ class SimNet:
         node = self.nodes[node_id]
         self._apply(node, node.machine.start(self.now))
         for address in self.npm_leaders:  # their records stay (npm nodes send no goodbye)
-            self._schedule(self.now + 0.02, node_id, ("npm-record", address))
+            if node.machine.npm_compat:  # else the elector would not pass them on
+                self._schedule(self.now + 0.02, node_id, ("npm-record", address))
         if discover:
             for other in self.nodes.values():
                 if other is not node and other.machine.state is not State.STOPPED and not other.crashed:
@@ -98,7 +101,8 @@ class SimNet:
         """An npm leader appears: alive, and every running node sees its DNS-SD record."""
         self.npm_leaders[address] = True
         for node in self.live():
-            self._schedule(self.now + 0.02, node.node_id, ("npm-record", address))
+            if node.machine.npm_compat:
+                self._schedule(self.now + 0.02, node.node_id, ("npm-record", address))
         return address
 
     def kill_npm_leader(self, address: tuple[str, int]) -> None:

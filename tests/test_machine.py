@@ -614,3 +614,85 @@ def test_npm_hearsay_is_never_taken_for_a_peer_of_ours() -> None:
     net.run(10 * W)
     for node in net.nodes.values():
         assert all(not node_id.startswith("npm-") for node_id in node.machine.peers)
+
+
+def test_terms_keep_increasing_across_an_npm_leadership_and_a_rolling_restart() -> None:
+    net = SimNet()
+    start_group(net, ["a", "b"])
+    assert net.run_until_agreed() == ("b", 1)
+    for _ in range(4):
+        net.resign(net.leaders()[0].node_id)
+        net.run(3 * W)
+    address = net.add_npm_leader()
+    net.run(W)
+    npm_id = npm_followers_leader(net)
+    # Every node of ours is replaced while the npm leader leads (it tells nobody any term).
+    net.stop("a")
+    net.add("a2")
+    net.start("a2")
+    net.run(5 * W)
+    net.stop("b")
+    net.add("b2")
+    net.start("b2")
+    net.run(5 * W)
+    net.kill_npm_leader(address)
+    _, term = net.run_until_agreed(limit=3 * W, other_than=npm_id)
+    assert term == 6
+    assert_terms_increase(net)
+
+
+def test_a_node_that_joins_under_an_npm_leader_meets_its_peers_before_the_next_election() -> None:
+    net = SimNet()
+    address = net.add_npm_leader()
+    start_group(net, ["a", "b", "c"])
+    net.run(5 * W)
+    npm_id = npm_followers_leader(net)
+    net.add("z")
+    net.start("z", discover=False)  # it follows the npm leader before it sees the others' records
+    net.run(0.05)
+    assert npm_followers(net) == ["a", "b", "c", "z"]
+    for other in ("a", "b", "c"):
+        net._discover(net.nodes["z"], net.nodes[other])
+        net._discover(net.nodes[other], net.nodes["z"])
+    net.run(5 * W)
+    assert set(net.nodes["z"].machine.peers) == {"a", "b", "c"}
+    assert "z" in net.nodes["a"].machine.peers
+    net.kill_npm_leader(address)
+    most = 0
+    for _ in range(300):
+        net.run(0.01)
+        most = max(most, len(net.leaders()))
+    assert most == 1
+    assert net.run_until_agreed(other_than=npm_id)[0] == "z"
+    assert_terms_increase(net)
+
+
+def test_without_npm_compat_hearsay_of_an_npm_leader_is_ignored() -> None:
+    net = SimNet()
+    net.add_npm_leader()
+    start_group(net, ["a", "b"])
+    net.run(5 * W)
+    assert npm_followers(net) == ["a", "b"]
+    net.add("z", npm_compat=False)
+    net.start("z")
+    net.run(5 * W)
+    z = net.nodes["z"].machine
+    assert z.npm is None  # never pinged, never followed
+    # Its peers still hear a live leader, so it does not claim either: a mixed setting of
+    # npm_compat in one group leaves this node electing, not leading beside the npm leader.
+    assert z.state is State.ELECTING
+
+
+def test_a_silent_npm_record_seen_while_following_does_not_slow_a_failover() -> None:
+    net = SimNet()
+    start_group(net, ["a", "b", "c"])
+    assert net.run_until_agreed() == ("c", 1)
+    address = net.add_npm_leader()
+    net.kill_npm_leader(address)  # a stale record: nobody answers at that address
+    net.run(5 * W)
+    net.crash("c")
+    crashed_at = net.now
+    leader, _ = net.run_until_agreed(limit=3 * W, other_than="c")
+    assert leader == "b"
+    took = next(e.time for e in net.nodes["b"].events if e.kind == "leader") - crashed_at
+    assert took <= W + TIMING.confirm + 0.01
