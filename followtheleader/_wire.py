@@ -17,6 +17,7 @@ that steady-state heartbeats stay small whatever the size of the group.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import re
@@ -297,6 +298,7 @@ def _is_group(value: object) -> bool:
     return isinstance(value, str) and 0 < len(value.encode("utf-8", "replace")) <= 63
 
 
+@functools.lru_cache(maxsize=1024)  # every ping names its leader's address: parse it once
 def _is_host(value: str) -> bool:
     try:
         ipaddress.ip_address(value.split("%")[0])
