@@ -81,7 +81,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from election import one_round, percentile
 
-from cluster import Agreement, Cluster
+from cluster import Agreement, Cluster, JsonLinesProcess
 from netlab import Host, Lab, lab_unavailable_reason
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -407,55 +407,19 @@ def npm_install() -> str:
     return "patched now"
 
 
-class NpmNode:
+class NpmNode(JsonLinesProcess):
     """One npm elector (benchmarks/npm/harness.js) on a lab host; its JSON lines are collected."""
 
     def __init__(self, group: NpmGroup, host: Host) -> None:
         self.group = group
         self.node_id = f"n{host.name}"
-        self.records: list[dict[str, Any]] = []
-        self.alive = True
-        self.spawned = time.monotonic()
-        self.proc = host.popen(
-            ["node", NPM_HARNESS, group.name, "--type", group.type, "--hostname", self.node_id],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.stderr = ""
-        threading.Thread(target=self._read, daemon=True).start()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
+        argv = ["node", NPM_HARNESS, group.name, "--type", group.type, "--hostname", self.node_id]
+        super().__init__(host, argv, group.changed)
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            received = time.monotonic()
-            if record["kind"] == "ready" and not self.spawned <= record["t"] <= received:
-                record["clock_error"] = f"ready at {record['t']}, not within [{self.spawned}, {received}]"
-            with self.group.changed:
-                self.records.append(record)
-                self.group.changed.notify_all()
-        with self.group.changed:
-            self.alive = False
-            self.group.changed.notify_all()
-
-    def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.stderr += line
-
-    def send(self, command: str) -> float:
-        """Write a command line; returns the monotonic time just before."""
-        assert self.proc.stdin is not None
-        t = time.monotonic()
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-        return t
+    def take(self, record: dict[str, Any]) -> None:
+        received = time.monotonic()
+        if record["kind"] == "ready" and not self.spawned <= record["t"] <= received:
+            record["clock_error"] = f"ready at {record['t']}, not within [{self.spawned}, {received}]"
 
     def kill(self) -> float:
         t = time.monotonic()

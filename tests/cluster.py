@@ -48,7 +48,59 @@ class Agreement:
     """When the last elector came to agree (its event's monotonic time)."""
 
 
-class NodeProcess:
+class JsonLinesProcess:
+    """A process in a lab host that prints one JSON object a line (node runner, npm harness).
+
+    A reader thread appends each object to :attr:`records` under ``changed`` and notifies it;
+    :attr:`alive` turns False when its output ends. Stderr is kept in :attr:`stderr`.
+    """
+
+    def __init__(self, host: Host, argv: list[str], changed: threading.Condition) -> None:
+        self.host = host
+        self.changed = changed
+        self.records: list[dict[str, Any]] = []
+        self.stderr = ""
+        self.alive = True
+        self.spawned = time.monotonic()
+        self.proc = host.popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self._reader = threading.Thread(target=self._read, name=f"reader-{host.name}", daemon=True)
+        self._reader.start()
+        self._stderr_reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._stderr_reader.start()
+
+    def take(self, record: dict[str, Any]) -> None:
+        """Called on the reader thread with ``changed`` held, before a record is appended."""
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            with self.changed:
+                self.take(record)
+                self.records.append(record)
+                self.changed.notify_all()
+        with self.changed:
+            self.alive = False
+            self.changed.notify_all()
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr += line
+
+    def send(self, command: str) -> float:
+        """Write one command line to the process's stdin; returns the monotonic time just before."""
+        assert self.proc.stdin is not None
+        t = time.monotonic()
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return t
+
+
+class NodeProcess(JsonLinesProcess):
     """One node process (one or more electors) in a lab host."""
 
     def __init__(
@@ -62,48 +114,17 @@ class NodeProcess:
         wait_go: bool = False,
     ) -> None:
         self.cluster = cluster
-        self.host = host
+        self.node_ids: list[str] = []
         argv = [sys.executable, RUNNER, group, "--count", str(count), "--options", json.dumps(options or {})]
         if node_ids:
             argv += ["--node-ids", ",".join(node_ids)]
         if wait_go:
             argv.append("--wait-go")
-        self.proc = host.popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.records: list[dict[str, Any]] = []
-        self.node_ids: list[str] = []
-        self.stderr = ""
-        self.alive = True
-        self._reader = threading.Thread(target=self._read, name=f"reader-{host.name}", daemon=True)
-        self._reader.start()
-        self._stderr_reader = threading.Thread(target=self._read_stderr, daemon=True)
-        self._stderr_reader.start()
+        super().__init__(host, argv, cluster.changed)
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            with self.cluster.changed:
-                if record["kind"] == "ready":
-                    self.node_ids = record["nodes"]
-                self.records.append(record)
-                self.cluster.changed.notify_all()
-        with self.cluster.changed:
-            self.alive = False
-            self.cluster.changed.notify_all()
-
-    def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.stderr += line
-
-    def send(self, command: str) -> None:
-        """Write one command line to the node's stdin."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
+    def take(self, record: dict[str, Any]) -> None:
+        if record["kind"] == "ready":
+            self.node_ids = record["nodes"]
 
     def kill(self) -> float:
         """SIGKILL the process; returns the monotonic time just before."""

@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Any
 
+from cluster import JsonLinesProcess
 from netlab import Host
 
 NPM_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "npm")
@@ -63,38 +64,11 @@ def _install() -> str | None:
     return None
 
 
-class NpmNode:
+class NpmNode(JsonLinesProcess):
     """One npm elector (``node harness.js GROUP``) in ``host``; its output lines in :attr:`records`."""
 
     def __init__(self, host: Host, group: str, hostname: str, *extra: str) -> None:
-        self.host = host
-        argv = ["node", HARNESS, group, "--hostname", hostname, *extra]
-        self.proc = host.popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.records: list[dict[str, Any]] = []
-        self.changed = threading.Condition()
-        self.stderr = ""
-        self._reader = threading.Thread(target=self._read, name=f"npm-reader-{host.name}", daemon=True)
-        self._reader.start()
-        self._stderr_reader = threading.Thread(target=self._read_stderr, daemon=True)
-        self._stderr_reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            with self.changed:
-                self.records.append(record)
-                self.changed.notify_all()
-        with self.changed:
-            self.changed.notify_all()
-
-    def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.stderr += line
+        super().__init__(host, ["node", HARNESS, group, "--hostname", hostname, *extra], threading.Condition())
 
     def kinds(self) -> list[str]:
         """The kinds of its role and failure records so far (``received`` lines left out)."""
