@@ -320,9 +320,10 @@ class Discovery:
     ) -> None:
         """Parse a peer's record and hand it on. Never blocks, never raises."""
         try:
-            if name == self.npm_instance_name:
-                self._take_npm(zeroconf, service_type, name, state_change)
-                return
+            if name == self.npm_instance_name and (
+                not self._options.npm_compat or state_change is ServiceStateChange.Removed
+            ):
+                return  # npm nodes send no goodbye, and ours removes their PTR record too
             if state_change is ServiceStateChange.Removed:
                 node_id = self._names.pop(name, None)
                 # A goodbye carries no tag: in an authenticated group it could be forged, so
@@ -334,24 +335,21 @@ class Discovery:
                 return
             info = ServiceInfo(service_type, name)
             if info.load_from_cache(zeroconf):
-                self._take(info)
+                self._take_any(info)
             elif zeroconf.loop is not None:
                 asyncio.run_coroutine_threadsafe(self._resolve(zeroconf, service_type, name), zeroconf.loop)
         except Exception as exc:  # zeroconf's browser thread dies on the first exception
             log.exception("error while handling DNS-SD record %s", name)
             self._on_error(exc, f"error while handling DNS-SD record {name}: {exc!r}")
 
-    def _take_npm(self, zeroconf: Zeroconf, service_type: str, name: str, change: ServiceStateChange) -> None:
-        """The record ``<group>``: an npm leader's, or the one a leader of ours publishes for them."""
-        if not self._options.npm_compat or change is ServiceStateChange.Removed:
-            return
-        info = ServiceInfo(service_type, name)
-        if info.load_from_cache(zeroconf):
-            self._take_npm_info(info)
-        elif zeroconf.loop is not None:
-            asyncio.run_coroutine_threadsafe(self._resolve(zeroconf, service_type, name), zeroconf.loop)
+    def _take_any(self, info: ServiceInfo) -> None:
+        if info.name == self.npm_instance_name:
+            self._take_npm(info)
+        else:
+            self._take(info)
 
-    def _take_npm_info(self, info: ServiceInfo) -> None:
+    def _take_npm(self, info: ServiceInfo) -> None:
+        """The record ``<group>``: an npm leader's, or the one a leader of ours publishes for them."""
         try:
             properties = info.decoded_properties
         except Exception:  # noqa: BLE001 - npm's TXT is one NUL byte; anything goes
@@ -388,10 +386,7 @@ class Discovery:
         info = AsyncServiceInfo(service_type, name)
         try:
             if await info.async_request(zeroconf, _RESOLVE_TIMEOUT_MS, question_type=DNSQuestionType.QM):
-                if name == self.npm_instance_name:
-                    self._take_npm_info(info)
-                else:
-                    self._take(info)
+                self._take_any(info)
         except Exception as exc:  # noqa: BLE001 - a peer's bad record must not break the loop
             self._warn("resolve", "cannot resolve DNS-SD record %s: %s", name, exc)
 
