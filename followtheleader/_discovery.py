@@ -198,7 +198,7 @@ class Discovery:
         """Ask for this node's TXT record to say ``role`` and ``term``, and for the records npm
         nodes look for to be published (``serve_npm``) or withdrawn. Never blocks."""
         self._desired = (role, term)
-        self._serve_npm = serve_npm and self._options.npm_compat
+        self._serve_npm = serve_npm  # the machine asks only with npm_compat
         if self._zc is not None and self._changed is not None:
             self._loop().call_soon_threadsafe(self._changed.set)
 
@@ -283,14 +283,7 @@ class Discovery:
             return True
         for protocol in ("_udp", "_tcp"):
             service_type = f"_{self._options.type}.{protocol}.local."
-            info = ServiceInfo(
-                service_type,
-                f"{self._options.name}.{service_type}",
-                port=self._member.port,
-                properties=self._txt(role, term),
-                server=f"ftl-{self._member.node_id}.local.",
-                parsed_addresses=addresses,
-            )
+            info = self._service_info(role, term, service_type, f"{self._options.name}.{service_type}", addresses)
             try:
                 await zc.async_register_service(info, cooperating_responders=True)
             except ServiceNameAlreadyRegistered:
@@ -431,14 +424,17 @@ class Discovery:
         group = self._options.name.encode()[:room].decode(errors="ignore")
         return f"{group}-{digest}-{self._member.node_id}.{self._options.service_type}"
 
-    def _service_info(self, role: State, term: int) -> ServiceInfo:
+    def _service_info(
+        self, role: State, term: int, service_type: str = "", instance: str = "", addresses: list[str] | None = None
+    ) -> ServiceInfo:
+        """This node's record (by default), or another instance pointing at it."""
         return ServiceInfo(
-            self._options.service_type,
-            self.instance_name,
+            service_type or self._options.service_type,
+            instance or self.instance_name,
             port=self._member.port,
             properties=self._txt(role, term),
             server=f"ftl-{self._member.node_id}.local.",
-            parsed_addresses=self._own_addresses(),
+            parsed_addresses=self._own_addresses() if addresses is None else addresses,
         )
 
     def _txt(self, role: State, term: int) -> dict[str, str]:

@@ -76,10 +76,7 @@ class Elector:
     def __init__(self, options: Options) -> None:
         self._options = options
         name = options.name
-        self._lock = threading.Lock()
-        self._send_lock = threading.Lock()
-        self._state_changed = threading.Condition(self._lock)
-        self._lifecycle = threading.Lock()
+        self._new_locks()
         self._warn = RateLimitedWarning(log)
         self._auth = Authenticator(options.secret, name) if options.secret is not None else None
         timing = Timing(options.interval, options.max_failed_responses)
@@ -97,8 +94,15 @@ class Elector:
         self._discovery: Discovery | None = None
         self._started = False
         self._stopping = False
-        self._torn_down = threading.Event()
         self._npm_pings_answered = 0
+
+    def _new_locks(self) -> None:
+        """The locks and events (new ones after a fork: the parent may have held the old)."""
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._state_changed = threading.Condition(self._lock)
+        self._lifecycle = threading.Lock()
+        self._torn_down = threading.Event()
 
     def __repr__(self) -> str:
         return f"<Elector {self._options.name!r} node_id={self.node_id!r} state={self.state.value} term={self.term}>"
@@ -231,11 +235,7 @@ class Elector:
         no-op that sends nothing in the parent's name; the child's copies of its sockets are
         dropped (closing them does not close the parent's). Locks the parent's threads may have
         held at the fork are replaced."""
-        self._lock = threading.Lock()
-        self._send_lock = threading.Lock()
-        self._state_changed = threading.Condition(self._lock)
-        self._lifecycle = threading.Lock()
-        self._torn_down = threading.Event()
+        self._new_locks()
         self._torn_down.set()
         self._stopping = True
         self._machine.state = State.STOPPED

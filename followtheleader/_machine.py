@@ -349,14 +349,8 @@ class Machine:
         if self.state is State.STOPPED:
             return []
         self._expire(now)
-        member = npm_member(host, port)
-        if self.npm is None or self.npm.member != member:
-            if self._follows_npm():
-                return self._flush()  # it follows another npm leader, alive: one at a time
-            self.npm = _Peer(member, probed_since=now)
-        self.npm.departed = False
-        if not self._follows_npm():
-            self._ping_now(self.npm, now)
+        if not self._follows_npm():  # one npm leader at a time: the one it follows
+            self._ping_now(self._known_npm(host, port, now), now)
         return self._flush()
 
     def on_npm_pong(self, source: tuple[str, int], now: float) -> list[Action]:
@@ -369,7 +363,7 @@ class Machine:
             self._measure_round_trip(now)
         npm.last_heard = now
         npm.pinged_since = None
-        npm.dead = npm.departed = False
+        npm.dead = False
         if not self._follows_npm():
             reason = "an npm leader outranks this leader" if self.state is State.LEADER else "found the npm leader"
             self._follow(npm.member, 0, now, reason)
@@ -727,43 +721,37 @@ class Machine:
             return self.npm
         return self.peers[self.leader.node_id]
 
+    def _known_npm(self, host: str, port: int, now: float) -> _Peer:
+        """The npm leader at ``host:port``, known from now on (in place of any other)."""
+        member = npm_member(host, port)
+        if self.npm is None or self.npm.member != member:
+            self.npm = _Peer(member, probed_since=now)
+        return self.npm
+
     def _npm_hearsay(self, host: str, port: int, now: float) -> None:
         """A peer follows an npm leader: count it as a candidate again, and ping it."""
         if self._follows_npm():
             return
-        member = npm_member(host, port)
-        if self.npm is None or self.npm.member != member:
-            self.npm = _Peer(member, probed_since=now)
-        if not self.npm.departed:
-            self.npm.dead = False
-        self._ping_now(self.npm, now)
+        npm = self._known_npm(host, port, now)
+        npm.dead = False
+        self._ping_now(npm, now)
 
     def _npm_probe_due(self) -> float | None:
-        """When a node that does not follow the known npm leader pings it next, if ever."""
+        """When a node that does not follow the known npm leader pings it next, if ever
+        (the schedule of :meth:`_probe`)."""
         npm = self.npm
-        if npm is None or npm.departed or self._follows_npm():
+        if npm is None or self._follows_npm():
             return None
         if npm.last_ping is None:
             return self._last_now
-        silent_since = npm.last_heard if npm.last_heard is not None else npm.probed_since or npm.last_ping
-        fast = self._last_now - silent_since < PROBE_FAST_FOR
+        fast = self._last_now - self._silent_since(npm, self._last_now) < PROBE_FAST_FOR
         return npm.last_ping + (self.timing.interval if fast else PROBE_SLOW_EVERY)
 
     def _probe_npm(self, now: float) -> None:
-        """Ping a known npm leader this node does not follow: when it answers, it is followed.
-
-        Every interval for a minute after it fell silent, then every two seconds; forgotten
-        after an hour of silence or when its record is withdrawn.
-        """
-        npm = self.npm
+        """Ping a known npm leader this node does not follow: when it answers, it is followed."""
         due = self._npm_probe_due()
-        if npm is None or due is None or now < due:
-            return
-        silent_since = npm.last_heard if npm.last_heard is not None else npm.probed_since or now
-        if now - silent_since >= FORGET_AFTER:
+        if self.npm is not None and due is not None and now >= due and not self._probe(self.npm, now):
             self.npm = None
-            return
-        self._ping(npm, now)
 
     # ----------------------------------------------------------------- output
 
@@ -788,13 +776,28 @@ class Machine:
                 continue
             if peer.last_heard is None and peer.probed_since is None:
                 peer.probed_since = now
-            silent_for = now - (peer.last_heard if peer.last_heard is not None else peer.probed_since or now)
-            if silent_for >= FORGET_AFTER:
+            if not self._probe(peer, now):
                 del self.peers[node_id]
-            elif silent_for < PROBE_FAST_FOR:
-                self._ping_now(peer, now)
-            elif peer.last_ping is None or now - peer.last_ping >= PROBE_SLOW_EVERY:
-                self._ping(peer, now)
+
+    def _probe(self, peer: _Peer, now: float) -> bool:
+        """Ping a lost peer (or npm leader) on the probing schedule; False: forget it.
+
+        Every interval for :data:`PROBE_FAST_FOR` seconds of silence, then every
+        :data:`PROBE_SLOW_EVERY` seconds, until it has been silent for :data:`FORGET_AFTER`.
+        """
+        silent_for = now - self._silent_since(peer, now)
+        if silent_for >= FORGET_AFTER:
+            return False
+        if silent_for < PROBE_FAST_FOR:
+            self._ping_now(peer, now)
+        elif peer.last_ping is None or now >= peer.last_ping + PROBE_SLOW_EVERY:
+            self._ping(peer, now)
+        return True
+
+    @staticmethod
+    def _silent_since(peer: _Peer, now: float) -> float:
+        """Since when ``peer`` has been silent: its last word, or when it was first probed."""
+        return peer.last_heard if peer.last_heard is not None else peer.probed_since or now
 
     def _measure_round_trip(self, now: float) -> None:
         """As follower: a pong from the leader answers the last ping; keep a smoothed round trip."""
@@ -844,8 +847,12 @@ class Machine:
         return renewals[needed - 1] + self.timing.lease
 
     def _ping_now(self, peer: _Peer, now: float) -> None:
-        """Ping at once, unless it was pinged less than an interval ago."""
-        if peer.last_ping is None or now - peer.last_ping >= self.timing.interval:
+        """Ping at once, unless it was pinged less than an interval ago.
+
+        Written as a deadline (``last_ping + interval``), as :meth:`next_deadline` computes
+        it: the same rounding, so a tick at that deadline does ping.
+        """
+        if peer.last_ping is None or now >= peer.last_ping + self.timing.interval:
             self._ping(peer, now)
 
     def _ping(self, peer: _Peer, now: float) -> None:
@@ -881,10 +888,7 @@ class Machine:
             if self.state is State.FOLLOWER and kind != "ping":  # a ping's receiver never uses it
                 leader_member = self.leader
         if term is None:
-            # A follower of an npm leader (term 0) passes on the greatest term it knows, so
-            # that the terms of our leaders keep increasing across an npm leadership.
-            ours = self.state is State.LEADER or (self.state is State.FOLLOWER and not self._follows_npm())
-            term = self.term if ours else self.max_term
+            term = self._told_term()
         if self.state is State.LEADER:
             mark = now  # a follower echoes it back; only that renews the lease
         elif self.state is State.FOLLOWER and kind == "ping":
@@ -905,6 +909,13 @@ class Machine:
             lease_mark=mark,
             leader_age=self._leader_age(now) if kind == "pong" and self.state is State.FOLLOWER else None,
         )
+
+    def _told_term(self) -> int:
+        """The term this node tells others (heartbeats, record): the one it leads or follows;
+        while electing, or following an npm leader (term 0), the greatest it knows, so that
+        the terms of our leaders keep increasing across an npm leadership."""
+        ours = self.state is State.LEADER or (self.state is State.FOLLOWER and not self._follows_npm())
+        return self.term if ours else self.max_term
 
     def _send(self, message: Message, to: Member) -> None:
         if not to.npm:  # an npm node understands nothing but PING
@@ -933,10 +944,8 @@ class Machine:
         # followers re-announcing every change of theirs would flood mDNS right when a new
         # leader needs the CPU (the record of a follower keeps saying "electing").
         if State.LEADER in (new, previous) and new is not State.STOPPED:
-            ours = new is State.LEADER or (new is State.FOLLOWER and not self._follows_npm())
-            term = self.term if ours else self.max_term
             serve_npm = new is State.LEADER and self.confirmed and self.npm_compat
-            self._actions.append(Publish(new, term, serve_npm))
+            self._actions.append(Publish(new, self._told_term(), serve_npm))
 
     def _flush(self) -> list[Action]:
         actions, self._actions = self._actions, []
