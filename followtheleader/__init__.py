@@ -18,13 +18,14 @@ import logging
 from ._discovery import DiscoveryError
 from ._elector import Elector, elect
 from ._heartbeat import HeartbeatPortError
-from ._model import Event, Member, State
+from ._model import Event, FencingToken, Member, State
 from ._options import Options
 
 __all__ = [
     "DiscoveryError",
     "Elector",
     "Event",
+    "FencingToken",
     "HeartbeatPortError",
     "Member",
     "Options",

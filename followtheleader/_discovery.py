@@ -145,9 +145,11 @@ class Discovery:
         on_error: Callable[[BaseException, str], None],
         *,
         on_npm_record: Callable[[str, int], None],
+        boot: int = 0,
     ) -> None:
         self._options = options
         self._member = member
+        self._boot = boot
         self._auth = auth
         self._on_record = on_record
         self._on_goodbye = on_goodbye
@@ -438,7 +440,7 @@ class Discovery:
         )
 
     def _txt(self, role: State, term: int) -> dict[str, str]:
-        properties = encode_txt(self._options.name, self._member, role, term)
+        properties = encode_txt(self._options.name, self._member, role, term, self._boot)
         return properties if self._auth is None else self._auth.sign_record(properties, time.time())
 
     def _own_addresses(self) -> list[str]:

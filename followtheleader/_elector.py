@@ -39,7 +39,7 @@ from ._discovery import Discovery
 from ._heartbeat import HeartbeatServer, Ticker, bind_heartbeat_server
 from ._logs import RateLimitedWarning
 from ._machine import Action, Machine, Notify, NpmPing, Publish, Send, Timing
-from ._model import Event, Member, State
+from ._model import Event, FencingToken, Member, State
 from ._options import Options, parse_options
 from ._wire import NPM_PING, NPM_PONG, Message, PeerRecord, decode_datagram, encode_message
 
@@ -86,6 +86,7 @@ class Elector:
             timing,
             quorum=options.quorum,
             npm_compat=options.npm_compat,
+            boot=time.time_ns() // 1000,
         )
         self._callbacks = CallbackThread(f"followtheleader-callbacks-{name}", self._error_event)
         self._server: HeartbeatServer | None = None
@@ -192,6 +193,7 @@ class Elector:
             self._warn,
             self._report_error,
             on_npm_record=self._on_npm_record,
+            boot=self._machine.boot,
         )
         self._feed(self._machine.start)  # before discovery, so that no early record is dropped
         self._discovery.start()
@@ -357,6 +359,18 @@ class Elector:
         """The term of the leadership this node holds or follows; usable as a fencing token."""
         with self._lock:
             return self._machine.term
+
+    @property
+    def fencing_token(self) -> FencingToken | None:
+        """The :class:`FencingToken` of the leadership this node holds or follows (the last one
+        while electing or stopped), None before any.
+
+        Unique to one leadership across the whole group, partitions and one-way faults
+        included, and ordered: pass its :attr:`~FencingToken.key` to a shared resource, which
+        refuses a write whose key is less than the greatest it has seen.
+        """
+        with self._lock:
+            return self._machine.token
 
     @property
     def leader(self) -> Member | None:

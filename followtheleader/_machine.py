@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ._model import Event, Member, State
+from ._model import Event, FencingToken, Member, State
 from ._wire import MAX_MEMBERS, Message, PeerRecord
 
 __all__ = ["Machine", "Notify", "NpmPing", "Publish", "Send", "Timing", "npm_member"]
@@ -224,6 +224,13 @@ class Machine:
     """As follower: the lease mark of the last pong from the leader, echoed in each ping."""
     npm: _Peer | None = None
     """The npm leader this node knows of (its DNS-SD record was seen), if any."""
+    boot: int = 0
+    """This node's run (:attr:`FencingToken.boot`), sent in every message of its own."""
+    leader_boot: int = 0
+    """As follower: the run of its leader, from the leader's own messages."""
+    token: FencingToken | None = None
+    """The fencing token of the leadership this node holds or follows (the last one while
+    electing), None before any."""
     _last_now: float = 0.0
     """The time of the latest input, so that passed deadlines are not asked for again."""
     _live_ids: frozenset[str] = frozenset()
@@ -431,7 +438,7 @@ class Machine:
 
     def _on_ping(self, message: Message, sender: Member, now: float) -> None:
         if message.role is State.LEADER:
-            self._direct_from_leader(sender, message.term, now)
+            self._direct_from_leader(sender, message.term, now, message.boot)
         elif self.state is State.LEADER and message.leader == self.me.node_id and message.term == self.term:
             self._renew_lease(self.peers[sender.node_id], message.lease_mark, now)
         if self.state is State.LEADER:
@@ -442,7 +449,7 @@ class Machine:
 
     def _on_pong(self, message: Message, sender: Member, now: float) -> None:
         if message.role is State.LEADER:
-            self._direct_from_leader(sender, message.term, now)
+            self._direct_from_leader(sender, message.term, now, message.boot)
             if self.state is State.FOLLOWER and self.leader is not None and self.leader.node_id == sender.node_id:
                 self.leader_mark = max(self.leader_mark, message.lease_mark)
                 self._measure_round_trip(now)
@@ -455,7 +462,7 @@ class Machine:
                 self._merge_candidates(message.members, sender, now)
 
     def _on_claim(self, message: Message, sender: Member, now: float) -> None:
-        self._direct_from_leader(sender, message.term, now)
+        self._direct_from_leader(sender, message.term, now, message.boot)
         if self.state is State.FOLLOWER and self.leader is not None and self.leader.node_id == sender.node_id:
             self.leader_mark = max(self.leader_mark, message.lease_mark)
             self._take_members(message, sender, now)
@@ -487,26 +494,27 @@ class Machine:
 
     # ----------------------------------------------------------------- decisions
 
-    def _direct_from_leader(self, leader: Member, term: int, now: float) -> None:
-        """``leader`` itself says it leads with ``term``: follow it, or make it step down."""
+    def _direct_from_leader(self, leader: Member, term: int, now: float, boot: int) -> None:
+        """``leader`` itself (of run ``boot``) says it leads with ``term``: follow it, or make
+        it step down."""
         if self.state is State.LEADER:
             if (term, leader.rank) > (self.term, self.me.rank):
-                self._follow(leader, term, now, "a better leader was found")
+                self._follow(leader, term, now, "a better leader was found", boot)
             else:
                 self._send(self._message("claim", now, with_members=True), leader)
         elif self.state is State.FOLLOWER and self.leader is not None:
             current = (self.term, self.leader.rank)
             if leader.node_id == self.leader.node_id:
                 if term != self.term:
-                    self._follow(leader, term, now, "leader started a new term")
+                    self._follow(leader, term, now, "leader started a new term", boot)
             elif (term, leader.rank) > current and not self._leader_alive(now):
                 old = self.leader
-                self._follow(leader, term, now, "a better leader was found")
+                self._follow(leader, term, now, "a better leader was found", boot)
                 self._send(self._message("leave", now), old)
             else:
                 self._send(self._pong(0, now), leader)  # tells it which leader this node follows
         elif self.state is State.ELECTING:
-            self._follow(leader, term, now, "found the leader")
+            self._follow(leader, term, now, "found the leader", boot)
 
     def _leader_age(self, now: float) -> float:
         """As follower: seconds since the leader last spoke as leader."""
@@ -588,7 +596,7 @@ class Machine:
         self._set_state(State.LEADER, now, "claimed leadership", quiet=not self.confirmed)
         self._send_to_peers(self._message("claim", now, with_members=True))
 
-    def _follow(self, leader: Member, term: int, now: float, reason: str) -> None:
+    def _follow(self, leader: Member, term: int, now: float, reason: str, boot: int = 0) -> None:
         was_leader = self.state is State.LEADER
         if was_leader:
             # Point our followers at the new leader; they will check with it directly.
@@ -597,6 +605,7 @@ class Machine:
             )
             self._send_to_peers(hint)
         self.leader = leader
+        self.leader_boot = boot
         self.term = term
         self.max_term = max(self.max_term, term)
         self.lease_until = None
@@ -908,6 +917,7 @@ class Machine:
             members=self.members(now, with_npm=False)[:MAX_MEMBERS] if with_members else None,
             lease_mark=mark,
             leader_age=self._leader_age(now) if kind == "pong" and self.state is State.FOLLOWER else None,
+            boot=self.boot,
         )
 
     def _told_term(self) -> int:
@@ -933,12 +943,16 @@ class Machine:
         if new is previous and not force:
             return
         self.state = new
+        if new is State.LEADER:
+            self.token = FencingToken(self.term, self.me.priority, self.me.node_id, self.boot)
+        elif new is State.FOLLOWER and self.leader is not None:
+            self.token = FencingToken(self.term, self.leader.priority, self.leader.node_id, self.leader_boot)
         kind = {State.LEADER: "leader", State.FOLLOWER: "follower"}.get(new)
         if kind is None and previous in (State.LEADER, State.FOLLOWER):
             kind = "reelection"
         if kind is not None and not quiet:
             leader = self.leader if new in (State.LEADER, State.FOLLOWER) else None
-            event = Event(kind, self.me.node_id, new, previous, self.term, leader, reason, now)
+            event = Event(kind, self.me.node_id, new, previous, self.term, leader, reason, now, fencing_token=self.token)
             self._actions.append(Notify(event))
         # The DNS-SD record is a hint, updated only when leadership starts or ends: a group's
         # followers re-announcing every change of theirs would flood mDNS right when a new

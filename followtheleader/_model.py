@@ -6,9 +6,10 @@ They are plain immutable values, safe to hand from any thread to any other.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 
-__all__ = ["Event", "Member", "State"]
+__all__ = ["Event", "FencingToken", "Member", "State"]
 
 
 class State(enum.Enum):
@@ -53,6 +54,65 @@ class Member:
         return (self.host, self.port)
 
 
+_KEY_NODE_ID_BYTES = 32
+"""Node ids are at most 32 ASCII characters; the key pads them to that many bytes."""
+_PRIORITY_OFFSET = 2**31
+"""Priorities run from -2**31 to 2**31 - 1; the key stores them offset to be unsigned."""
+
+
+@dataclass(frozen=True, order=True)
+class FencingToken:
+    """A fencing token: unique to one leadership in the whole group, and ordered.
+
+    Tokens compare as the tuple ``(term, priority, node_id, boot)``: a greater term gives a
+    greater token, and for rival leaders of one term (two sides of a partition) the order is
+    the one by which the rivals are resolved when they meet, so the leader that remains never
+    holds the lesser token. ``node_id`` makes tokens of one term unique across the group (node
+    ids are unique); ``boot`` (microseconds of the wall clock when the node's elector was
+    created) makes them unique across restarts of one node, which may claim a term it held in
+    an earlier run.
+
+    A shared resource stores :attr:`key` and accepts a write only while the writer's key is
+    not less than the stored one: one comparison of two strings, byte by byte.
+
+    :ivar term: the leadership's term (see :attr:`Event.term`).
+    :ivar priority: the leader's priority.
+    :ivar node_id: the leader's node id.
+    :ivar boot: the leader's run, in microseconds since the epoch (0 when unknown).
+    """
+
+    term: int
+    priority: int
+    node_id: str
+    boot: int = 0
+
+    @property
+    def key(self) -> str:
+        """The token as 104 lowercase hex digits, which sort as the tokens do.
+
+        Layout: 16 digits of ``term``, 8 of ``priority + 2**31``, 64 of the node id's ASCII
+        bytes padded with zero bytes to 32, 16 of ``boot``. Only digits and ``a``-``f``, of one
+        width: byte order, SQL's binary collations, ``sort`` and locale-aware comparisons
+        (Lua's ``<`` in Redis) all agree on their order.
+        """
+        node = self.node_id.encode("ascii").ljust(_KEY_NODE_ID_BYTES, b"\0").hex()
+        return f"{self.term:016x}{self.priority + _PRIORITY_OFFSET:08x}{node}{self.boot:016x}"
+
+    @classmethod
+    def from_key(cls, key: str) -> FencingToken:
+        """Parse :attr:`key` back into a token.
+
+        :raises ValueError: when ``key`` is not a key of this layout.
+        """
+        if not re.fullmatch(r"[0-9a-f]{104}", key):
+            raise ValueError(f"not a fencing token key: {key!r}")
+        node = bytes.fromhex(key[24:88]).rstrip(b"\0").decode("ascii")
+        return cls(int(key[:16], 16), int(key[16:24], 16) - _PRIORITY_OFFSET, node, int(key[88:], 16))
+
+    def __str__(self) -> str:
+        return self.key
+
+
 @dataclass(frozen=True)
 class Event:
     """What a callback receives.
@@ -67,6 +127,9 @@ class Event:
     :ivar reason: a few words on why this happened.
     :ivar time: ``time.monotonic()`` when the change was decided.
     :ivar error: the exception, for ``error`` events.
+    :ivar fencing_token: the :class:`FencingToken` of the leadership this node now leads or
+        follows (for ``leader``, unique in the group and greater than this node's earlier
+        ones), else of the last one; None before any.
     """
 
     kind: str
@@ -78,3 +141,4 @@ class Event:
     reason: str
     time: float
     error: BaseException | None = None
+    fencing_token: FencingToken | None = None

@@ -42,7 +42,7 @@ __all__ = [
     "encode_txt",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_DATAGRAM = 16384
 """Larger datagrams are neither sent nor read."""
 MAX_MEMBERS = 256
@@ -52,6 +52,7 @@ NPM_PONG = b"PONG"
 KINDS = ("ping", "pong", "claim", "resign", "leave")
 
 _MAX_TERM = 2**53
+_MAX_BOOT = 2**63 - 1
 _NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _ROLE_BY_NAME = {"leader": State.LEADER, "follower": State.FOLLOWER, "electing": State.ELECTING}
 _ROLE_NAME = {state: name for name, state in _ROLE_BY_NAME.items()}
@@ -76,6 +77,7 @@ class Message:
         mark of the last datagram it received from its leader (the leader renews its lease
         from it). 0 when there is none.
     :ivar leader_age: in a follower's pong, seconds since it last heard from its leader.
+    :ivar boot: the sender's run (see :attr:`FencingToken.boot`); 0 when not sent.
     """
 
     kind: str
@@ -90,6 +92,7 @@ class Message:
     members: tuple[Member, ...] | None = None
     lease_mark: float = 0.0
     leader_age: float | None = None
+    boot: int = 0
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,7 @@ class PeerRecord:
     member: Member
     role: State
     term: int
+    boot: int = 0
 
 
 def encode_message(message: Message, stamp: Stamp | None = None) -> bytes:
@@ -140,6 +144,8 @@ def encode_message(message: Message, stamp: Stamp | None = None) -> bytes:
         body["e"] = message.lease_mark
     if message.leader_age is not None:
         body["la"] = round(message.leader_age, 4)
+    if message.boot:
+        body["b"] = message.boot
     if stamp is not None:
         body["a"] = [stamp.boot, stamp.counter, stamp.time, stamp.to]
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
@@ -194,6 +200,9 @@ def decode_datagram(data: bytes) -> tuple[Message, Stamp | None] | None:
     age = body.get("la")
     if age is not None and (isinstance(age, bool) or not isinstance(age, (int, float)) or not 0 <= age < 1e9):
         return None
+    boot = body.get("b", 0)
+    if not _is_int(boot, 0, _MAX_BOOT):
+        return None
     stamp = None
     if "a" in body:
         stamp = _stamp_from_list(body["a"])
@@ -212,13 +221,15 @@ def decode_datagram(data: bytes) -> tuple[Message, Stamp | None] | None:
         members=members,
         lease_mark=float(mark),
         leader_age=None if age is None else float(age),
+        boot=boot,
     )
     return message, stamp
 
 
-def encode_txt(group: str, member: Member, role: State, term: int) -> dict[str, str]:
+def encode_txt(group: str, member: Member, role: State, term: int, boot: int = 0) -> dict[str, str]:
     """The TXT properties a node publishes about itself."""
     return {
+        "b": str(boot),
         "v": str(PROTOCOL_VERSION),
         "g": group,
         "id": member.node_id,
@@ -243,12 +254,13 @@ def decode_txt(properties: Mapping[str, str | None], host: str) -> PeerRecord | 
         priority = _parse_int(properties.get("p"), -(2**31), 2**31 - 1)
         term = _parse_int(properties.get("t"), 0, _MAX_TERM)
         port = _parse_int(properties.get("hp"), 1, 65535)
+        boot = _parse_int(properties.get("b"), 0, _MAX_BOOT)
     except (AttributeError, TypeError):
         return None
-    if priority is None or term is None or port is None or not _is_host(host):
+    if priority is None or term is None or port is None or boot is None or not _is_host(host):
         return None
     assert isinstance(group, str) and isinstance(node_id, str) and isinstance(role, str)
-    return PeerRecord(group, Member(node_id, priority, host, port), _ROLE_BY_NAME[role], term)
+    return PeerRecord(group, Member(node_id, priority, host, port), _ROLE_BY_NAME[role], term, boot)
 
 
 def _stamp_from_list(item: object) -> Stamp | None:
