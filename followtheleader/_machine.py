@@ -952,7 +952,7 @@ class Machine:
             kind = "reelection"
         if kind is not None and not quiet:
             leader = self.leader if new in (State.LEADER, State.FOLLOWER) else None
-            event = Event(kind, self.me.node_id, new, previous, self.term, leader, reason, now, fencing_token=self.token)
+            event = Event(kind, self.me.node_id, new, previous, self.term, leader, reason, now, None, self.token)
             self._actions.append(Notify(event))
         # The DNS-SD record is a hint, updated only when leadership starts or ends: a group's
         # followers re-announcing every change of theirs would flood mDNS right when a new
