@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import pytest
 
 from followtheleader._model import FencingToken, Member, State
 from followtheleader._wire import (
