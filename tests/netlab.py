@@ -537,11 +537,15 @@ class Lab:
         self,
         loss: dict[str, int] | None = None,
         partition: tuple[list[str], list[str]] | None = None,
+        inbound_loss: dict[str, int] | None = None,
     ) -> None:
         """Replace the lab's fault rules.
 
         :param loss: host name -> percent of the datagrams it sends that are dropped
             (``numgen random mod 100 < PCT drop`` on its bridge port).
+        :param inbound_loss: host name -> percent of the datagrams sent to it that are dropped
+            (the same rule on the way out of the bridge to it): with ``loss``, one direction
+            of a host's link can be cut while the other works.
         :param partition: two lists of host names; nothing passes between the sides
             (multicast included).
         Call with no argument to heal everything.
@@ -555,6 +559,11 @@ class Lab:
                 raise ValueError(f"loss must be a percentage, not {percent}")
             port = self.hosts[name]._bridge_port
             rules.append(f'iifname "{port}" numgen random mod 100 < {percent} drop')
+        for name, percent in sorted((inbound_loss or {}).items()):
+            if not 0 <= percent <= 100:
+                raise ValueError(f"loss must be a percentage, not {percent}")
+            port = self.hosts[name]._bridge_port
+            rules.append(f'oifname "{port}" numgen random mod 100 < {percent} drop')
         if partition is not None:
             side_a = ", ".join(f'"{self.hosts[n]._bridge_port}"' for n in partition[0])
             side_b = ", ".join(f'"{self.hosts[n]._bridge_port}"' for n in partition[1])
@@ -574,7 +583,7 @@ class Lab:
             capture_output=True,
             timeout=_IP_TIMEOUT,
         )
-        logger.info("lab %s: faults loss=%s partition=%s", self.prefix, loss, partition)
+        logger.info("lab %s: faults loss=%s in=%s partition=%s", self.prefix, loss, inbound_loss, partition)
 
     def close(self) -> None:
         """Remove everything this lab created; idempotent, never raises.
