@@ -257,7 +257,9 @@ def log_role(event: Event) -> None:
     if event.kind == "leader":
         assert event.fencing_token is not None
         log.info("leading now, term %d, token %s", event.term, event.fencing_token.key)
-    elif event.previous_state is State.LEADER:
+    elif event.kind == "follower" and event.leader is not None:
+        log.info("following %s, term %d", event.leader.node_id, event.term)
+    if event.kind != "leader" and event.previous_state is State.LEADER:
         log.info("not leading any more: %s", event.reason)
 
 

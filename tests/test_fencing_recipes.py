@@ -314,6 +314,7 @@ WORKING = re.compile(r"fencing \[(?P<pid>\d+)\]: job: working \(term (?P<term>\d
 WROTE = re.compile(r"fencing \[(?P<pid>\d+)\]: job: wrote \(term (?P<term>\d+), token (?P<key>[0-9a-f]{104})\)")
 REFUSED = re.compile(r"fencing \[(?P<pid>\d+)\]: job: refused \(term (?P<term>\d+), token (?P<key>[0-9a-f]{104})\)")
 LEADING = re.compile(r"fencing \[(?P<pid>\d+)\]: leading now, term (?P<term>\d+)")
+FOLLOWING = re.compile(r"fencing \[(?P<pid>\d+)\]: following (?P<leader>\S+), term (?P<term>\d+)")
 
 
 class Output:
@@ -336,11 +337,12 @@ class Output:
                 self.lines.append(line.rstrip("\n"))
                 self.changed.notify_all()
 
-    def wait(self, pattern: re.Pattern[str], what: str, **groups: str) -> re.Match[str]:
+    def wait(self, pattern: re.Pattern[str], what: str, after: int = 0, **groups: str) -> re.Match[str]:
+        """The first line from index ``after`` on that matches, with these values of its groups."""
         deadline = time.monotonic() + TIMEOUT
         with self.changed:
             while True:
-                for line in self.lines:
+                for line in self.lines[after:]:
                     found = pattern.search(line)
                     if found and all(found[k] == v for k, v in groups.items()):
                         return found
@@ -377,19 +379,24 @@ def test_the_example_refuses_a_paused_leader_that_resumes(
 
     try:
         first = start("n0")
-        working = output.wait(WORKING, "the first leader's work", pid=str(first.pid))
+        led = output.wait(LEADING, "the first copy to lead", pid=str(first.pid))
         second = start("n1")
-        output.wait(re.compile(rf"\[{second.pid}\]: joined group"), "the second copy to join")
-        first.send_signal(signal.SIGSTOP)  # in the middle of its work, before it writes
+        output.wait(FOLLOWING, "the second copy to follow the first", pid=str(second.pid), term=led["term"])
+        mark = len(output.lines)
+        working = output.wait(WORKING, "the first leader's next work", after=mark, pid=str(first.pid))
+        first.send_signal(signal.SIGSTOP)  # in the middle of its work (2 s), before it writes
         try:
             output.wait(LEADING, "the second copy to lead", pid=str(second.pid))
             wrote = output.wait(WROTE, "the second leader's write", pid=str(second.pid))
         finally:
             first.send_signal(signal.SIGCONT)
-        refused = output.wait(REFUSED, "the resumed first leader's write to be refused", pid=str(first.pid))
+        refused = output.wait(REFUSED, "the resumed first leader's write to be refused", mark, pid=str(first.pid))
         assert refused["key"] == working["key"] and int(refused["term"]) < int(wrote["term"])
         assert wrote["key"] > working["key"]
-        assert not WROTE.search("\n".join(line for line in output.lines if f"[{first.pid}]" in line))
+        with output.changed:
+            paused_at = output.lines.index(working.string, mark)
+            later = [line for line in output.lines[paused_at:] if f"[{first.pid}]" in line]
+        assert not any(WROTE.search(line) for line in later), later  # nothing of its own got through
         for popen in (first, second):
             popen.send_signal(signal.SIGTERM)
             assert popen.wait(TIMEOUT) == 0
