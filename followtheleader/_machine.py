@@ -158,6 +158,9 @@ class Notify:
 
 Action = Send | NpmPing | Publish | Notify
 
+_HANDLERS = {kind: f"_on_{kind}" for kind in ("ping", "pong", "beat", "ack", "claim", "resign", "leave")}
+"""The method of :class:`Machine` that handles each kind of message."""
+
 
 def npm_member(host: str, port: int) -> Member:
     """The member that stands for an npm leader at ``host:port`` (it has no id of its own)."""
@@ -250,6 +253,8 @@ class Machine:
     electing), None before any."""
     _last_now: float = 0.0
     """The time of the latest input, so that passed deadlines are not asked for again."""
+    _lagging: set[str] = field(default_factory=set)
+    """As leader: the followers whose latest echo was of a mark over two intervals old."""
     _live_ids: frozenset[str] = frozenset()
     _live_recheck_at: float = float("inf")
     """As leader: when the live member with the earliest expiry runs out, unless it pings again."""
@@ -320,16 +325,7 @@ class Machine:
         ):
             self._start_electing(now, "leader stepped down", wait=self.timing.confirm)  # it says so itself
         self._heard(sender, now)
-        handler = {
-            "ping": self._on_ping,
-            "pong": self._on_pong,
-            "beat": self._on_beat,
-            "ack": self._on_ack,
-            "claim": self._on_claim,
-            "resign": self._on_resign,
-            "leave": self._on_leave,
-        }[message.kind]
-        handler(message, sender, now)
+        getattr(self, _HANDLERS[message.kind])(message, sender, now)
         if self.state is State.ELECTING:
             self._claim_if_best(now)
         return self._flush()
@@ -633,6 +629,7 @@ class Machine:
         for peer in self.peers.values():
             peer.renewed_at = peer.echoed_at = None
             peer.acked_version = -1
+        self._lagging.clear()
         self.claimed_at = now
         # In quorum mode the claim is announced (``leader`` event, is_leader True) only once a
         # majority has followed it: a node that lost only its own link to a live leader claims
@@ -914,6 +911,10 @@ class Machine:
         peer.renewed_at = max(peer.renewed_at or 0.0, mark)
         peer.echoed_at = now
         peer.echo_lag = now - peer.renewed_at
+        if peer.echo_lag > 2 * self.timing.interval:
+            self._lagging.add(peer.member.node_id)
+        else:
+            self._lagging.discard(peer.member.node_id)
         if not self.confirmed and (self._quorum_until() or 0.0) > now:
             self.confirmed = True  # a majority follows: announce the leadership now
             self._set_state(State.LEADER, now, "claimed leadership with a quorum", force=True)
@@ -937,10 +938,12 @@ class Machine:
     def _deaf_follower(self, now: float) -> bool:
         """As leader: a follower that spoke within the failure window echoed a lease mark more
         than two intervals old: this node hears it, but it does not hear this node."""
-        window, late = self.timing.failure_window, 2 * self.timing.interval
-        return any(
-            p.echoed_at is not None and now - p.echoed_at < window and p.echo_lag > late for p in self.peers.values()
-        )
+        for node_id in list(self._lagging):
+            peer = self.peers.get(node_id)
+            if peer is not None and peer.echoed_at is not None and now - peer.echoed_at < self.timing.failure_window:
+                return True
+            self._lagging.discard(node_id)  # gone, or silent since: it no longer counts
+        return False
 
     def _quorum_until(self) -> float | None:
         """Quorum mode, as leader: when the majority renewed by follower pings runs out."""
