@@ -56,17 +56,18 @@ examples:
   followtheleader status MyService >/dev/null && echo "MyService has a leader"
 """
 
-_RUN_EXAMPLES = """CMD starts when this node becomes leader, with FOLLOWTHELEADER_TERM (a fencing token),
-FOLLOWTHELEADER_NODE_ID and FOLLOWTHELEADER_NAME in its environment. When the node stops
-leading, CMD's process group gets SIGTERM, then SIGKILL after --grace seconds. SIGINT or
-SIGTERM to this command stops CMD the same way, then hands leadership over and exits 0. If this
-command dies, CMD gets SIGKILL from the kernel. Its own lines go to stderr; CMD keeps stdin,
-stdout and stderr.
+_RUN_EXAMPLES = """CMD starts when this node becomes leader, with FOLLOWTHELEADER_FENCING_TOKEN (the key of this
+leadership's fencing token: 104 hex digits, greater for every newer leadership, to be compared
+as strings by the shared resource), FOLLOWTHELEADER_TERM, FOLLOWTHELEADER_NODE_ID and
+FOLLOWTHELEADER_NAME in its environment. When the node stops leading, CMD's process group
+gets SIGTERM, then SIGKILL after --grace seconds. SIGINT or SIGTERM to this command stops CMD
+the same way, then hands leadership over and exits 0. If this command dies, CMD gets SIGKILL
+from the kernel. Its own lines go to stderr; CMD keeps stdin, stdout and stderr.
 
 examples:
   followtheleader run MyService -- python manage.py run_scheduler
   followtheleader run MyService --grace 30 --on-exit restart -- ./worker.sh --queue main
-  followtheleader run MyService --on-exit exit -- sh -c 'backup.sh "$FOLLOWTHELEADER_TERM"'
+  followtheleader run MyService --on-exit exit -- sh -c 'backup.sh "$FOLLOWTHELEADER_FENCING_TOKEN"'
 """
 
 
@@ -163,7 +164,8 @@ def _parser() -> _Parser:
     status_parser = commands.add_parser(
         "status",
         help="list the groups on this network, their leaders and members",
-        description="List every group on this network segment (or only NAME): its leader, term and members.",
+        description="List every group on this network segment (or only NAME): its leader, term, fencing token"
+        " and members.",
         epilog=_STATUS_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

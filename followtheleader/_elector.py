@@ -357,7 +357,8 @@ class Elector:
 
     @property
     def term(self) -> int:
-        """The term of the leadership this node holds or follows; usable as a fencing token."""
+        """The term of the leadership this node holds or follows (see :attr:`fencing_token` for
+        a value unique across partitions, to fence shared resources with)."""
         with self._lock:
             return self._machine.term
 
