@@ -77,7 +77,8 @@ def wait_following(cluster: Cluster, processes: list[NodeProcess], npm: NpmNode,
     except TimeoutError as exc:
         failures = [r for r in npm.records if r["kind"] in ("crash", "error", "exit")]
         raise AssertionError(
-            f"{exc}; the npm node: exit status {npm.proc.poll()}, {npm.kinds()}, {failures}, stderr {npm.stderr[-300:]!r}"
+            f"{exc}; the npm node: exit status {npm.proc.poll()}, {npm.kinds()}, {failures}, "
+            f"stderr {npm.stderr[-300:]!r}"
         ) from None
 
 
