@@ -114,7 +114,7 @@ def test_our_nodes_started_while_an_npm_leader_probes_follow_it(
     print(
         f"offset {offset:.2f}: started at +{started[0] - led['t']:.3f}/+{started[1] - led['t']:.3f} s, "
         f"npm published at +{published['t'] - led['t']:.3f} s; our events: "
-        + ", ".join(f"{e['kind']}@+{e['t'] - led['t']:.3f}" for e in events)
+        + ", ".join(f"{e['node'][:4]} {e['kind']}@+{e['t'] - led['t']:.3f}" for e in events)
     )
 
 
