@@ -148,3 +148,27 @@ def test_an_npm_node_that_missed_our_leader_is_not_killed_by_it(
         assert decoy.proc.poll() is None
     finally:
         other.finish()
+
+
+@pytest.mark.parametrize("offset", (0.5, 2.5))
+def test_an_npm_node_started_around_our_publication_follows_our_leader(
+    cluster: Cluster, hosts: list[Host], npm_nodes: list[NpmNode], offset: float
+) -> None:
+    """The other direction, as it should go: the npm node starts ``offset`` s after our
+    ``leader`` event (before and after the leader publishes for npm nodes, 1.5 s after it),
+    finds our leader while it browses, follows it and lives on."""
+    ours = [cluster.spawn(host) for host in hosts[1:3]]
+    agreed = cluster.wait_agreement(timeout=10)
+    led = next(e for e in cluster.all_events() if e["kind"] == "leader")
+    wait_until(led["t"] + offset)
+    npm = NpmNode(hosts[0], cluster.group, "npmnew")
+    npm_nodes.append(npm)
+    followed = npm.wait("follower", timeout=BROWSE_WINDOW + 10)
+    leader_host = cluster.process_of(agreed.leader).host
+    assert followed["leader"]["name"] == cluster.group
+    assert followed["leader"]["addresses"][0] == leader_host.address
+    npm.wait("received", timeout=10, data="PONG")
+    check_npm_survived(npm, ["ready", "follower"])
+    others = [node for process in ours for node in process.node_ids if node != agreed.leader]
+    expected = sorted([("leader", agreed.leader), *(("follower", node) for node in others)])
+    assert sorted((e["kind"], e["node"]) for e in cluster.all_events()) == expected  # no role change
