@@ -49,7 +49,7 @@ MAX_MEMBERS = 256
 """A member list longer than this is malformed."""
 NPM_PING = b"PING"
 NPM_PONG = b"PONG"
-KINDS = ("ping", "pong", "claim", "resign", "leave")
+KINDS = ("ping", "pong", "beat", "ack", "claim", "resign", "leave")
 
 _MAX_TERM = 2**53
 _MAX_BOOT = 2**63 - 1
