@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 from npm_node import NpmNode, npm_unavailable_reason
 
+from followtheleader._machine import NPM_HOLD
+
 from cluster import Cluster, NodeProcess
 from netlab import Host
 
@@ -121,24 +123,26 @@ def test_our_nodes_started_while_an_npm_leader_probes_follow_it(
 def test_an_npm_node_that_missed_our_leader_is_not_killed_by_it(
     cluster: Cluster, hosts: list[Host], npm_nodes: list[NpmNode]
 ) -> None:
-    """The other direction: a leader of ours has stood for seconds when an npm node leads.
+    """The other direction: a leader of ours has published for npm nodes when an npm node leads.
 
-    An npm node keeps only the first ``_ftl._tcp`` service it sees; here a leader of another
-    group (same service type, same network) comes up first, so the npm node never takes
-    ours and leads when its window ends, while ours leads and publishes for npm nodes.
+    An npm node keeps only the first ``_ftl._tcp`` service it sees; here the leader of another
+    group (same service type, same network) answers its query, so the npm node never takes
+    ours, which comes up right after, and leads when its window (5 s at least) ends.
     """
-    npm = NpmNode(hosts[0], cluster.group, "npmlate")
-    npm_nodes.append(npm)
-    npm.wait("ready", timeout=10)
     other = Cluster(cluster.lab)
     try:
         decoy = other.spawn(hosts[3])
-        other.wait_agreement(timeout=10)
-        ours = [cluster.spawn(hosts[1])]
+        decoy_agreed = other.wait_agreement(timeout=10)
+        wait_until(decoy_agreed.time + NPM_HOLD + 0.5)  # the decoy's _tcp record is out
+        ours = [cluster.spawn(hosts[1], wait_go=True)]
+        cluster.wait_ready()
+        npm = NpmNode(hosts[0], cluster.group, "npmlate")
+        npm_nodes.append(npm)
+        npm.wait("ready", timeout=10)
+        ours[0].send("go")
         agreed = cluster.wait_agreement(timeout=10)
-        assert agreed.leader in ours[0].node_ids
         led = npm.wait("leader", timeout=BROWSE_WINDOW + 10)
-        assert led["t"] > agreed.time + 1.0, "our leader came too late to test this direction"
+        assert led["t"] > agreed.time + NPM_HOLD + 0.5, "our leader had not published before the npm node led"
         npm_leader = npm_id(hosts[0])
         wait_following(cluster, ours, npm, npm_leader)
         npm.wait("published", timeout=5)
