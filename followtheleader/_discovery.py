@@ -357,7 +357,7 @@ class Discovery:
         except Exception:  # noqa: BLE001 - npm's TXT is one NUL byte; anything goes
             properties = {}
         if "id" in properties and "v" in properties:
-            return  # our TXT record: not an npm leader (development builds published one)
+            return  # our TXT record: not an npm leader (a leader of version 0.1 publishes it)
         address = self._pick_npm_address(info.parsed_addresses(IPVersion.V4Only))
         if address is None or not info.port:
             self._warn("npm-no-ipv4", "ignored an npm leader's record without an IPv4 address: %s", info.name)
