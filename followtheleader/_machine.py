@@ -126,6 +126,10 @@ PROBE_SLOW_EVERY = 2.0
 """... then every this many seconds ..."""
 FORGET_AFTER = 3600.0
 """... and forgets it after this long without a word from it."""
+NPM_HOLD = 1.5
+"""A leader publishes the records npm nodes look for only once it has led this long: an npm
+node that emitted ``leader`` before our claim is silent while it probes its name (up to 1 s),
+then announces it; this node then follows it, and no npm node was pointed at this one."""
 
 
 @dataclass(frozen=True)
@@ -147,7 +151,8 @@ class NpmPing:
 @dataclass(frozen=True)
 class Publish:
     """Publish this node's role and term in its DNS-SD TXT record; with ``serve_npm``, also
-    the records npm nodes look for (an announced leader with ``npm_compat``)."""
+    the records npm nodes look for (an announced leader with ``npm_compat``, once it has led
+    for :data:`NPM_HOLD`); without, withdraw them."""
 
     role: State
     term: int
@@ -256,6 +261,9 @@ class Machine:
     token: FencingToken | None = None
     """The fencing token of the leadership this node holds or follows (the last one while
     electing), None before any."""
+    npm_serve_at: float | None = None
+    """As announced leader with ``npm_compat``: when to publish the records npm nodes look for
+    (:data:`NPM_HOLD` after the announcement); None once published, or when not to be."""
     _last_now: float = 0.0
     """The time of the latest input, so that passed deadlines are not asked for again."""
     _lagging: set[str] = field(default_factory=set)
@@ -313,6 +321,10 @@ class Machine:
             self.next_ping_at = now + self.timing.interval
             self._send_pings(now)
         self._probe_npm(now)
+        due = self._npm_serve_due()
+        if due is not None and now >= due:
+            self.npm_serve_at = None
+            self._actions.append(Publish(State.LEADER, self._told_term(), serve_npm=True))
         return self._flush()
 
     def on_message(self, message: Message, source: tuple[str, int], now: float) -> list[Action]:
@@ -454,6 +466,9 @@ class Machine:
             deadlines.append(npm_due)
             if self.npm is not None and not self.npm.dead and self.npm.pinged_since is not None:
                 deadlines.append(self.npm.pinged_since + self.timing.failure_window)
+        serve_due = self._npm_serve_due()
+        if serve_due is not None:
+            deadlines.append(serve_due)
         return min(deadlines)
 
     # ----------------------------------------------------------------- message handlers
@@ -808,6 +823,19 @@ class Machine:
         fast = self._last_now - self._silent_since(npm, self._last_now) < PROBE_FAST_FOR
         return npm.last_ping + (self.timing.interval if fast else PROBE_SLOW_EVERY)
 
+    def _npm_serve_due(self) -> float | None:
+        """As leader: when to publish the records npm nodes look for, if still to come.
+
+        Not before :attr:`npm_serve_at`, nor while a known npm leader may be alive (pinged,
+        not yet silent for the failure window): if it answers, this node follows it instead.
+        """
+        if self.npm_serve_at is None or self.state is not State.LEADER:
+            return None
+        npm = self.npm
+        if npm is not None and not npm.dead and npm.pinged_since is not None:
+            return max(self.npm_serve_at, npm.pinged_since + self.timing.failure_window)
+        return self.npm_serve_at
+
     def _probe_npm(self, now: float) -> None:
         """Ping a known npm leader this node does not follow: when it answers, it is followed."""
         due = self._npm_probe_due()
@@ -1059,12 +1087,14 @@ class Machine:
             leader = self.leader if new in (State.LEADER, State.FOLLOWER) else None
             event = Event(kind, self.me.node_id, new, previous, self.term, leader, reason, now, None, self.token)
             self._actions.append(Notify(event))
+        # The records for npm nodes come later, from tick (see NPM_HOLD).
+        announced = new is State.LEADER and self.confirmed and self.npm_compat
+        self.npm_serve_at = now + NPM_HOLD if announced else None
         # The DNS-SD record is a hint, updated only when leadership starts or ends: a group's
         # followers re-announcing every change of theirs would flood mDNS right when a new
         # leader needs the CPU (the record of a follower keeps saying "electing").
         if State.LEADER in (new, previous) and new is not State.STOPPED:
-            serve_npm = new is State.LEADER and self.confirmed and self.npm_compat
-            self._actions.append(Publish(new, self._told_term(), serve_npm))
+            self._actions.append(Publish(new, self._told_term()))
 
     def _flush(self) -> list[Action]:
         actions, self._actions = self._actions, []
