@@ -827,7 +827,6 @@ class Machine:
             if not self._probe(spot, now):
                 spot.probed_since = now  # listed addresses are never forgotten: start over
 
-
     # ----------------------------------------------------------------- output
 
     def _send_pings(self, now: float) -> None:

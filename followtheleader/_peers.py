@@ -104,7 +104,8 @@ def parse_peers(value: Any, default_port: int) -> tuple[PeerEntry, ...]:
     elif isinstance(value, Sequence) and not isinstance(value, (bytes, bytearray)):
         items = list(value)
     else:
-        raise TypeError(f"option 'peers' must be a list of 'host[:port]' strings or one string, not {type(value).__name__}")
+        wanted = "a list of 'host[:port]' strings or one string"
+        raise TypeError(f"option 'peers' must be {wanted}, not {type(value).__name__}")
     if not items:
         raise ValueError("option 'peers' must not be empty: give 'host[:port]' entries or 'dns:NAME'")
     entries = []

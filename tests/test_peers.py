@@ -9,13 +9,14 @@ import threading
 from typing import Any
 
 import pytest
-from simnet import SimNet
 
 from followtheleader import elect
 from followtheleader._machine import Machine, Send, Timing
 from followtheleader._model import Member, State
 from followtheleader._peers import PeerDirectory, PeerEntry, parse_peers
 from followtheleader._wire import ANYONE, Message
+
+from simnet import SimNet
 
 # ----------------------------------------------------------------- parsing
 
