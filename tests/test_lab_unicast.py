@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -259,3 +263,43 @@ def test_ping_to_anyone_is_answered_but_no_proof_of_life(local: Any) -> None:
     finally:
         probe.close()
         assert elector.stop()
+
+
+# ----------------------------------------------------------------- command line
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "followtheleader", *args]
+
+
+def test_cli_elect_and_status_with_peers(no_multicast: Lab, cluster: Cluster, hosts: list[Host]) -> None:
+    peers = ",".join(listed(hosts[:3]))
+    start(cluster, hosts[:2], [{"peers": peers}] * 2)
+    assert cluster.wait_agreement().leader == "node-1"
+    elector = hosts[2].popen(
+        cli("elect", cluster.group, "--peers", peers, "--node-id", "a-cli", "--json"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+    assert elector.stdout is not None
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in elector.stdout or ()], daemon=True)
+    reader.start()
+    try:
+        first = json.loads(lines.get(timeout=15))
+        assert (first["event"], first["leader"]["node_id"]) == ("follower", "node-1"), first
+        result = hosts[5].run(cli("status", cluster.group, "--peers", f"{hosts[2].address}", "--json"), timeout=30)
+        (view,) = json.loads(result.stdout)["groups"]
+        assert view["confirmed"] and view["leader"]["node_id"] == "node-1" and view["term"] == 1, result.stdout
+        assert sorted(m["node_id"] for m in view["members"]) == ["a-cli", "node-0", "node-1"], result.stdout
+        table = hosts[5].run(cli("status", cluster.group, "--peers", peers), timeout=30)
+        assert "node-1@" in table.stdout.splitlines()[1], table.stdout
+    finally:
+        elector.send_signal(signal.SIGTERM)
+        assert elector.wait(15) == 0
+        reader.join(5)
+    bad = hosts[5].run(cli("elect", "g", "--peers", "a:99999"), check=False)
+    assert bad.returncode == 2 and "from 1 to 65535" in bad.stderr, bad.stderr
+    nameless = hosts[5].run(cli("status", "--peers", peers), check=False)
+    assert nameless.returncode == 2 and "needs the group NAME" in nameless.stderr, nameless.stderr
