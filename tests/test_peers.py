@@ -4,13 +4,16 @@ The lab tests with real sockets and a real DNS server are in test_lab_unicast.py
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import socket
 import threading
 from typing import Any
 
 import pytest
 
-from followtheleader import elect
+from followtheleader import _cli, elect
 from followtheleader._machine import Machine, Send, Timing
 from followtheleader._model import Member, State
 from followtheleader._peers import PeerDirectory, PeerEntry, parse_peers
@@ -255,3 +258,35 @@ def test_removed_address_is_not_pinged_and_its_silent_peer_departs() -> None:
     assert net.nodes["c"].machine.peers["a"].departed
     assert _anyone_pings(net, 3.0) == 0
     assert net.agreed() == ("c", 1)
+
+
+# ----------------------------------------------------------------- the deployment recipes
+
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+
+def test_recipe_values_parse(tmp_path: Any) -> None:
+    """The Kubernetes and Compose files are not run here; what they give the library parses."""
+    with open(os.path.join(EXAMPLES, "kubernetes", "reports.yaml")) as file:
+        manifest = file.read()
+    peers = re.search(r"name: FOLLOWTHELEADER_PEERS\n\s+value: (\S+)", manifest)
+    assert peers is not None
+    (entry,) = parse_peers(peers.group(1).replace("$(POD_NAMESPACE)", "default"), 9001)
+    assert (entry.host, entry.port) == ("reports-peers.default.svc.cluster.local", 9001)
+    assert "name: reports-peers" in manifest and "clusterIP: None" in manifest
+    assert re.search(r"name: FOLLOWTHELEADER_SECRET\n\s+valueFrom:\n\s+secretKeyRef:", manifest)
+    with open(os.path.join(EXAMPLES, "docker-compose", "compose.yaml")) as file:
+        compose = file.read()
+    peers = re.search(r"FOLLOWTHELEADER_PEERS: (\S+)", compose)
+    assert peers is not None and parse_peers(peers.group(1), 9001) == (PeerEntry("reports", 9001, "dns:reports"),)
+    with open(os.path.join(EXAMPLES, "kubernetes", "Dockerfile")) as file:
+        entrypoint = json.loads(file.read().split("ENTRYPOINT ", 1)[1].splitlines()[0])
+    command = re.search(r"entrypoint: (\[.*?\])", compose, re.S)
+    assert command is not None
+    secret = tmp_path / "ftl-secret"
+    secret.write_text("s3cret\n")
+    for argv in (entrypoint, json.loads(command.group(1))):
+        argv = [str(secret) if a == "/run/secrets/ftl-secret" else a for a in argv]
+        args, _unknown = _cli._parser().parse_known_args(argv[1 : argv.index("--")])
+        assert args.command == "run" and args.name == "reports" and args.grace == 20
