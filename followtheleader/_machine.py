@@ -77,6 +77,12 @@ class Timing:
         return self.failure_window - 0.2 * self.interval
 
     @property
+    def overdue(self) -> float:
+        """A follower pings its leader when no heartbeat came for this long: one and a half
+        intervals (the leader sends one every interval)."""
+        return 1.5 * self.interval
+
+    @property
     def settle(self) -> float:
         """After start, nobody claims for this long: time to hear of an existing leader."""
         return 2.5 * self.interval
@@ -177,7 +183,14 @@ class _Peer:
     departed: bool = False
     """It stopped cleanly (leave, resign or DNS-SD goodbye): never probed."""
     renewed_at: float | None = None
-    """(As leader) when its last ping as this node's follower arrived."""
+    """(As leader) the greatest lease mark it echoed as this node's follower."""
+    echoed_at: float | None = None
+    """(As leader) when its latest datagram echoing a lease mark of this node arrived ..."""
+    echo_lag: float = 0.0
+    """... and how old that mark was then: more than two intervals means it does not hear
+    this leader's heartbeats while this leader hears it (a one-way fault)."""
+    acked_version: int = -1
+    """(As leader) the member-list version it holds, from its latest ack or ping."""
     probed_since: float | None = None
     """(As leader) when it started probing this peer, which it has never heard from."""
 
@@ -210,6 +223,10 @@ class Machine:
     settle_until: float = 0.0
     next_ping_at: float = 0.0
     lease_until: float | None = None
+    """As leader: the end of the lease that followers renew by echoing lease marks."""
+    awake_until: float = 0.0
+    """As leader: the end of the lease this node renews at each of its own ticks; it lapses
+    when the process was paused or starved of CPU for longer than the lease."""
     resigned_until: float = 0.0
     members_version: int = 0
     """As leader: version of the live member list. Otherwise: version of the list held."""
@@ -276,8 +293,12 @@ class Machine:
         return self._flush()
 
     def tick(self, now: float) -> list[Action]:
-        """Timers: failure detection, lease, claims and periodic pings."""
+        """Timers: failure detection, lease, claims, heartbeats and periodic pings."""
         self._expire(now)
+        if self.state is State.LEADER:
+            # Still leading after _expire: the lease has not lapsed, so this node has been
+            # awake since its last tick; only a tick renews this part of the lease.
+            self.awake_until = now + self.timing.lease
         if self.state is State.ELECTING:
             self._claim_if_best(now)
         if self.state is State.FOLLOWER and self.leader is not None:
@@ -307,6 +328,8 @@ class Machine:
         handler = {
             "ping": self._on_ping,
             "pong": self._on_pong,
+            "beat": self._on_beat,
+            "ack": self._on_ack,
             "claim": self._on_claim,
             "resign": self._on_resign,
             "leave": self._on_leave,
@@ -385,9 +408,7 @@ class Machine:
 
     def is_leader(self, now: float) -> bool:
         """True while leading with a lease that has not run out."""
-        if self.state is not State.LEADER or not self.confirmed:
-            return False
-        if self.lease_until is not None and now >= self.lease_until:
+        if self.state is not State.LEADER or not self.confirmed or now >= self._lease_end(now):
             return False
         quorum_until = self._quorum_until()
         return quorum_until is None or now < quorum_until
@@ -417,7 +438,7 @@ class Machine:
         deadlines = [self.next_ping_at]
         if self.state is State.LEADER:
             quorum_due = self._quorum_until() if self.confirmed else self.claimed_at + self.timing.failure_window
-            deadlines.extend(t for t in (self.lease_until, quorum_due) if t is not None)
+            deadlines.extend(t for t in (self._lease_end(self._last_now), quorum_due) if t is not None)
         elif self.state is State.FOLLOWER and self.leader is not None:
             deadlines = [self._follower_ping_due()]
             heard = self._leader_peer().last_heard
@@ -444,21 +465,36 @@ class Machine:
     def _on_ping(self, message: Message, sender: Member, now: float) -> None:
         if message.role is State.LEADER:
             self._direct_from_leader(sender, message.term, now, message.boot)
-        elif self.state is State.LEADER and message.leader == self.me.node_id and message.term == self.term:
-            self._renew_lease(self.peers[sender.node_id], message.lease_mark, now)
-        if self.state is State.LEADER:
-            self.peers[sender.node_id].live_until = now + self.timing.failure_window
-            if sender.node_id not in self._live_ids:  # a ping of a live member changes nothing
-                self._refresh_live_members(now)
+        else:
+            self._from_follower(message, sender, now)
         self._send(self._pong(message.members_version, now), sender)
+
+    def _on_ack(self, message: Message, sender: Member, now: float) -> None:
+        """A follower answers a heartbeat (beat, pong or claim) of the leader it names."""
+        if self.state is State.LEADER and message.leader == self.me.node_id and message.term == self.term:
+            self._from_follower(message, sender, now)
+        else:  # it takes this node for its leader, wrongly: the pong says what this node is
+            self._send(self._pong(message.members_version, now), sender)
+
+    def _from_follower(self, message: Message, sender: Member, now: float) -> None:
+        """As leader: a ping or ack from ``sender``; one that names this leadership renews the
+        lease with the mark it echoes, and any one keeps the sender a live member."""
+        if self.state is not State.LEADER:
+            return
+        peer = self.peers[sender.node_id]
+        if message.leader == self.me.node_id and message.term == self.term:
+            self._renew_lease(peer, message.lease_mark, now)
+            peer.acked_version = message.members_version
+        peer.live_until = now + self.timing.failure_window
+        if sender.node_id not in self._live_ids:  # a datagram of a live member changes nothing
+            self._refresh_live_members(now)
+
+    def _on_beat(self, message: Message, sender: Member, now: float) -> None:
+        self._from_leader(message, sender, now)
 
     def _on_pong(self, message: Message, sender: Member, now: float) -> None:
         if message.role is State.LEADER:
-            self._direct_from_leader(sender, message.term, now, message.boot)
-            if self.state is State.FOLLOWER and self.leader is not None and self.leader.node_id == sender.node_id:
-                self.leader_mark = max(self.leader_mark, message.lease_mark)
-                self._measure_round_trip(now)
-                self._take_members(message, sender, now)
+            self._from_leader(message, sender, now, measure=True)
         else:
             if message.leader_member is not None and message.leader is not None:
                 self._note_live_leader(message, now)
@@ -467,10 +503,18 @@ class Machine:
                 self._merge_candidates(message.members, sender, now)
 
     def _on_claim(self, message: Message, sender: Member, now: float) -> None:
+        self._from_leader(message, sender, now)
+
+    def _from_leader(self, message: Message, sender: Member, now: float, measure: bool = False) -> None:
+        """A beat, pong or claim of a leader: follow it or compare; a follower of it takes its
+        member list and acks, echoing the lease mark."""
         self._direct_from_leader(sender, message.term, now, message.boot)
         if self.state is State.FOLLOWER and self.leader is not None and self.leader.node_id == sender.node_id:
             self.leader_mark = max(self.leader_mark, message.lease_mark)
+            if measure:
+                self._measure_round_trip(now)
             self._take_members(message, sender, now)
+            self._send(self._message("ack", now), sender)
 
     def _on_resign(self, message: Message, sender: Member, now: float) -> None:
         peer = self.peers[sender.node_id]
@@ -502,17 +546,17 @@ class Machine:
     def _direct_from_leader(self, leader: Member, term: int, now: float, boot: int) -> None:
         """``leader`` itself (of run ``boot``) says it leads with ``term``: follow it, or make
         it step down."""
+        theirs = FencingToken(term, leader.priority, leader.node_id, boot)
         if self.state is State.LEADER:
-            if (term, leader.rank) > (self.term, self.me.rank):
+            if self.token is None or theirs > self.token:  # rivals: the greater token remains
                 self._follow(leader, term, now, "a better leader was found", boot)
             else:
                 self._send(self._message("claim", now, with_members=True), leader)
         elif self.state is State.FOLLOWER and self.leader is not None:
-            current = (self.term, self.leader.rank)
             if leader.node_id == self.leader.node_id:
-                if term != self.term:
+                if term != self.term or boot != self.leader_boot:
                     self._follow(leader, term, now, "leader started a new term", boot)
-            elif (term, leader.rank) > current and not self._leader_alive(now):
+            elif (self.token is None or theirs > self.token) and not self._leader_alive(now):
                 old = self.leader
                 self._follow(leader, term, now, "a better leader was found", boot)
                 self._send(self._message("leave", now), old)
@@ -590,8 +634,10 @@ class Machine:
             k for k, p in self.peers.items() if not p.dead and p.last_heard is not None and now - p.last_heard < window
         }
         self.lease_until = now + self.timing.lease if recent else None
+        self.awake_until = now + self.timing.lease
         for peer in self.peers.values():
-            peer.renewed_at = None
+            peer.renewed_at = peer.echoed_at = None
+            peer.acked_version = -1
         self.claimed_at = now
         # In quorum mode the claim is announced (``leader`` event, is_leader True) only once a
         # majority has followed it: a node that lost only its own link to a live leader claims
@@ -647,9 +693,13 @@ class Machine:
                     self._start_electing(now, "no quorum followed the claim", wait=self.timing.settle, quiet=True)
             elif quorum_until is not None and now >= quorum_until:
                 self._start_electing(now, "lost the quorum", wait=self.timing.settle)
-            elif self.lease_until is not None and now >= self.lease_until:
+            elif now >= self._lease_end(now):
                 self.resigned_until = 0.0
-                self._start_electing(now, "lost contact with every follower", wait=self.timing.settle)
+                if now >= self.awake_until:
+                    reason = f"lease lapsed: paused or starved for {now - self.awake_until + self.timing.lease:.2f} s"
+                else:
+                    reason = "followers stopped hearing this leader"
+                self._start_electing(now, reason, wait=self.timing.settle)
             elif now > self._live_recheck_at:
                 self._refresh_live_members(now)  # a member's time ran out
         elif self.state is State.FOLLOWER and self.leader is not None:
@@ -836,8 +886,23 @@ class Machine:
                 if not peer.dead:
                     self._ping(peer, now)
         elif self.state is State.LEADER:
+            self._send_beats(now)
             self._probe_lost_peers(now)
         self._ping_listed(now)
+
+    def _send_beats(self, now: float) -> None:
+        """As leader, every interval: a heartbeat to every live member, with the member list
+        for those that do not hold its current version. The two messages are built once, so
+        the elector encodes each once (unless stamps must name each receiver)."""
+        short = self._message("beat", now)
+        full: Message | None = None
+        for node_id in self._live_ids:
+            peer = self.peers[node_id]
+            if peer.acked_version == self.members_version:
+                self._send(short, peer.member)
+            else:
+                full = full or self._message("beat", now, with_members=True)
+                self._send(full, peer.member)
 
     def _probe_lost_peers(self, now: float) -> None:
         """As leader: ping peers that are not live members, so that rival leaders meet.
@@ -889,7 +954,13 @@ class Machine:
         # A retry waits for three smoothed round trips at least: on a loaded host pongs come
         # late, and retrying at once would only add load.
         retry = min(self.timing.interval, max(self.timing.retry, 3.0 * self.round_trip))
-        return peer.last_ping + (retry if peer.pinged_since is not None else self.timing.interval)
+        if peer.pinged_since is not None:
+            return peer.last_ping + retry
+        if peer.member.npm:  # it sends no heartbeats: it answers pings
+            return peer.last_ping + self.timing.interval
+        # Our leader sends a heartbeat every interval; ping it only when one is overdue.
+        heard = peer.last_heard if peer.last_heard is not None else peer.last_ping
+        return max(heard + self.timing.overdue, peer.last_ping + retry)
 
     def _sees_majority(self, now: float) -> bool:
         """Quorum mode: this node and the peers heard within the failure window are a majority."""
@@ -907,9 +978,35 @@ class Machine:
             return
         self.lease_until = max(self.lease_until or 0.0, mark + self.timing.lease)
         peer.renewed_at = max(peer.renewed_at or 0.0, mark)
+        peer.echoed_at = now
+        peer.echo_lag = now - peer.renewed_at
         if not self.confirmed and (self._quorum_until() or 0.0) > now:
             self.confirmed = True  # a majority follows: announce the leadership now
             self._set_state(State.LEADER, now, "claimed leadership with a quorum", force=True)
+
+    def _lease_end(self, now: float) -> float:
+        """As leader: when ``is_leader`` turns False unless the lease is renewed first.
+
+        Without quorum, the lease is renewed by this node's own ticks (:attr:`awake_until`):
+        followers that fall silent may have crashed, and a leader awake all along leads on
+        (if they were cut off instead, each side leads, as in any partition). It lapses when
+        the ticks stop (a pause), and it is cut back to what followers renew by echoing lease
+        marks (:attr:`lease_until`) as soon as one of them shows that it no longer hears
+        this leader: it would give up on it, and elect, when that runs out.
+        In quorum mode the echoes are the lease, and the quorum's own check comes on top.
+        """
+        end = self.awake_until
+        if self.quorum is not None or self._deaf_follower(now):
+            end = min(end, self.lease_until if self.lease_until is not None else end)
+        return end
+
+    def _deaf_follower(self, now: float) -> bool:
+        """As leader: a follower that spoke within the failure window echoed a lease mark more
+        than two intervals old: this node hears it, but it does not hear this node."""
+        window, late = self.timing.failure_window, 2 * self.timing.interval
+        return any(
+            p.echoed_at is not None and now - p.echoed_at < window and p.echo_lag > late for p in self.peers.values()
+        )
 
     def _quorum_until(self) -> float | None:
         """Quorum mode, as leader: when the majority renewed by follower pings runs out."""
@@ -960,13 +1057,13 @@ class Machine:
         state = role or self.state
         if leader is None and self.leader is not None:
             leader = self.leader.node_id
-            if self.state is State.FOLLOWER and kind != "ping":  # a ping's receiver never uses it
+            if self.state is State.FOLLOWER and kind not in ("ping", "ack"):  # the leader's own
                 leader_member = self.leader
         if term is None:
             term = self._told_term()
         if self.state is State.LEADER:
             mark = now  # a follower echoes it back; only that renews the lease
-        elif self.state is State.FOLLOWER and kind == "ping":
+        elif self.state is State.FOLLOWER and kind in ("ping", "ack"):
             mark = self.leader_mark
         else:
             mark = 0.0

@@ -50,7 +50,7 @@ MAX_MEMBERS = 256
 """A member list longer than this is malformed."""
 NPM_PING = b"PING"
 NPM_PONG = b"PONG"
-KINDS = ("ping", "pong", "claim", "resign", "leave")
+KINDS = ("ping", "pong", "beat", "ack", "claim", "resign", "leave")
 ANYONE = "*"
 """The receiver of a ping sent to an address whose node is not known yet (unicast mode): in
 an authenticated group it is answered, never taken as proof that its sender lives."""
