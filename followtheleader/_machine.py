@@ -827,8 +827,9 @@ class Machine:
     def on_addresses(self, addresses: Iterable[tuple[str, int]], now: float) -> list[Action]:
         """Unicast mode: nodes of the group may be at these addresses (the whole current list).
 
-        Addresses no longer listed are not pinged any more, and the peers there that are not
-        live are taken as departed (a replica removed from a DNS name).
+        Addresses no longer listed are not pinged any more. A candidate or leader (which hears
+        from every live peer) takes the silent peers there as departed: a replica removed
+        from a DNS name is no longer probed.
         """
         if self.state is State.STOPPED:
             return []
@@ -837,7 +838,8 @@ class Machine:
         for address in [a for a in self.listed if a not in current]:
             del self.listed[address]
             for peer in self.peers.values():
-                if peer.member.address == address and not self._answers(peer, now):
+                silent = self.state is not State.FOLLOWER and not self._answers(peer, now)
+                if peer.member.address == address and silent:
                     peer.dead = peer.departed = True
         for host, port in current:
             self.listed.setdefault((host, port), _Peer(Member(ANYONE, 0, host, port)))
