@@ -147,6 +147,29 @@ def test_partition_heals_within_a_second(
     check_pairing(cluster.all_events())
 
 
+def test_quorum_mode_with_a_secret(no_multicast: Lab, cluster: Cluster, hosts: list[Host]) -> None:
+    """A leader cut off alone loses the quorum; the majority elects; the minority never claims."""
+    start(cluster, hosts[:3], [{"peers": listed(hosts[:3]), "quorum": 3, "secret": SECRET}] * 3)
+    assert cluster.wait_agreement().leader == "node-2"
+    no_multicast.set_faults(partition=(["n2"], ["n0", "n1"]))
+    old = cluster.process_of("node-2")
+    cluster.wait(lambda: any(e["kind"] == "reelection" for e in old.events()), 10, "old leader loses the quorum")
+    assert old.events()[-1]["reason"] == "lost the quorum"
+
+    def majority_leads() -> bool:
+        roles = cluster.roles_locked()
+        return roles["node-1"].kind == "leader" and (roles["node-0"].kind, roles["node-0"].leader) == (
+            "follower",
+            "node-1",
+        )
+
+    cluster.wait(majority_leads, 10, "the majority side elects")
+    assert cluster.wait_quiet(3.0) == []  # the minority side of one never claims
+    assert cluster.leader_overlap() == 0
+    no_multicast.set_faults()
+    assert cluster.wait_agreement(timeout=10).leader == "node-1"
+
+
 def test_dns_name_whose_record_set_changes(no_multicast: Lab, cluster: Cluster, hosts: list[Host]) -> None:
     """Replicas behind one DNS name: a newcomer joins through it, a name seen again later is
     followed (re-resolution), an unresolvable name is an error event and is tried again."""
@@ -303,3 +326,22 @@ def test_cli_elect_and_status_with_peers(no_multicast: Lab, cluster: Cluster, ho
     assert bad.returncode == 2 and "from 1 to 65535" in bad.stderr, bad.stderr
     nameless = hosts[5].run(cli("status", "--peers", peers), check=False)
     assert nameless.returncode == 2 and "needs the group NAME" in nameless.stderr, nameless.stderr
+
+
+def test_two_electors_over_ipv6_loopback(local: Any) -> None:
+    """Bracketed IPv6 entries: the heartbeat socket goes dual-stack, each lists both."""
+    peers = ["[::1]:47121", "[::1]:47122"]
+    first = elect("six", peers=peers, port=47121, node_id="a-six", interval=0.05)
+    second = elect("six", peers=peers, port=47122, node_id="b-six", interval=0.05)
+    assert first.options.host == "::"
+    followed = threading.Event()
+    second.on("follower", lambda event: followed.set())
+    try:
+        local(first.start)
+        assert first.wait_for_leader(5) is not None and first.is_leader  # alone: it leads
+        local(second.start)
+        assert followed.wait(5)  # it found the leader through the listed address
+        assert second.leader is not None and second.leader.node_id == "a-six"
+        assert second.leader.host == "::1" and first.is_leader
+    finally:
+        assert second.stop() and first.stop()
