@@ -44,7 +44,7 @@ from ._logs import RateLimitedWarning
 from ._machine import Action, Machine, Notify, NpmPing, Publish, Send, Timing
 from ._model import Event, FencingToken, Member, State
 from ._options import Options, parse_options
-from ._peers import PeerDirectory, PeerSource
+from ._peers import PeerDirectory, PeerSource, is_local_address
 from ._wire import ANYONE, NPM_PING, NPM_PONG, Message, PeerRecord, decode_datagram, encode_message
 
 __all__ = ["Elector", "elect"]
@@ -497,6 +497,11 @@ class Elector:
             if refusal is not None:
                 self._warn("replayed", "dropped a %s heartbeat datagram from %s:%s", refusal, *source)
                 return None
+        if message.sender == self.node_id and not (source[1] == self.port and is_local_address(source[0])):
+            # Our own id from elsewhere: a replayed copy of one of our pings (or a node with
+            # our id); it must not make us take that address for our own.
+            self._warn("replayed", "dropped a datagram in this node's name from %s:%s", *source)
+            return None
         if message.sender == self.node_id or (stamp is not None and stamp.to == ANYONE):
             # A ping to whoever is at an address (unicast mode), or one of this node's own:
             # answered, never taken as proof of life (a copy may be replayed to any node).

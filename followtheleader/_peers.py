@@ -37,6 +37,7 @@ __all__ = [
     "PeerDirectory",
     "PeerEntry",
     "PeerSource",
+    "is_local_address",
     "parse_peers",
 ]
 
@@ -155,6 +156,17 @@ def _parse_entry(text: str, default_port: int) -> PeerEntry:
         if not 1 <= port <= 65535:
             raise ValueError(f"option 'peers' holds {text!r}, whose port must be from 1 to 65535, not {port}")
     return PeerEntry(host, port, text)
+
+
+def is_local_address(host: str) -> bool:
+    """True if ``host`` is an address of this host (a socket can be bound to it)."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((host, 0))
+    except OSError:
+        return False
+    return True
 
 
 class PeerDirectory:

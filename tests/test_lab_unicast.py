@@ -328,6 +328,26 @@ def test_cli_elect_and_status_with_peers(no_multicast: Lab, cluster: Cluster, ho
     assert nameless.returncode == 2 and "needs the group NAME" in nameless.stderr, nameless.stderr
 
 
+def test_own_ping_replayed_from_elsewhere_is_dropped(lab: Lab, local: Any) -> None:
+    """A node's own ping to ANYONE, captured at a listed address and replayed at the node from
+    there, is dropped: it must not make the node take that address for its own."""
+    me, other = lab.hosts["local"].address, lab.hosts["n9"].address
+    elector = elect("own", peers=[f"{other}:9001"], port=47131, host=me, secret=SECRET, interval=0.05)
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "unicast_replay.py")
+    replayer = lab.hosts["n9"].popen(
+        [sys.executable, script, "own", SECRET, me, "47131"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        local(elector.start)
+        output, _ = replayer.communicate(timeout=20)
+        assert output.strip() == "pong"  # the probe after the replay was answered
+        assert elector.counters.get("replayed") == 1, elector.counters
+        assert (other, 9001) not in elector._machine.own_addresses
+        assert elector.is_leader  # alone (nobody at the listed address), and unmoved
+    finally:
+        assert elector.stop()
+
+
 def test_two_electors_over_ipv6_loopback(local: Any) -> None:
     """Bracketed IPv6 entries: the heartbeat socket goes dual-stack, each lists both."""
     peers = ["[::1]:47121", "[::1]:47122"]
