@@ -62,6 +62,7 @@ def elect(*args: Any, **kwargs: Any) -> Elector:
 
         elect("MyService")
         elect("MyService", priority=10, interval=0.1)
+        elect("MyService", peers="dns:myservice-peers.default.svc.cluster.local")  # no multicast
         elect({"name": "MyService", "maxFailedResponses": 5})
 
     :raises TypeError: for a missing name, an unknown option or a value of the wrong type.
