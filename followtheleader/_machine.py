@@ -14,14 +14,20 @@ How an election goes (see ``docs/how-it-works.rst``):
   term = greatest term seen + 1 and sends ``claim`` to every peer it knows. The others keep
   pinging their best candidate; a candidate that stays silent for the failure window is
   dead, and the next one down the ranking becomes the one to wait for (or to claim).
-* A follower pings its leader every ``interval``. The pong carries the leader's member list
-  (only when it changed). When the leader has not answered for the failure window, the
-  follower starts electing at once, without a settle window: the best-ranked live member of
-  that list claims, the others wait for its claim.
-* A leader's lease is renewed by every ping of a follower. When no follower has pinged for
-  the lease (shorter than the followers' failure window by more than one interval), the
-  leader demotes itself before any follower can have given up on it; ``is_leader`` reads
-  False from that moment, even if the process was paused.
+* A leader sends a ``beat`` to every follower on its own tick, every ``interval``; it carries
+  the leader's clock (the lease mark) and, for a follower that does not hold its current
+  version, the member list. Each follower answers with an ``ack`` that echoes the mark, and
+  pings its leader only when a beat is overdue. When no beat (nor pong) has come for the
+  failure window, the follower starts electing at once, without a settle window: the
+  best-ranked live member of that list claims, the others wait for its claim.
+* A leader's lease runs a little shorter than the followers' failure window. Its own ticks
+  renew it: a leader awake all along leads on when its followers fall silent (they may have
+  crashed; if they were cut off, each side leads, as in any partition without quorum). A
+  paused or starved leader misses its ticks, so the lease lapses and ``is_leader`` reads
+  False before any follower can have given up on it. When a follower shows that it does not
+  hear the leader (its pings echo a mark over two intervals old: a one-way fault), the lease
+  is cut back to what the echoed marks renew, so the leader demotes before that follower
+  gives up and elects. In quorum mode the echoes of a majority are the lease.
 * A leader that stops or resigns sends ``resign`` first; its followers elect at once and the
   successor claims within one message.
 * Two leaders that learn of each other compare (term, priority, node id); the lesser steps
@@ -62,17 +68,16 @@ class Timing:
 
     @property
     def lease(self) -> float:
-        """A leader demotes itself this long after the latest lease mark a follower echoed.
+        """How long a leader's lease runs from its last renewal.
 
-        A lease mark is the leader's own clock when it sent a pong; a follower echoes the
-        mark of the last pong it received in its next ping, so only pongs that arrived renew
-        the lease. The lease ends at (greatest echoed mark + lease). A follower gives up at
-        (its last pong received + failure window). When the leader stops answering at time
-        t, the echoed marks are at most about t - interval (an echo travels with the next
-        ping, an interval later), and every follower's last pong was sent at least at about
-        t - interval (it pings every interval). So a lease shorter than the failure window
-        ends before any follower gives up; the fifth of an interval between them covers
-        timer jitter.
+        A follower gives up at (the last heartbeat it received + failure window), and the
+        leader's clock when it sent that heartbeat is no later than its renewal: a renewal
+        by its own tick comes with the beats it sends on that tick; a renewal by an echoed
+        lease mark is the mark itself, the leader's clock when it sent a heartbeat that
+        arrived. So a lease shorter than the failure window ends before any follower that
+        heard that heartbeat gives up; the fifth of an interval between them covers timer
+        jitter. (A follower that missed the latest beats says so with a stale mark in its
+        pings, and the lease is then the echoed one: see ``Machine._lease_end``.)
         """
         return self.failure_window - 0.2 * self.interval
 
@@ -158,6 +163,9 @@ class Notify:
 
 
 Action = Send | NpmPing | Publish | Notify
+
+_HANDLERS = {kind: f"_on_{kind}" for kind in ("ping", "pong", "beat", "ack", "claim", "resign", "leave")}
+"""The method of :class:`Machine` that handles each kind of message."""
 
 
 def npm_member(host: str, port: int) -> Member:
@@ -251,6 +259,8 @@ class Machine:
     electing), None before any."""
     _last_now: float = 0.0
     """The time of the latest input, so that passed deadlines are not asked for again."""
+    _lagging: set[str] = field(default_factory=set)
+    """As leader: the followers whose latest echo was of a mark over two intervals old."""
     _live_ids: frozenset[str] = frozenset()
     _live_recheck_at: float = float("inf")
     """As leader: when the live member with the earliest expiry runs out, unless it pings again."""
@@ -325,16 +335,7 @@ class Machine:
         ):
             self._start_electing(now, "leader stepped down", wait=self.timing.confirm)  # it says so itself
         self._heard(sender, now)
-        handler = {
-            "ping": self._on_ping,
-            "pong": self._on_pong,
-            "beat": self._on_beat,
-            "ack": self._on_ack,
-            "claim": self._on_claim,
-            "resign": self._on_resign,
-            "leave": self._on_leave,
-        }[message.kind]
-        handler(message, sender, now)
+        getattr(self, _HANDLERS[message.kind])(message, sender, now)
         if self.state is State.ELECTING:
             self._claim_if_best(now)
         return self._flush()
@@ -638,6 +639,7 @@ class Machine:
         for peer in self.peers.values():
             peer.renewed_at = peer.echoed_at = None
             peer.acked_version = -1
+        self._lagging.clear()
         self.claimed_at = now
         # In quorum mode the claim is announced (``leader`` event, is_leader True) only once a
         # majority has followed it: a node that lost only its own link to a live leader claims
@@ -982,6 +984,10 @@ class Machine:
         peer.renewed_at = max(peer.renewed_at or 0.0, mark)
         peer.echoed_at = now
         peer.echo_lag = now - peer.renewed_at
+        if peer.echo_lag > 2 * self.timing.interval:
+            self._lagging.add(peer.member.node_id)
+        else:
+            self._lagging.discard(peer.member.node_id)
         if not self.confirmed and (self._quorum_until() or 0.0) > now:
             self.confirmed = True  # a majority follows: announce the leadership now
             self._set_state(State.LEADER, now, "claimed leadership with a quorum", force=True)
@@ -1005,10 +1011,12 @@ class Machine:
     def _deaf_follower(self, now: float) -> bool:
         """As leader: a follower that spoke within the failure window echoed a lease mark more
         than two intervals old: this node hears it, but it does not hear this node."""
-        window, late = self.timing.failure_window, 2 * self.timing.interval
-        return any(
-            p.echoed_at is not None and now - p.echoed_at < window and p.echo_lag > late for p in self.peers.values()
-        )
+        for node_id in list(self._lagging):
+            peer = self.peers.get(node_id)
+            if peer is not None and peer.echoed_at is not None and now - peer.echoed_at < self.timing.failure_window:
+                return True
+            self._lagging.discard(node_id)  # gone, or silent since: it no longer counts
+        return False
 
     def _quorum_until(self) -> float | None:
         """Quorum mode, as leader: when the majority renewed by follower pings runs out."""
