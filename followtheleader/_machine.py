@@ -41,10 +41,11 @@ How an election goes (see ``docs/how-it-works.rst``):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ._model import Event, FencingToken, Member, State
-from ._wire import MAX_MEMBERS, Message, PeerRecord
+from ._wire import ANYONE, MAX_MEMBERS, Message, PeerRecord
 
 __all__ = ["Machine", "Notify", "NpmPing", "Publish", "Send", "Timing", "npm_member"]
 
@@ -272,6 +273,10 @@ class Machine:
     _live_recheck_at: float = float("inf")
     """As leader: when the live member with the earliest expiry runs out, unless it pings again."""
     _actions: list[Action] = field(default_factory=list)
+    listed: dict[tuple[str, int], _Peer] = field(default_factory=dict)
+    """Unicast mode: the listed addresses (see :meth:`on_addresses`), as placeholder peers."""
+    own_addresses: set[tuple[str, int]] = field(default_factory=set)
+    """Unicast mode: listed addresses that turned out to be this node's own."""
 
     # ----------------------------------------------------------------- inputs
 
@@ -842,6 +847,68 @@ class Machine:
         if self.npm is not None and due is not None and now >= due and not self._probe(self.npm, now):
             self.npm = None
 
+    # ----------------------------------------------------------------- unicast mode: listed addresses
+    # A peer list or DNS name gives addresses, not node ids. A candidate or leader pings every
+    # listed address where no live peer is known, on the lost-peer probing schedule, addressed
+    # to ANYONE; whoever is there answers with a pong that names it, and from then on it is an
+    # ordinary peer. A ping addressed to ANYONE is never proof of life (in an authenticated
+    # group a copy of it may be replayed to any node): it only gets a pong back.
+
+    def on_addresses(self, addresses: Iterable[tuple[str, int]], now: float) -> list[Action]:
+        """Unicast mode: nodes of the group may be at these addresses (the whole current list).
+
+        Addresses no longer listed are not pinged any more. A candidate or leader (which hears
+        from every live peer) takes the silent peers there as departed: a replica removed
+        from a DNS name is no longer probed.
+        """
+        if self.state is State.STOPPED:
+            return []
+        self._expire(now)
+        current = set(addresses)
+        for address in [a for a in self.listed if a not in current]:
+            del self.listed[address]
+            for peer in self.peers.values():
+                silent = self.state is not State.FOLLOWER and not self._answers(peer, now)
+                if peer.member.address == address and silent:
+                    peer.dead = peer.departed = True
+        for host, port in current:
+            self.listed.setdefault((host, port), _Peer(Member(ANYONE, 0, host, port)))
+        self._ping_listed(now)
+        return self._flush()
+
+    def on_address_ping(self, message: Message, source: tuple[str, int], now: float) -> list[Action]:
+        """A ping addressed to ANYONE (or any datagram of this node's own) came from ``source``.
+
+        A datagram of this node's own means that a listed address is this node's. Otherwise
+        the sender learns who is here from the pong; nothing else changes here.
+        """
+        if self.state is State.STOPPED or message.group != self.group or message.kind != "ping":
+            return []
+        if message.sender == self.me.node_id:
+            self.own_addresses.add(source)
+            return []
+        self._expire(now)
+        self._send(self._pong(message.members_version, now), Member(message.sender, message.priority, *source))
+        return self._flush()
+
+    def _answers(self, peer: _Peer, now: float) -> bool:
+        """``peer`` was heard within the failure window (its address needs no ping of ANYONE)."""
+        return not peer.dead and peer.last_heard is not None and now - peer.last_heard < self.timing.failure_window
+
+    def _ping_listed(self, now: float) -> None:
+        """A candidate or leader pings the listed addresses where no live peer is known."""
+        if self.state not in (State.ELECTING, State.LEADER) or not self.listed:
+            return
+        known = {p.member.address for p in self.peers.values() if self._answers(p, now)}
+        for address, spot in self.listed.items():
+            if address in known or address in self.own_addresses:
+                spot.probed_since = spot.last_ping = None  # when it falls silent: probed fast again
+                continue
+            if spot.probed_since is None:
+                spot.probed_since = now
+            if not self._probe(spot, now):
+                spot.probed_since = now  # listed addresses are never forgotten: start over
+
     # ----------------------------------------------------------------- output
 
     def _send_pings(self, now: float) -> None:
@@ -853,6 +920,7 @@ class Machine:
         elif self.state is State.LEADER:
             self._send_beats(now)
             self._probe_lost_peers(now)
+        self._ping_listed(now)
 
     def _send_beats(self, now: float) -> None:
         """As leader, every interval: a heartbeat to every live member, with the member list

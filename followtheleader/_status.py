@@ -14,6 +14,10 @@ handler (on the browser thread) only puts the instance names it sees into a queu
    answers, the other members are asked (a few at most). The probe pings as a node in state
    ``electing`` with the lowest priority, so it is never a candidate for anything.
 
+With a peer list (``--peers``, unicast mode) there are no records: each listed address is
+pinged as in step 2, a follower's pong names the leader to ask, and the leader's pong gives
+the members (:func:`survey_peers`).
+
 Records of an authenticated group (they carry a ``mac``) are listed, but neither their tags
 are checked nor is their leader probed (``status`` has no secret; the leader would drop and
 log an unauthenticated ping): such a group is shown as not checked.
@@ -41,7 +45,7 @@ from zeroconf import (
 
 from ._console import format_token
 from ._model import FencingToken, Member, State
-from ._wire import MAX_DATAGRAM, Message, PeerRecord, decode_message, decode_txt, encode_message
+from ._wire import ANYONE, MAX_DATAGRAM, Message, PeerRecord, decode_message, decode_txt, encode_message
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -52,6 +56,7 @@ __all__ = [
     "format_table",
     "probe",
     "survey",
+    "survey_peers",
     "to_json",
 ]
 
@@ -166,7 +171,10 @@ def browse(service_type: str, timeout: float) -> list[SeenRecord]:
 
 
 def probe(group: str, member: Member, timeout: float = PING_TIMEOUT) -> Message | None:
-    """Ping ``member`` of ``group`` at its heartbeat port; its pong, or None without answer."""
+    """Ping ``member`` of ``group`` at its heartbeat port; its pong, or None without answer.
+
+    A member whose node id is :data:`ANYONE` (a listed address) may answer with any id.
+    """
     family = socket.AF_INET6 if ":" in member.host else socket.AF_INET
     ping = encode_message(Message("ping", group, PROBE_ID, PROBE_PRIORITY, State.ELECTING, 0))
     leave = encode_message(Message("leave", group, PROBE_ID, PROBE_PRIORITY, State.ELECTING, 0))
@@ -188,7 +196,9 @@ def probe(group: str, member: Member, timeout: float = PING_TIMEOUT) -> Message 
             except OSError:  # e.g. ICMP port unreachable from an earlier ping
                 continue
             message = decode_message(data)
-            if message is None or message.kind != "pong" or message.sender != member.node_id or message.group != group:
+            if message is None or message.kind != "pong" or message.group != group:
+                continue
+            if member.node_id not in (ANYONE, message.sender):
                 continue
             with contextlib.suppress(OSError):
                 sock.sendto(leave, member.address)  # the leader forgets this probe at once
@@ -218,6 +228,31 @@ def survey(service_type: str, timeout: float, name: str | None = None, ping: boo
     return [
         _group_view(group, list(records.values()), ping, group in signed) for group, records in sorted(by_group.items())
     ]
+
+
+def survey_peers(group: str, addresses: Iterable[tuple[str, int]]) -> GroupView:
+    """Group ``group`` as its nodes at ``addresses`` (a peer list, unicast mode) describe it."""
+    to_ask = [Member(ANYONE, 0, host, port) for host, port in addresses]
+    asked: set[tuple[str, int]] = set()
+    unanswered: list[str] = []
+    seen: dict[str, MemberView] = {}
+    most = len(to_ask) + _MAX_PINGS_PER_GROUP  # every listed address, and a few leaders they name
+    while to_ask and len(asked) < most:
+        member = to_ask.pop(0)
+        if member.address in asked:
+            continue
+        asked.add(member.address)
+        pong = probe(group, member)
+        if pong is None:
+            unanswered.append(f"{member.host}:{member.port}")
+            continue
+        answering = Member(pong.sender, pong.priority, member.host, member.port)
+        if pong.role is State.LEADER:
+            return _confirmed(group, answering, pong, {}, tuple(unanswered))
+        seen[pong.sender] = MemberView(pong.sender, pong.priority, member.host, member.port, pong.role.value, pong.term)
+        if pong.leader_member is not None and pong.leader_member.host:
+            to_ask.insert(0, pong.leader_member)  # it follows a leader: ask that one next
+    return GroupView(group, None, None, False, _ranked(seen.values()), tuple(unanswered))
 
 
 def _group_view(group: str, records: list[PeerRecord], ping: bool, authenticated: bool) -> GroupView:
