@@ -5,8 +5,11 @@
     gunicorn -c examples/gunicorn.conf.py                      # one node per worker
     FTL_HOST_LOCK=/run/lock/my-app.lock gunicorn -c examples/gunicorn.conf.py   # one per host
 
-The elector starts in each worker after the fork (``post_fork``) and stops in the worker as it
-exits (``worker_exit``). Never in the master: not in ``when_ready`` or ``on_starting``, and
+The elector starts in each worker once the worker is ready (``post_worker_init``) and stops in
+the worker as it exits (``worker_exit``). Not in ``post_fork``: that hook runs before the
+worker installs its own signal handlers, and a SIGTERM that arrives meanwhile (the master
+stopping just as it boots a worker) is lost, so the worker runs on until the master kills it,
+without handing over. Never in the master: not in ``when_ready`` or ``on_starting``, and
 not at import time of an app module with ``preload_app = True``. The master forks every
 worker, and a forked child has no threads but the one that forked: it would inherit an
 elector without threads (and the same node id), and possibly locks held by the master's
@@ -37,8 +40,13 @@ host_lock = os.environ.get("FTL_HOST_LOCK")
 logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
 
 
-def post_fork(server: Arbiter, worker: Worker) -> None:
-    """In each new worker, right after the fork: join the group."""
+def post_worker_init(worker: Worker) -> None:
+    """In each new worker, once its signal handlers are installed: join the group.
+
+    A SIGTERM from now on ends the worker's loop, and ``worker_exit`` then stops the elector.
+    """
+    if not worker.alive:
+        return  # already told to exit
     import gunicorn_app
 
     if host_lock:

@@ -1,9 +1,9 @@
 """A WSGI app for gunicorn with several workers, whose job runs in one worker of the whole group.
 
 Every gunicorn worker is a process of its own, so each one is a node of the group: gunicorn's
-``post_fork`` hook (see ``gunicorn.conf.py``) calls :meth:`Leadership.start` in each worker
-right after the fork, and ``worker_exit`` calls :meth:`Leadership.stop`, so that a worker
-that exits hands leadership over at once. ::
+``post_worker_init`` hook (see ``gunicorn.conf.py``) calls :meth:`Leadership.start` in each
+worker once it has installed its signal handlers, and ``worker_exit`` calls
+:meth:`Leadership.stop`, so that a worker that exits hands leadership over at once. ::
 
     gunicorn -c examples/gunicorn.conf.py
     curl http://localhost:8000/              # this worker's view of the group
@@ -57,7 +57,7 @@ class Leadership:
         self._host_lock: IO[str] | None = None
 
     def start(self) -> None:
-        """Join the group. Call it in the worker, after the fork."""
+        """Join the group. Call it in the worker, after the fork, once its signal handlers are installed."""
         with self._lock:
             if self.elector is not None or self._stopped.is_set():
                 return
