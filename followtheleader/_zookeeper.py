@@ -239,8 +239,10 @@ class ZooKeeperCoordinator(Coordinator):
     def _check_session(self) -> None:
         client = self._client
         client_id = client.client_id if client is not None else None
-        if self._lost or client_id is None or client_id[0] != self._session_id:
+        if self._lost or (client_id is not None and client_id[0] != self._session_id):
             raise SessionLost("the ZooKeeper session expired")
+        if client_id is None:
+            raise CoordinatorError("not connected to ZooKeeper (kazoo is reconnecting)")
 
     def _read_leader(self, client: KazooClient, watch: bool) -> tuple[Leadership, int] | None:
         """The leadership and its znode's data version, or None (then watched for creation)."""
