@@ -72,7 +72,8 @@ class CoordinatedElector(Elector):
         self._session_warn = RateLimitedWarning(log)
 
     def __repr__(self) -> str:
-        return f"<Elector {self.name!r} node_id={self.node_id!r} state={self.state.value} term={self.term} ({self._service})>"
+        state = self.state.value
+        return f"<Elector {self.name!r} node_id={self.node_id!r} state={state} term={self.term} ({self._service})>"
 
     def _open(self) -> None:
         """Start the ticker and the session thread (under the life-cycle lock)."""
@@ -139,7 +140,7 @@ class CoordinatedElector(Elector):
                         rejoin = False
                     sent = time.monotonic()
                     ttl, view = coordinator.renew()
-                    self._feed(lambda now: lease.on_view(sent, ttl, view, now))
+                    self._feed(lambda now, s=sent, t=ttl, v=view: lease.on_view(s, t, v, now))  # type: ignore[misc]
                     if failing:
                         log.warning("%s %s: %s answers again", self.name, self.node_id, self._service)
                         failing, backoff = False, FIRST_BACKOFF

@@ -150,8 +150,10 @@ def parse_coordinator(url: str) -> CoordinatorConfig:
             f"option 'coordinator': {scheme.backend} needs the {scheme.library} package; "
             f"install followtheleader[{scheme.extra}]"
         )
-    shown = url if password is None else url.replace(f":{urllib.parse.quote(password)}@", ":***@").replace(
-        f":{password}@", ":***@"
+    shown = (
+        url
+        if password is None
+        else url.replace(f":{urllib.parse.quote(password)}@", ":***@").replace(f":{password}@", ":***@")
     )
     return CoordinatorConfig(scheme.backend, hosts, prefix, scheme.tls, username, password, query, shown)
 

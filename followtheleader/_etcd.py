@@ -24,6 +24,7 @@ import urllib.parse
 from typing import Any
 
 import etcd3gw
+from etcd3gw.client import DEFAULT_API_PATH
 from etcd3gw.utils import _encode, _increment_last_byte
 
 from ._coordinator import (
@@ -84,6 +85,7 @@ class EtcdCoordinator(Coordinator):
 
     def _make_clients(self) -> None:
         config = self.config
+        api_path = config.setting("api_path")
         self._clients = [
             etcd3gw.Etcd3Client(
                 host=host,
@@ -93,7 +95,7 @@ class EtcdCoordinator(Coordinator):
                 cert_key=config.setting("key"),
                 cert_cert=config.setting("cert"),
                 timeout=self._timeout,
-                **({"api_path": config.setting("api_path")} if config.setting("api_path") else {}),
+                api_path=api_path or DEFAULT_API_PATH,
             )
             for host, port in config.hosts
         ]
@@ -108,7 +110,7 @@ class EtcdCoordinator(Coordinator):
             client = self._clients[index]
             try:
                 result = client.post(client.get_url(path), json=body)
-            except Exception as exc:  # requests' and etcd3gw's errors alike
+            except Exception as exc:  # noqa: BLE001 - requests' and etcd3gw's errors alike: next endpoint
                 errors.append(f"{client.host}:{client.port}: {exc or type(exc).__name__}")
                 continue
             self._current = index
@@ -116,9 +118,7 @@ class EtcdCoordinator(Coordinator):
         raise CoordinatorError("etcd did not answer: " + "; ".join(errors))
 
     def _range(self, prefix: str) -> list[dict[str, Any]]:
-        result = self._post(
-            "/kv/range", {"key": _encode(prefix), "range_end": _encode(_increment_last_byte(prefix))}
-        )
+        result = self._post("/kv/range", {"key": _encode(prefix), "range_end": _encode(_increment_last_byte(prefix))})
         return list(result.get("kvs", []))
 
     # ----------------------------------------------------------------- session
@@ -174,7 +174,9 @@ class EtcdCoordinator(Coordinator):
         key = _encode(self._leader_key)
         txn = {
             "compare": [{"key": key, "result": "EQUAL", "target": "CREATE", "create_revision": "0"}],
-            "success": [{"request_put": {"key": key, "value": _encode(_member_data(self.me)), "lease": self._lease_id}}],
+            "success": [
+                {"request_put": {"key": key, "value": _encode(_member_data(self.me)), "lease": self._lease_id}}
+            ],
             "failure": [],
         }
         result = self._post("/kv/txn", txn)

@@ -16,6 +16,7 @@ only in a log message, so :class:`_GrantedTimeout` reads it from there.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -55,10 +56,8 @@ class _GrantedTimeout(logging.LoggerAdapter):  # type: ignore[type-arg]
 
     def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
         if isinstance(msg, str) and msg.startswith("Session created") and len(args) >= 3:
-            try:
+            with contextlib.suppress(TypeError, ValueError):
                 self.seconds = float(args[2]) / 1000.0  # type: ignore[arg-type]
-            except (TypeError, ValueError):
-                pass
         super().log(level, msg, *args, **kwargs)
 
 
@@ -249,9 +248,9 @@ class ZooKeeperCoordinator(Coordinator):
         try:
             data, stat = self._call(client.get_async(self._leader_path, watch=self._watch if watch else None))
         except _Missing:
-            if watch:  # vacant: be told when someone claims it
-                if self._call(client.exists_async(self._leader_path, watch=self._watch)) is not None:
-                    self._changed.set()  # claimed in between: look again at once
+            # vacant: be told when someone claims it (claimed in between: look again at once)
+            if watch and self._call(client.exists_async(self._leader_path, watch=self._watch)) is not None:
+                self._changed.set()
             return None
         leader = _decode_member(data)
         if leader is None:

@@ -198,7 +198,9 @@ class ServerSet:
             "--logger",
             "zap",
         ]
-        return Server(host, argv, os.path.join(self.dir, f"etcd{index}.log"), lambda: _http_ok(host, ETCD_PORT, "/health"))
+        return Server(
+            host, argv, os.path.join(self.dir, f"etcd{index}.log"), lambda: _http_ok(host, ETCD_PORT, "/health")
+        )
 
     def start(self, timeout: float = 60.0) -> ServerSet:
         for server in self.servers:

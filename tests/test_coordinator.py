@@ -20,13 +20,14 @@ from typing import Any
 import pytest
 
 import followtheleader
+from followtheleader import Event, State, elect
+from followtheleader._coordinator import Leadership, View, parse_coordinator
+from followtheleader._lease import LeaseMachine
+from followtheleader._model import Member
+
 from cluster import Cluster, NodeProcess, check_pairing, leader_overlap
 from conftest import Local
 from coordservers import ServerSet, unavailable_reason
-from followtheleader import Event, State, elect
-from followtheleader._coordinator import View, Leadership, parse_coordinator
-from followtheleader._lease import LeaseMachine
-from followtheleader._model import Member
 from netlab import Host, Lab
 
 TTL = 3.0
