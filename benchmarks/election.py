@@ -12,6 +12,12 @@ with the event times the nodes report (one shared monotonic clock):
 Run as root (it creates network namespaces; all traffic stays inside them)::
 
     python benchmarks/election.py --rounds 20 --nodes 10
+
+With ``--coordinator zookeeper`` or ``--coordinator etcd`` (or a URL without hosts, such as
+``zookeeper://``), the nodes hold their leadership in a ZooKeeper or etcd server that the
+benchmark starts in a lab host of its own (``tests/coordservers.py``; ``--servers 3`` for a
+3-member cluster); a URL with hosts is used as given. ``--coordinator-ttl`` sets the
+session/lease TTL (default: the library's, 10 s), which bounds the crash failover.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 from cluster import Cluster
+from coordservers import ServerSet, unavailable_reason
 from netlab import Lab, lab_unavailable_reason
 
 
@@ -69,38 +76,65 @@ def one_round(lab: Lab, hosts: list, options: dict) -> dict[str, float]:
         cluster.finish()
 
 
+def run_rounds(lab: Lab, hosts: list, options: dict, rounds: int, results: dict[str, list[float]]) -> None:
+    for number in range(1, rounds + 1):
+        figures = one_round(lab, hosts, options)
+        for key, value in figures.items():
+            results[key].append(value)
+        print(
+            f"round {number:3d}: cold start {figures['cold'] * 1000:7.1f} ms  "
+            f"failover {figures['failover'] * 1000:7.1f} ms  "
+            f"handover {figures['handover'] * 1000:6.1f} ms  overlap {figures['overlap'] * 1000:.1f} ms",
+            flush=True,
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--nodes", type=int, default=10)
     parser.add_argument("--interval", type=float, default=None, help="heartbeat interval (default: the library's)")
+    parser.add_argument("--coordinator", default=None, metavar="URL", help="zookeeper, etcd, or a coordinator URL")
+    parser.add_argument("--coordinator-ttl", type=float, default=None, metavar="SECONDS")
+    parser.add_argument("--servers", type=int, default=1, help="servers the benchmark starts (1 or 3)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so that the lab is removed
     reason = lab_unavailable_reason()
     if reason:
         print(f"cannot run: {reason}", file=sys.stderr)
         return 2
-    options = {} if args.interval is None else {"interval": args.interval}
+    options: dict[str, object] = {} if args.interval is None else {"interval": args.interval}
+    if args.coordinator_ttl is not None:
+        options["coordinator_ttl"] = args.coordinator_ttl
+    own_server = args.coordinator in ("zookeeper", "etcd", "zookeeper://", "etcd://")
+    backend = args.coordinator.split(":")[0] if own_server else None
+    if backend is not None and (reason := unavailable_reason(backend)):
+        print(f"cannot run: {reason}", file=sys.stderr)
+        return 2
     results: dict[str, list[float]] = {"cold": [], "failover": [], "handover": [], "overlap": []}
+    servers = None
     with Lab() as lab:
         hosts = [lab.add_host(f"n{i}") for i in range(args.nodes)]
-        for number in range(1, args.rounds + 1):
-            figures = one_round(lab, hosts, options)
-            for key, value in figures.items():
-                results[key].append(value)
-            print(
-                f"round {number:3d}: cold start {figures['cold'] * 1000:7.1f} ms  "
-                f"failover {figures['failover'] * 1000:7.1f} ms  "
-                f"handover {figures['handover'] * 1000:6.1f} ms  overlap {figures['overlap'] * 1000:.1f} ms",
-                flush=True,
-            )
+        if backend is not None:
+            servers = ServerSet(backend, [lab.add_host(f"srv{i}") for i in range(args.servers)]).start()
+            options["coordinator"] = servers.url
+        elif args.coordinator:
+            options["coordinator"] = args.coordinator
+        try:
+            run_rounds(lab, hosts, options, args.rounds, results)
+        finally:
+            if servers is not None:
+                servers.close()
     labels = {
         "cold": f"cold start of {args.nodes} nodes to one agreed leader",
         "failover": "SIGKILL of the leader to a new agreed leader",
         "handover": "stop() of the leader to the successor's leader event",
     }
     print()
-    print(f"{args.rounds} rounds, {args.nodes} nodes, interval {options.get('interval', 'default')}")
+    mode = f"interval {options.get('interval', 'default')}"
+    if "coordinator" in options:
+        mode = f"coordinator {options['coordinator']}, ttl {options.get('coordinator_ttl', 'default')}"
+    print(f"{args.rounds} rounds, {args.nodes} nodes, {mode}")
     print(f"{'measure':55s} {'p50 ms':>9s} {'p99 ms':>9s} {'max ms':>9s}")
     for key, label in labels.items():
         values = results[key]
