@@ -356,6 +356,9 @@ def test_a_slow_callback_delays_nothing_else(local: Local, single: ServerSet) ->
             assert slow.is_leader, "the leader lost its lease while its callback was slow"
             release.wait(0.2)
         assert not reelections and len(led) == 1
+        if single.backend == "zookeeper":  # the timeout the server granted was read from kazoo
+            assert slow._coordinator._granted is not None  # type: ignore[attr-defined]
+            assert slow._coordinator._granted.seconds == TTL  # type: ignore[attr-defined]
         _assert_no_datagram_sockets(sockets_before)
     finally:
         release.set()
@@ -382,3 +385,55 @@ def _assert_no_datagram_sockets(before: set[int]) -> None:
                 assert sock.type is not socket.SOCK_DGRAM, f"a datagram socket was opened: {sock}"
         except OSError:
             continue  # closed in between
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_server_down_gives_an_error_event_and_retries_until_stopped(local: Local, lab: Lab, backend: str) -> None:
+    if unavailable_reason(backend):
+        pytest.skip(unavailable_reason(backend) or "")
+    nobody = _server_hosts(lab, ["nobody"])[0]  # a lab host where no server listens
+    url = f"{backend}://{nobody.address}:{2181 if backend == 'zookeeper' else 2379}"
+    elector = elect("downgroup", coordinator=url, coordinator_ttl=TTL)
+    errors: list[Event] = []
+    got_error = threading.Event()
+    elector.on("error", lambda event: (errors.append(event), got_error.set()))
+    try:
+        local(elector.start)
+        assert got_error.wait(15), "no error event while the server is down"
+        assert elector.state is State.ELECTING and not elector.is_leader
+        assert isinstance(errors[0].error, OSError) and errors[0].reason.startswith(("ZooKeeper", "etcd"))
+    finally:
+        assert elector.stop(timeout=TTL + 10)
+    assert elector.stop() and elector.stop()  # idempotent
+
+
+@pytest.mark.lab
+def test_status_lists_groups_leaders_and_terms(cluster: Cluster, hosts: list[Host], single: ServerSet) -> None:
+    import json
+    import sys
+
+    _start(cluster, hosts, single, 2)
+    agreed = cluster.wait_agreement(timeout=20)
+    argv = [sys.executable, "-m", "followtheleader", "status", cluster.group, "--coordinator", single.url]
+    result = hosts[5].run([*argv, "--json"], timeout=60)
+    [group] = json.loads(result.stdout)["groups"]
+    assert (group["group"], group["leader"], group["term"]) == (cluster.group, agreed.leader, agreed.term)
+    assert [m["node_id"] for m in group["members"]] == ["c1", "c0"]
+    table = hosts[5].run(argv, timeout=60).stdout
+    assert cluster.group in table and str(agreed.term) in table
+    missing = hosts[5].run([*argv[:4], "nosuchgroup", *argv[5:]], check=False, timeout=60)
+    assert missing.returncode == 1
+
+
+def test_cli_refuses_a_bad_coordinator_url() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "followtheleader", "elect", "g", "--coordinator", "zk://h"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "unknown scheme 'zk'" in result.stderr
