@@ -61,7 +61,7 @@ class CoordinatedElector(Elector):
         ttl = options.coordinator_ttl
         self._coordinator: Coordinator = make_coordinator(config, options.name, me, ttl)
         self._service = "ZooKeeper" if config.backend == "zookeeper" else "etcd"
-        self._renew_every = ttl / 5
+        self._renew_every = ttl * self._coordinator.renew_fraction
         # The lease ends a fifth of the TTL before the server could expire the session: up to
         # three renewals in a row may fail before it does.
         lease = LeaseMachine(options.name, me, self._service, margin=ttl / 5)

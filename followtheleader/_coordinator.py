@@ -255,6 +255,9 @@ class Coordinator(abc.ABC):
     :param ttl: the session (ZooKeeper) or lease (etcd) time to live asked for, in seconds.
     """
 
+    renew_fraction = 0.2
+    """The session thread renews every ``renew_fraction * ttl`` seconds."""
+
     def __init__(self, config: CoordinatorConfig, group: str, me: Member, ttl: float) -> None:
         self.config = config
         self.group = group

@@ -272,17 +272,18 @@ def test_a_leader_cut_off_from_the_server_demotes_before_a_successor_leads(
     faults.set_faults(partition=([leader_host.name], [s.host.name for s in single.servers]))
 
     def others_agree() -> str | None:
-        roles = [r for node, r in cluster.roles_locked().items() if node != first.leader]
-        leaders = {(r.leader, r.term) for r in roles if r.kind in ("leader", "follower")}
-        if len(leaders) == 1 and len(roles) == 2 and roles[0].term > first.term:
-            return next(iter(leaders))[0]
+        roles = {node: r for node, r in cluster.roles_locked().items() if node != first.leader}
+        views = {(r.leader, r.term) for r in roles.values() if r.kind in ("leader", "follower")}
+        leaders = [node for node, r in roles.items() if r.kind == "leader" and r.term > first.term]
+        if len(roles) == 2 and len(views) == 1 and leaders and views == {(leaders[0], roles[leaders[0]].term)}:
+            return leaders[0]
         return None
 
     successor = cluster.wait(others_agree, TTL + 10, "the others agree on a successor")
     events = cluster.all_events()
     demotions = [e for e in events if e["node"] == first.leader and e["kind"] == "reelection" and e["t"] > cut_at]
     assert demotions, "the cut-off leader never demoted itself"
-    assert "lost contact with" in demotions[0]["reason"]
+    assert "lost contact with" in demotions[0]["reason"], events
     successor_leads = min(e["t"] for e in events if e["kind"] == "leader" and e["node"] == successor)
     assert demotions[0]["t"] < successor_leads, "the successor led before the cut-off leader demoted"
     assert leader_overlap(events) == 0.0
@@ -437,3 +438,47 @@ def test_cli_refuses_a_bad_coordinator_url() -> None:
         timeout=60,
     )
     assert result.returncode == 2 and "unknown scheme 'zk'" in result.stderr
+
+
+@pytest.mark.lab
+def test_a_leader_on_a_server_cut_off_from_its_ensemble_demotes_before_a_successor_leads(
+    faults: Lab, cluster: Cluster, hosts: list[Host], trio: ServerSet
+) -> None:
+    """The leader talks to server 0 only, the others to servers 1 and 2; then server 0 is cut
+    off from the rest. A ZooKeeper server goes on answering reads for a while after it lost
+    its ensemble, and an etcd member cannot renew a lease without its leader: either way the
+    leader must demote by its own lease before the majority side lets another node lead."""
+    scheme, _, rest = trio.url.partition("://")
+    addresses, _, prefix = rest.partition("/")
+    urls = addresses.split(",")
+    lone = f"{scheme}://{urls[0]}/{prefix}"
+    majority = f"{scheme}://{','.join(urls[1:])}/{prefix}"
+    processes = [
+        cluster.spawn(hosts[i], wait_go=True, node_ids=[f"c{i}"], options=_options(trio, priority=i, coordinator=url))
+        for i, url in enumerate([majority, majority, lone])
+    ]
+    cluster.wait_ready()
+    for process in processes:
+        process.send("go")
+    first = cluster.wait_agreement(timeout=30)
+    assert first.leader == "c2"
+    cut_at = time.monotonic()
+    server0, others = trio.servers[0].host.name, [s.host.name for s in trio.servers[1:]]
+    faults.set_faults(partition=([server0], [*others, hosts[0].name, hosts[1].name]))
+    try:
+
+        def successor() -> str | None:
+            roles = cluster.roles_locked()
+            leaders = [n for n in ("c0", "c1") if roles[n].kind == "leader" and roles[n].term > first.term]
+            return leaders[0] if leaders else None
+
+        new_leader = cluster.wait(successor, TTL * 4 + 10, "a successor on the majority side")
+        events = cluster.all_events()
+        demotions = [e for e in events if e["node"] == "c2" and e["kind"] == "reelection" and e["t"] > cut_at]
+        assert demotions, "the leader on the cut-off server never demoted"
+        successor_leads = min(e["t"] for e in events if e["kind"] == "leader" and e["node"] == new_leader)
+        assert demotions[0]["t"] < successor_leads
+        assert leader_overlap(events) == 0.0
+    finally:
+        faults.set_faults()
+    check_pairing(cluster.all_events())
