@@ -482,3 +482,32 @@ def test_a_leader_on_a_server_cut_off_from_its_ensemble_demotes_before_a_success
     finally:
         faults.set_faults()
     check_pairing(cluster.all_events())
+
+
+@pytest.mark.lab
+def test_alone_a_resigned_node_leads_again_with_a_greater_term_and_stops_from_a_callback(
+    local: Local, single: ServerSet
+) -> None:
+    elector = elect("alone" + os.urandom(3).hex(), node_id="solo", **_options(single))
+    assert elector.stop() and elector.stop()  # before start: nothing to do, and idempotent
+    elector = elect(elector.name, node_id="solo", **_options(single))
+    leaders: list[Event] = []
+    second = threading.Event()
+    stopped_inside: list[bool] = []
+
+    def on_leader(event: Event) -> None:
+        leaders.append(event)
+        if len(leaders) == 2:
+            stopped_inside.append(elector.stop())
+            second.set()
+
+    elector.on("leader", on_leader)
+    local(elector.start)
+    assert local(lambda: elector.wait_for_leader(15)) is not None
+    first_token = elector.fencing_token
+    assert elector.resign()
+    assert second.wait(15), "alone, the resigned node did not lead again"
+    assert leaders[1].term > leaders[0].term and leaders[1].fencing_token > first_token  # type: ignore[operator]
+    assert elector.join(TTL + 10) and stopped_inside == [True]
+    assert elector.state is State.STOPPED and not elector.is_leader
+    assert elector.stop() and elector.stop()
