@@ -511,3 +511,49 @@ def test_alone_a_resigned_node_leads_again_with_a_greater_term_and_stops_from_a_
     assert elector.join(TTL + 10) and stopped_inside == [True]
     assert elector.state is State.STOPPED and not elector.is_leader
     assert elector.stop() and elector.stop()
+
+
+@pytest.mark.lab
+def test_cli_elect_and_run_with_a_coordinator(hosts: list[Host], single: ServerSet) -> None:
+    import signal
+    import sys
+
+    from cluster import JsonLinesProcess
+
+    changed = threading.Condition()
+    group = "cli" + os.urandom(3).hex()
+    common = ["--coordinator", single.url, "--coordinator-ttl", str(TTL), "--priority"]
+    elect_cli = JsonLinesProcess(
+        hosts[6], [sys.executable, "-m", "followtheleader", "elect", group, *common, "5", "--json"], changed
+    )
+    command = 'echo "{\\"event\\": \\"cmd\\", \\"term\\": $FOLLOWTHELEADER_TERM}"; exec sleep 60'
+    run_cli = JsonLinesProcess(
+        hosts[7],
+        [sys.executable, "-m", "followtheleader", "run", group, *common, "1", "--", "sh", "-c", command],
+        changed,
+    )
+
+    def first(process: JsonLinesProcess, event: str) -> dict[str, Any] | None:
+        return next((r for r in process.records if r.get("event") == event), None)
+
+    def wait(predicate: Any, what: str) -> Any:
+        deadline = time.monotonic() + 30
+        with changed:
+            while not (value := predicate()):
+                assert time.monotonic() < deadline, f"timed out waiting for {what}: {elect_cli.stderr} {run_cli.stderr}"
+                changed.wait(deadline - time.monotonic())
+            return value
+
+    try:
+        led = wait(lambda: first(elect_cli, "leader"), "elect to lead")
+        assert led["term"] > 0 and led["leader"]["port"] == 0
+        elect_cli.proc.send_signal(signal.SIGTERM)  # hands over: run's node leads and starts CMD
+        assert elect_cli.proc.wait(30) == 0
+        started = wait(lambda: first(run_cli, "cmd"), "run to start CMD")
+        assert started["term"] > led["term"]
+    finally:
+        for process in (elect_cli, run_cli):
+            if process.proc.poll() is None:
+                process.proc.send_signal(signal.SIGTERM)
+                process.proc.wait(30)
+    assert run_cli.proc.returncode == 0
