@@ -24,6 +24,7 @@ import urllib.parse
 from typing import Any
 
 import etcd3gw
+import requests
 from etcd3gw.client import DEFAULT_API_PATH
 from etcd3gw.utils import _encode, _increment_last_byte
 
@@ -91,14 +92,28 @@ class EtcdCoordinator(Coordinator):
                 host=host,
                 port=port,
                 protocol="https" if config.tls else "http",
-                ca_cert=config.setting("ca"),
-                cert_key=config.setting("key"),
-                cert_cert=config.setting("cert"),
+                session=self._session(),
                 timeout=self._timeout,
                 api_path=api_path or DEFAULT_API_PATH,
             )
             for host, port in config.hosts
         ]
+
+    def _session(self) -> requests.Session:
+        """The HTTP session of one endpoint: TLS files from the URL.
+
+        With ``ca=``, requests would still prefer ``$REQUESTS_CA_BUNDLE`` and
+        ``$CURL_CA_BUNDLE`` to the session's own CA file; the session then ignores the
+        environment (its proxy settings too).
+        """
+        session = requests.Session()
+        ca, cert, key = self.config.setting("ca"), self.config.setting("cert"), self.config.setting("key")
+        if ca:
+            session.verify = ca
+            session.trust_env = False
+        if cert and key:
+            session.cert = (cert, key)
+        return session
 
     def _post(self, path: str, body: dict[str, Any]) -> Any:
         """One request to the first endpoint that answers; the endpoint is kept for the next."""
@@ -111,7 +126,7 @@ class EtcdCoordinator(Coordinator):
             try:
                 result = client.post(client.get_url(path), json=body)
             except Exception as exc:  # noqa: BLE001 - requests' and etcd3gw's errors alike: next endpoint
-                errors.append(f"{client.host}:{client.port}: {exc or type(exc).__name__}")
+                errors.append(f"{client.host}:{client.port}: {_describe(exc)}")
                 continue
             self._current = index
             return result
@@ -233,3 +248,10 @@ class EtcdCoordinator(Coordinator):
             GroupInfo(urllib.parse.unquote(quoted), self._view(kvs, f"{prefix}{quoted}/"))
             for quoted, kvs in sorted(by_group.items())
         ]
+
+
+def _describe(exc: BaseException) -> str:
+    """A few words on an error of requests or etcd3gw (some of whose errors have no text)."""
+    text = str(exc).strip() or " ".join(str(a) for a in getattr(exc, "args", ()) if a)
+    detail = getattr(exc, "detail_text", None)
+    return f"{type(exc).__name__}: {text or detail or 'no detail'}"

@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -71,10 +72,12 @@ def _zk_mode(sock: socket.socket) -> bool:
     return b"Mode:" in data
 
 
-def _http_ok(host: Host, port: int, path: str) -> bool:
+def _http_ok(host: Host, port: int, path: str, tls: ssl.SSLContext | None = None) -> bool:
+    url = f"{'https' if tls else 'http'}://{host.address}:{port}{path}"
+
     def attempt() -> bool:
         try:
-            with urllib.request.urlopen(f"http://{host.address}:{port}{path}", timeout=0.5) as answer:
+            with urllib.request.urlopen(url, timeout=0.5, context=tls) as answer:
                 return b'"health":"true"' in answer.read()
         except OSError:
             return False
@@ -119,14 +122,20 @@ class Server:
 class ServerSet:
     """A single server or a cluster of one backend; :attr:`url` is the coordinator URL."""
 
-    def __init__(self, backend: str, hosts: list[Host]) -> None:
+    def __init__(self, backend: str, hosts: list[Host], tls: bool = False) -> None:
         self.backend = backend
         self.hosts = hosts
         self.dir = tempfile.mkdtemp(prefix=f"ftl-{backend}-")
         self.servers: list[Server] = []
+        self.tls = tls
         port = ZK_PORT if backend == "zookeeper" else ETCD_PORT
-        scheme = "zookeeper" if backend == "zookeeper" else "etcd"
+        scheme = ("zookeeper" if backend == "zookeeper" else "etcd") + ("s" if tls else "")
         self.url = f"{scheme}://" + ",".join(f"{h.address}:{port}" for h in hosts) + "/ftltest"
+        if tls:
+            if backend != "etcd":
+                raise ValueError("TLS test servers: etcd only")
+            self._make_certificates()
+            self.url += f"?ca={self.ca}&cert={self.cert}&key={self.key}"
         for index, host in enumerate(hosts):
             self.servers.append(self._zookeeper(index, host) if backend == "zookeeper" else self._etcd(index, host))
 
@@ -167,7 +176,67 @@ class ServerSet:
         ]
         return Server(host, argv, os.path.join(self.dir, f"zk{index}.log"), lambda: _tcp_ready(host, ZK_PORT, _zk_mode))
 
+    def _make_certificates(self) -> None:
+        """A CA, a server certificate for every host's address, and a client certificate. The server
+        certificate is for client use too: etcd's JSON gateway dials etcd's gRPC port with it."""
+        self.ca, self.cert, self.key = (os.path.join(self.dir, n) for n in ("ca.pem", "client.pem", "client.key"))
+        ca_key = os.path.join(self.dir, "ca.key")
+        openssl = shutil.which("openssl") or "openssl"
+
+        def run(*argv: str) -> None:
+            subprocess.run([openssl, *argv], check=True, capture_output=True, timeout=60)
+
+        run(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=ftl-test-ca",
+            "-keyout",
+            ca_key,
+            "-out",
+            self.ca,
+        )
+        sans = ",".join(f"IP:{h.address}" for h in self.hosts)
+        for name, extensions in (
+            ("server", [f"subjectAltName={sans}", "extendedKeyUsage=serverAuth,clientAuth"]),
+            ("client", ["extendedKeyUsage=clientAuth"]),
+        ):
+            key, request, cert, extfile = (os.path.join(self.dir, f"{name}.{e}") for e in ("key", "csr", "pem", "ext"))
+            with open(extfile, "w") as file:
+                file.write("\n".join(extensions) + "\n")
+            run(
+                "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=ftl-test-{name}", "-keyout", key, "-out", request
+            )
+            run(
+                "x509",
+                "-req",
+                "-in",
+                request,
+                "-CA",
+                self.ca,
+                "-CAkey",
+                ca_key,
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-extfile",
+                extfile,
+                "-out",
+                cert,
+            )
+
+    def _client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.ca)
+        context.load_cert_chain(self.cert, self.key)
+        return context
+
     def _etcd(self, index: int, host: Host) -> Server:
+        client_scheme = "https" if self.tls else "http"
         cluster = ",".join(f"e{i}=http://{h.address}:2380" for i, h in enumerate(self.hosts))
         argv = [
             shutil.which("etcd") or "etcd",
@@ -176,9 +245,9 @@ class ServerSet:
             "--data-dir",
             os.path.join(self.dir, f"etcd{index}"),
             "--listen-client-urls",
-            f"http://{host.address}:{ETCD_PORT}",
+            f"{client_scheme}://{host.address}:{ETCD_PORT}",
             "--advertise-client-urls",
-            f"http://{host.address}:{ETCD_PORT}",
+            f"{client_scheme}://{host.address}:{ETCD_PORT}",
             "--listen-peer-urls",
             f"http://{host.address}:2380",
             "--initial-advertise-peer-urls",
@@ -198,9 +267,13 @@ class ServerSet:
             "--logger",
             "zap",
         ]
-        return Server(
-            host, argv, os.path.join(self.dir, f"etcd{index}.log"), lambda: _http_ok(host, ETCD_PORT, "/health")
-        )
+        if self.tls:
+            server_cert, server_key = os.path.join(self.dir, "server.pem"), os.path.join(self.dir, "server.key")
+            argv += ["--cert-file", server_cert, "--key-file", server_key, "--trusted-ca-file", self.ca]
+            argv += ["--client-cert-auth"]
+        log = os.path.join(self.dir, f"etcd{index}.log")
+        tls = self._client_context() if self.tls else None
+        return Server(host, argv, log, lambda: _http_ok(host, ETCD_PORT, "/health", tls))
 
     def start(self, timeout: float = 60.0) -> ServerSet:
         for server in self.servers:

@@ -557,3 +557,29 @@ def test_cli_elect_and_run_with_a_coordinator(hosts: list[Host], single: ServerS
                 process.proc.send_signal(signal.SIGTERM)
                 process.proc.wait(30)
     assert run_cli.proc.returncode == 0
+
+
+@pytest.mark.lab
+def test_etcd_over_tls_with_a_client_certificate(cluster: Cluster, hosts: list[Host], lab: Lab) -> None:
+    import json
+    import sys
+
+    if unavailable_reason("etcd") or shutil.which("openssl") is None:
+        pytest.skip(unavailable_reason("etcd") or "openssl is not installed")
+    servers = ServerSet("etcd", _server_hosts(lab, ["etls"]), tls=True)
+    try:
+        servers.start()
+        assert servers.url.startswith("etcds://")
+        _start(cluster, hosts, servers, 2)
+        agreed = cluster.wait_agreement(timeout=20)
+        assert agreed.leader == "c1" and agreed.term > 0
+        argv = [sys.executable, "-m", "followtheleader", "status", cluster.group, "--coordinator", servers.url]
+        [group] = json.loads(hosts[5].run([*argv, "--json"], timeout=60).stdout)["groups"]
+        assert (group["leader"], group["term"]) == ("c1", agreed.term)
+        # without the client certificate the server refuses the connection: status says so
+        bare = servers.url.split("&cert=")[0]
+        refused = hosts[5].run([*argv[:-1], bare], check=False, timeout=60)
+        assert refused.returncode == 1 and "etcd did not answer" in refused.stderr
+    finally:
+        cluster.finish()
+        servers.close()
