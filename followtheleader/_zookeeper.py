@@ -30,6 +30,7 @@ from typing import Any
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError, SessionExpiredError
 from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.security import make_digest_acl
 
 from ._coordinator import (
     Coordinator,
@@ -123,6 +124,8 @@ class ZooKeeperCoordinator(Coordinator):
                 }
             else:
                 kwargs["auth_data"] = [("digest", f"{config.username}:{config.password}")]
+                # the nodes this member creates are for this user alone (the group shares it)
+                kwargs["default_acl"] = [make_digest_acl(config.username, config.password or "", all=True)]
         client = KazooClient(**kwargs)
         client.add_listener(self._on_state)
         return client

@@ -583,3 +583,23 @@ def test_etcd_over_tls_with_a_client_certificate(cluster: Cluster, hosts: list[H
     finally:
         cluster.finish()
         servers.close()
+
+
+@pytest.mark.lab
+def test_zookeeper_digest_authentication_keeps_other_clients_out(cluster: Cluster, hosts: list[Host], lab: Lab) -> None:
+    import sys
+
+    servers = _servers(lab, "zookeeper", 1)
+    scheme, _, rest = servers.url.partition("://")
+    private = f"{scheme}://ftl:s3cret@{rest.split('/')[0]}/private{os.urandom(3).hex()}"
+    for i, host in enumerate(hosts[:2]):
+        cluster.spawn(host, node_ids=[f"c{i}"], options={"coordinator": private, "coordinator_ttl": TTL, "priority": i})
+    agreed = cluster.wait_agreement(timeout=20)
+    assert agreed.leader == "c1"
+    argv = [sys.executable, "-m", "followtheleader", "status", cluster.group, "--coordinator"]
+    allowed = hosts[5].run([*argv, private], timeout=60)
+    assert "c1" in allowed.stdout and str(agreed.term) in allowed.stdout and "s3cret" not in allowed.stdout
+    anonymous = hosts[5].run([*argv, private.replace("ftl:s3cret@", "")], check=False, timeout=60)
+    assert anonymous.returncode == 1 and "NoAuth" in anonymous.stderr
+    intruder = hosts[5].run([*argv, private.replace("s3cret", "guess")], check=False, timeout=60)
+    assert intruder.returncode == 1 and "NoAuth" in intruder.stderr
