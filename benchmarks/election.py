@@ -9,9 +9,16 @@ with the event times the nodes report (one shared monotonic clock):
 * clean handover: from ``stop()`` of that leader to its successor's ``leader`` event;
 * overlap: total time two nodes held the leader role at once during the round.
 
+With ``--peers list`` the nodes run in unicast mode, each given the address of every node
+(itself included), and ``--peers dns`` gives them one DNS name with every node's address
+(served by tests/dnsserver.py on a host of its own); in both, multicast is dropped on the
+bridge, so no node can find another by mDNS.
+
 Run as root (it creates network namespaces; all traffic stays inside them)::
 
     python benchmarks/election.py --rounds 20 --nodes 10
+    python benchmarks/election.py --rounds 20 --nodes 10 --peers dns
+    python benchmarks/election.py --rounds 10 --nodes 10 --coordinator zookeeper
 
 With ``--coordinator zookeeper`` or ``--coordinator etcd`` (or a URL without hosts, such as
 ``zookeeper://``), the nodes hold their leadership in a ZooKeeper or etcd server that the
@@ -23,6 +30,7 @@ session/lease TTL (default: the library's, 10 s), which bounds the crash failove
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import statistics
@@ -31,9 +39,13 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
+from dnsserver import DnsServer
+
 from cluster import Cluster
 from coordservers import ServerSet, unavailable_reason
 from netlab import Lab, lab_unavailable_reason
+
+PEERS_NAME = "peers.ftl.test"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -76,24 +88,17 @@ def one_round(lab: Lab, hosts: list, options: dict) -> dict[str, float]:
         cluster.finish()
 
 
-def run_rounds(lab: Lab, hosts: list, options: dict, rounds: int, results: dict[str, list[float]]) -> None:
-    for number in range(1, rounds + 1):
-        figures = one_round(lab, hosts, options)
-        for key, value in figures.items():
-            results[key].append(value)
-        print(
-            f"round {number:3d}: cold start {figures['cold'] * 1000:7.1f} ms  "
-            f"failover {figures['failover'] * 1000:7.1f} ms  "
-            f"handover {figures['handover'] * 1000:6.1f} ms  overlap {figures['overlap'] * 1000:.1f} ms",
-            flush=True,
-        )
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--nodes", type=int, default=10)
     parser.add_argument("--interval", type=float, default=None, help="heartbeat interval (default: the library's)")
+    parser.add_argument(
+        "--peers",
+        choices=["list", "dns"],
+        default=None,
+        help="unicast mode: every node's address in a list, or behind one DNS name (multicast dropped)",
+    )
     parser.add_argument("--coordinator", default=None, metavar="URL", help="zookeeper, etcd, or a coordinator URL")
     parser.add_argument("--coordinator-ttl", type=float, default=None, metavar="SECONDS")
     parser.add_argument("--servers", type=int, default=1, help="servers the benchmark starts (1 or 3)")
@@ -112,29 +117,43 @@ def main() -> int:
         print(f"cannot run: {reason}", file=sys.stderr)
         return 2
     results: dict[str, list[float]] = {"cold": [], "failover": [], "handover": [], "overlap": []}
-    servers = None
-    with Lab() as lab:
+    with Lab() as lab, contextlib.ExitStack() as stack:
         hosts = [lab.add_host(f"n{i}") for i in range(args.nodes)]
+        if args.peers is not None:
+            lab.block_multicast()
+            options["peers"] = [f"{host.address}:9001" for host in hosts]
+        if args.peers == "dns":
+            dns = stack.enter_context(DnsServer(lab.add_host("dns")))
+            dns.set(PEERS_NAME, [host.address for host in hosts])
+            for host in hosts:
+                host.set_resolver(dns.address)
+            options["peers"] = f"dns:{PEERS_NAME}"
         if backend is not None:
-            servers = ServerSet(backend, [lab.add_host(f"srv{i}") for i in range(args.servers)]).start()
-            options["coordinator"] = servers.url
+            servers = ServerSet(backend, [lab.add_host(f"srv{i}") for i in range(args.servers)])
+            stack.callback(servers.close)
+            options["coordinator"] = servers.start().url
         elif args.coordinator:
             options["coordinator"] = args.coordinator
-        try:
-            run_rounds(lab, hosts, options, args.rounds, results)
-        finally:
-            if servers is not None:
-                servers.close()
+        for number in range(1, args.rounds + 1):
+            figures = one_round(lab, hosts, options)
+            for key, value in figures.items():
+                results[key].append(value)
+            print(
+                f"round {number:3d}: cold start {figures['cold'] * 1000:7.1f} ms  "
+                f"failover {figures['failover'] * 1000:7.1f} ms  "
+                f"handover {figures['handover'] * 1000:6.1f} ms  overlap {figures['overlap'] * 1000:.1f} ms",
+                flush=True,
+            )
     labels = {
         "cold": f"cold start of {args.nodes} nodes to one agreed leader",
         "failover": "SIGKILL of the leader to a new agreed leader",
         "handover": "stop() of the leader to the successor's leader event",
     }
     print()
-    mode = f"interval {options.get('interval', 'default')}"
+    mode = "mDNS" if args.peers is None else f"unicast, peers from a {args.peers}, multicast dropped"
     if "coordinator" in options:
         mode = f"coordinator {options['coordinator']}, ttl {options.get('coordinator_ttl', 'default')}"
-    print(f"{args.rounds} rounds, {args.nodes} nodes, {mode}")
+    print(f"{args.rounds} rounds, {args.nodes} nodes, interval {options.get('interval', 'default')}, {mode}")
     print(f"{'measure':55s} {'p50 ms':>9s} {'p99 ms':>9s} {'max ms':>9s}")
     for key, label in labels.items():
         values = results[key]

@@ -18,6 +18,7 @@ from typing import Any
 
 from ._auth import Secret
 from ._coordinator import COORDINATOR_ENVIRONMENT_VARIABLE, parse_coordinator
+from ._peers import PEERS_ENVIRONMENT_VARIABLE, PeerEntry, parse_peers
 
 __all__ = [
     "ACCEPTED_SECRET_ENVIRONMENT_VARIABLE",
@@ -69,6 +70,8 @@ class Options:
         ``etcd://h1:2379``), or None for mDNS mode; default ``$FOLLOWTHELEADER_COORDINATOR``.
     :ivar coordinator_ttl: with a coordinator: the session (ZooKeeper) or lease (etcd) time
         to live in seconds; a crashed leader is replaced about this long after it died.
+    :ivar peers: unicast mode: where the group's nodes may be (addresses or DNS names), or
+        None to find them by mDNS.
     """
 
     name: str
@@ -87,6 +90,7 @@ class Options:
     secret: tuple[Secret, ...] | None = field(default=None, repr=False)
     coordinator: str | None = None
     coordinator_ttl: float = 10.0
+    peers: tuple[PeerEntry, ...] | None = None
 
     @property
     def service_type(self) -> str:
@@ -147,9 +151,10 @@ def parse_options(*args: Any, **kwargs: Any) -> Options:
         "quorum": lambda v: _check_int("quorum", v, 1, 1000),
         "coordinator": _check_coordinator,
         "coordinator_ttl": _check_coordinator_ttl,
+        "peers": lambda v: parse_peers(v, DEFAULT_PORT),
     }
     for key, value in given.items():
-        if value is None and key in ("node_id", "interfaces", "host", "secret", "quorum", "coordinator"):
+        if value is None and key in ("node_id", "interfaces", "host", "secret", "quorum", "peers", "coordinator"):
             continue
         values[key] = checkers[key](value)
     if given.get("secret") is None and os.environ.get(SECRET_ENVIRONMENT_VARIABLE):
@@ -157,6 +162,23 @@ def parse_options(*args: Any, **kwargs: Any) -> Options:
         values["secret"] = _check_secret([os.environ[SECRET_ENVIRONMENT_VARIABLE], *([accepted] if accepted else [])])
     if given.get("coordinator") is None and os.environ.get(COORDINATOR_ENVIRONMENT_VARIABLE):
         values["coordinator"] = _check_coordinator(os.environ[COORDINATOR_ENVIRONMENT_VARIABLE])
+    if given.get("peers") is None and os.environ.get(PEERS_ENVIRONMENT_VARIABLE):
+        try:
+            values["peers"] = parse_peers(os.environ[PEERS_ENVIRONMENT_VARIABLE], DEFAULT_PORT)
+        except ValueError as exc:
+            raise ValueError(f"{PEERS_ENVIRONMENT_VARIABLE}: {exc}") from None
+    if values.get("peers") is not None:
+        if given.get("npm_compat") is True:
+            raise ValueError("option 'npm_compat' cannot be used with 'peers': npm nodes are found by mDNS only")
+        values["npm_compat"] = False
+        values["port_explicit"] = True  # peers expect it at the listed port: no fallback to a free one
+        if "host" not in values and any(":" in entry.host for entry in values["peers"]):
+            values["host"] = "::"  # an IPv6 peer needs an IPv6 (dual-stack) heartbeat socket
+    if values.get("coordinator") is not None and values.get("peers") is not None:
+        raise ValueError(
+            "options 'coordinator' and 'peers' are two modes: give one (the environment may set"
+            f" {COORDINATOR_ENVIRONMENT_VARIABLE} or {PEERS_ENVIRONMENT_VARIABLE})"
+        )
     if values.get("secret") is not None:
         if given.get("npm_compat") is True:
             raise ValueError("option 'npm_compat' cannot be used with a secret: npm nodes cannot authenticate")

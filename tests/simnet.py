@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from followtheleader._machine import Action, Machine, Notify, NpmPing, Send, Timing
 from followtheleader._model import Event, Member, State
-from followtheleader._wire import Message, PeerRecord, decode_message, encode_message
+from followtheleader._wire import ANYONE, Message, PeerRecord, decode_message, encode_message
 
 TIMING = Timing(interval=0.2, max_failed=3)
 
@@ -96,6 +96,11 @@ class SimNet:
             subject.machine.term,
         )
         self._schedule(self.now + 0.02, observer.node_id, ("record", record))
+
+    def list_addresses(self, node_id: str, addresses: list[tuple[str, int]] | None = None) -> None:
+        """Unicast mode: give the node a peer list (by default, the address of every node)."""
+        listed = frozenset(addresses if addresses is not None else [n.address for n in self.nodes.values()])
+        self._schedule(self.now + 0.001, node_id, ("addresses", listed))
 
     def add_npm_leader(self, address: tuple[str, int] = ("198.18.1.1", 9001)) -> tuple[str, int]:
         """An npm leader appears: alive, and every running node sees its DNS-SD record."""
@@ -183,6 +188,14 @@ class SimNet:
                 if not node.paused:
                     self._apply(node, node.machine.on_discovered(payload, self.now))
                 return
+            if kind == "addresses":
+                if not node.paused:
+                    self._apply(node, node.machine.on_addresses(payload, self.now))
+                return
+            if kind == "address-ping":
+                if not node.paused:
+                    self._apply(node, node.machine.on_address_ping(*payload, self.now))
+                return
             message, source = payload
             if node.paused:
                 node.inbox_while_paused.append((message, source))
@@ -218,7 +231,10 @@ class SimNet:
         # Through the real encoder and decoder, so the simulation checks the wire format too.
         message = decode_message(encode_message(send.message))
         assert message is not None, send.message
-        self._schedule(self.now + self.latency, target.node_id, ("message", (message, sender.address)))
+        # As the elector routes them: a ping to ANYONE (an address whose node is not known),
+        # or a datagram of the node's own, is answered and never taken as proof of life.
+        kind = "address-ping" if send.to == ANYONE or target is sender else "message"
+        self._schedule(self.now + self.latency, target.node_id, (kind, (message, sender.address)))
 
     def _schedule(self, at: float, node_id: str, item: object) -> None:
         heapq.heappush(self._queue, (at, next(self._seq), node_id, item))
