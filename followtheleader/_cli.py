@@ -317,8 +317,10 @@ def _elect(args: argparse.Namespace, parser: _Parser, command: list[str] | None)
             return 1
         try:
             if not args.json:
-                where = f"coordinator {elector.options.coordinator}" if elector.options.coordinator else None
-                where = where or f"heartbeat port {elector.port}"
+                coordinator = elector.options.coordinator
+                where = f"heartbeat port {elector.port}"
+                if coordinator is not None:
+                    where = f"coordinator {parse_coordinator(coordinator).url}"  # password masked
                 console.line(f"joined group {elector.name!r} as node {elector.node_id} ({where})")
             signals.get()
         finally:

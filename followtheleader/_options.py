@@ -88,7 +88,7 @@ class Options:
     npm_compat: bool = True
     quorum: int | None = None
     secret: tuple[Secret, ...] | None = field(default=None, repr=False)
-    coordinator: str | None = None
+    coordinator: str | None = field(default=None, repr=False)  # it may hold a password
     coordinator_ttl: float = 10.0
     peers: tuple[PeerEntry, ...] | None = None
 

@@ -76,6 +76,7 @@ def test_url_forms_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.prefix == "/some/prefix"
     assert (config.username, config.password) == ("me", "s@cret")
     assert "s@cret" not in config.url and "s%40cret" not in config.url
+    assert "s%40cret" not in repr(elect("g", coordinator="zookeeper://me:s%40cret@h1").options)
     assert config.setting("ca") == "/ca.pem"
     assert parse_coordinator("etcd://e1").hosts == (("e1", 2379),)
     assert parse_coordinator("etcd://e1").prefix == "/followtheleader"
