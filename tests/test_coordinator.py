@@ -516,6 +516,7 @@ def test_alone_a_resigned_node_leads_again_with_a_greater_term_and_stops_from_a_
 
 @pytest.mark.lab
 def test_cli_elect_and_run_with_a_coordinator(hosts: list[Host], single: ServerSet) -> None:
+    import json
     import signal
     import sys
 
@@ -528,11 +529,8 @@ def test_cli_elect_and_run_with_a_coordinator(hosts: list[Host], single: ServerS
         hosts[6], [sys.executable, "-m", "followtheleader", "elect", group, *common, "5", "--json"], changed
     )
     command = 'echo "{\\"event\\": \\"cmd\\", \\"term\\": $FOLLOWTHELEADER_TERM}"; exec sleep 60'
-    run_cli = JsonLinesProcess(
-        hosts[7],
-        [sys.executable, "-m", "followtheleader", "run", group, *common, "1", "--", "sh", "-c", command],
-        changed,
-    )
+    run_argv = [sys.executable, "-m", "followtheleader", "run", group, *common, "1", "--", "sh", "-c", command]
+    run_cli: JsonLinesProcess | None = None
 
     def first(process: JsonLinesProcess, event: str) -> dict[str, Any] | None:
         return next((r for r in process.records if r.get("event") == event), None)
@@ -541,23 +539,29 @@ def test_cli_elect_and_run_with_a_coordinator(hosts: list[Host], single: ServerS
         deadline = time.monotonic() + 30
         with changed:
             while not (value := predicate()):
-                assert time.monotonic() < deadline, f"timed out waiting for {what}: {elect_cli.stderr} {run_cli.stderr}"
+                stderr = (elect_cli.stderr, run_cli.stderr if run_cli else "")
+                assert time.monotonic() < deadline, f"timed out waiting for {what}: {stderr}"
                 changed.wait(deadline - time.monotonic())
             return value
 
     try:
         led = wait(lambda: first(elect_cli, "leader"), "elect to lead")
         assert led["term"] > 0 and led["leader"]["port"] == 0
+        run_cli = JsonLinesProcess(hosts[7], run_argv, changed)  # once elect leads: it follows
+        status = [sys.executable, "-m", "followtheleader", "status", group, "--coordinator", single.url, "--json"]
+        deadline = time.monotonic() + 30
+        while len(json.loads(hosts[5].run(status, timeout=60).stdout)["groups"][0]["members"]) < 2:
+            assert time.monotonic() < deadline, "run's node never registered"
         elect_cli.proc.send_signal(signal.SIGTERM)  # hands over: run's node leads and starts CMD
         assert elect_cli.proc.wait(30) == 0
-        started = wait(lambda: first(run_cli, "cmd"), "run to start CMD")
+        started = wait(lambda: run_cli is not None and first(run_cli, "cmd"), "run to start CMD")
         assert started["term"] > led["term"]
     finally:
         for process in (elect_cli, run_cli):
-            if process.proc.poll() is None:
+            if process is not None and process.proc.poll() is None:
                 process.proc.send_signal(signal.SIGTERM)
                 process.proc.wait(30)
-    assert run_cli.proc.returncode == 0
+    assert run_cli is not None and run_cli.proc.returncode == 0
 
 
 @pytest.mark.lab
