@@ -18,6 +18,13 @@ Run as root (it creates network namespaces; all traffic stays inside them)::
 
     python benchmarks/election.py --rounds 20 --nodes 10
     python benchmarks/election.py --rounds 20 --nodes 10 --peers dns
+    python benchmarks/election.py --rounds 10 --nodes 10 --coordinator zookeeper
+
+With ``--coordinator zookeeper`` or ``--coordinator etcd`` (or a URL without hosts, such as
+``zookeeper://``), the nodes hold their leadership in a ZooKeeper or etcd server that the
+benchmark starts in a lab host of its own (``tests/coordservers.py``; ``--servers 3`` for a
+3-member cluster); a URL with hosts is used as given. ``--coordinator-ttl`` sets the
+session/lease TTL (default: the library's, 10 s), which bounds the crash failover.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from dnsserver import DnsServer
 
 from cluster import Cluster
+from coordservers import ServerSet, unavailable_reason
 from netlab import Lab, lab_unavailable_reason
 
 PEERS_NAME = "peers.ftl.test"
@@ -91,6 +99,9 @@ def main() -> int:
         default=None,
         help="unicast mode: every node's address in a list, or behind one DNS name (multicast dropped)",
     )
+    parser.add_argument("--coordinator", default=None, metavar="URL", help="zookeeper, etcd, or a coordinator URL")
+    parser.add_argument("--coordinator-ttl", type=float, default=None, metavar="SECONDS")
+    parser.add_argument("--servers", type=int, default=1, help="servers the benchmark starts (1 or 3)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so that the lab is removed
     reason = lab_unavailable_reason()
@@ -98,6 +109,13 @@ def main() -> int:
         print(f"cannot run: {reason}", file=sys.stderr)
         return 2
     options: dict[str, object] = {} if args.interval is None else {"interval": args.interval}
+    if args.coordinator_ttl is not None:
+        options["coordinator_ttl"] = args.coordinator_ttl
+    own_server = args.coordinator in ("zookeeper", "etcd", "zookeeper://", "etcd://")
+    backend = args.coordinator.split(":")[0] if own_server else None
+    if backend is not None and (reason := unavailable_reason(backend)):
+        print(f"cannot run: {reason}", file=sys.stderr)
+        return 2
     results: dict[str, list[float]] = {"cold": [], "failover": [], "handover": [], "overlap": []}
     with Lab() as lab, contextlib.ExitStack() as stack:
         hosts = [lab.add_host(f"n{i}") for i in range(args.nodes)]
@@ -110,6 +128,12 @@ def main() -> int:
             for host in hosts:
                 host.set_resolver(dns.address)
             options["peers"] = f"dns:{PEERS_NAME}"
+        if backend is not None:
+            servers = ServerSet(backend, [lab.add_host(f"srv{i}") for i in range(args.servers)])
+            stack.callback(servers.close)
+            options["coordinator"] = servers.start().url
+        elif args.coordinator:
+            options["coordinator"] = args.coordinator
         for number in range(1, args.rounds + 1):
             figures = one_round(lab, hosts, options)
             for key, value in figures.items():
@@ -127,6 +151,8 @@ def main() -> int:
     }
     print()
     mode = "mDNS" if args.peers is None else f"unicast, peers from a {args.peers}, multicast dropped"
+    if "coordinator" in options:
+        mode = f"coordinator {options['coordinator']}, ttl {options.get('coordinator_ttl', 'default')}"
     print(f"{args.rounds} rounds, {args.nodes} nodes, interval {options.get('interval', 'default')}, {mode}")
     print(f"{'measure':55s} {'p50 ms':>9s} {'p99 ms':>9s} {'max ms':>9s}")
     for key, label in labels.items():

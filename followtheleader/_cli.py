@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import queue
 import shutil
 import socket
@@ -25,6 +26,8 @@ from typing import Any, NoReturn
 
 from ._callbacks import EVENT_KINDS
 from ._console import Console, catch_signals
+from ._coordinator import COORDINATOR_ENVIRONMENT_VARIABLE, parse_coordinator
+from ._coordinator_status import coordinator_groups, coordinator_json, format_coordinator_table
 from ._elector import Elector, elect
 from ._options import parse_options
 from ._peers import PeerEntry
@@ -58,6 +61,7 @@ examples:
   followtheleader status MyService --peers 10.0.0.5,10.0.0.6:9001
   followtheleader status MyService --json | jq '.groups[0].leader'
   followtheleader status MyService >/dev/null && echo "MyService has a leader"
+  followtheleader status --coordinator zookeeper://zk1:2181,zk2:2181/followtheleader
 """
 
 _RUN_EXAMPLES = """CMD starts when this node becomes leader, with FOLLOWTHELEADER_FENCING_TOKEN (the key of this
@@ -108,6 +112,17 @@ ELECTOR_OPTIONS: tuple[_ElectorOption, ...] = (
     _ElectorOption("--node-id", "node_id", str, "ID", "this node's id (default: random)"),
     _ElectorOption("--type", "type", str, "LABEL", "DNS-SD service label (default ftl: _ftl._udp.local.)"),
     _ElectorOption("--quorum", "quorum", int, "N", "expected group size: lead only while seeing a majority of N"),
+    _ElectorOption(
+        "--coordinator",
+        "coordinator",
+        str,
+        "URL",
+        "hold the leadership in ZooKeeper or etcd instead of mDNS: zookeeper://HOST:2181,.../PREFIX or"
+        " etcd://HOST:2379,... (default: $FOLLOWTHELEADER_COORDINATOR, else mDNS)",
+    ),
+    _ElectorOption(
+        "--coordinator-ttl", "coordinator_ttl", float, "SECONDS", "with --coordinator: session/lease TTL (default 10)"
+    ),
     _ElectorOption(
         "--peers",
         "peers",
@@ -191,6 +206,12 @@ def _parser() -> _Parser:
     status_parser.add_argument("--type", metavar="LABEL", help="DNS-SD service label (default ftl)")
     status_parser.add_argument(
         "--no-ping", action="store_true", help="trust the DNS-SD records; do not ask the leader whether it leads"
+    )
+    status_parser.add_argument(
+        "--coordinator",
+        metavar="URL",
+        default=os.environ.get(COORDINATOR_ENVIRONMENT_VARIABLE) or None,
+        help="list the groups held in this ZooKeeper or etcd instead (default: $FOLLOWTHELEADER_COORDINATOR)",
     )
     status_parser.add_argument(
         "--peers",
@@ -296,7 +317,11 @@ def _elect(args: argparse.Namespace, parser: _Parser, command: list[str] | None)
             return 1
         try:
             if not args.json:
-                console.line(f"joined group {elector.name!r} as node {elector.node_id} (heartbeat port {elector.port})")
+                coordinator = elector.options.coordinator
+                where = f"heartbeat port {elector.port}"
+                if coordinator is not None:
+                    where = f"coordinator {parse_coordinator(coordinator).url}"  # password masked
+                console.line(f"joined group {elector.name!r} as node {elector.node_id} ({where})")
             signals.get()
         finally:
             elector.stop()
@@ -305,6 +330,8 @@ def _elect(args: argparse.Namespace, parser: _Parser, command: list[str] | None)
 
 def _status(args: argparse.Namespace, parser: _Parser, command: list[str] | None) -> int:
     """``status``: print the groups; exit 1 when the group NAME has no (live) leader."""
+    if args.coordinator:
+        return _coordinator_status(args, parser)
     given: dict[str, Any] = {} if args.type is None else {"type": args.type}
     if args.peers is not None:
         given["peers"] = args.peers
@@ -332,6 +359,25 @@ def _status(args: argparse.Namespace, parser: _Parser, command: list[str] | None
     if args.name is None:
         return 0
     return 0 if any(group.leader is not None for group in groups) else 1
+
+
+def _coordinator_status(args: argparse.Namespace, parser: _Parser) -> int:
+    """``status --coordinator URL``: the groups held in ZooKeeper or etcd."""
+    try:
+        groups = coordinator_groups(args.coordinator, args.name)
+    except (TypeError, ValueError) as exc:
+        parser.error(str(exc))
+    except OSError as exc:
+        print(f"followtheleader: {exc}", file=sys.stderr)
+        return 1
+    url = parse_coordinator(args.coordinator).url
+    if args.json:
+        print(json.dumps(coordinator_json(groups, url)), flush=True)
+    else:
+        print(format_coordinator_table(groups, url), flush=True)
+    if args.name is None:
+        return 0
+    return 0 if any(group.view.leadership is not None for group in groups) else 1
 
 
 def _resolve_peers(entries: Sequence[PeerEntry]) -> list[tuple[str, int]]:

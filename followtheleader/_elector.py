@@ -78,6 +78,14 @@ class Elector:
     All properties and methods are thread-safe and may be used from callbacks.
     """
 
+    def __new__(cls, options: Options) -> Elector:  # noqa: PYI034 - may return the subclass
+        """Make the coordinated elector (:mod:`._coordinated`) when the options name a coordinator."""
+        if cls is Elector and options.coordinator is not None:
+            from ._coordinated import CoordinatedElector
+
+            cls = CoordinatedElector
+        return super().__new__(cls)
+
     def __init__(self, options: Options) -> None:
         self._options = options
         name = options.name

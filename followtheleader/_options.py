@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._auth import Secret
+from ._coordinator import COORDINATOR_ENVIRONMENT_VARIABLE, parse_coordinator
 from ._peers import PEERS_ENVIRONMENT_VARIABLE, PeerEntry, parse_peers
 
 __all__ = [
@@ -64,6 +65,11 @@ class Options:
         (this node included); None (the default) for availability first.
     :ivar secret: the group's shared secrets (the first signs, all are accepted), or None for
         an open group.
+    :ivar coordinator: the URL of a ZooKeeper or etcd cluster that holds the leadership
+        instead of mDNS and heartbeats (``zookeeper://h1:2181,h2:2181/prefix``,
+        ``etcd://h1:2379``), or None for mDNS mode; default ``$FOLLOWTHELEADER_COORDINATOR``.
+    :ivar coordinator_ttl: with a coordinator: the session (ZooKeeper) or lease (etcd) time
+        to live in seconds; a crashed leader is replaced about this long after it died.
     :ivar peers: unicast mode: where the group's nodes may be (addresses or DNS names), or
         None to find them by mDNS.
     """
@@ -82,6 +88,8 @@ class Options:
     npm_compat: bool = True
     quorum: int | None = None
     secret: tuple[Secret, ...] | None = field(default=None, repr=False)
+    coordinator: str | None = field(default=None, repr=False)  # it may hold a password
+    coordinator_ttl: float = 10.0
     peers: tuple[PeerEntry, ...] | None = None
 
     @property
@@ -141,15 +149,19 @@ def parse_options(*args: Any, **kwargs: Any) -> Options:
         "npm_compat": lambda v: _check_bool("npm_compat", v),
         "secret": _check_secret,
         "quorum": lambda v: _check_int("quorum", v, 1, 1000),
+        "coordinator": _check_coordinator,
+        "coordinator_ttl": _check_coordinator_ttl,
         "peers": lambda v: parse_peers(v, DEFAULT_PORT),
     }
     for key, value in given.items():
-        if value is None and key in ("node_id", "interfaces", "host", "secret", "quorum", "peers"):
+        if value is None and key in ("node_id", "interfaces", "host", "secret", "quorum", "peers", "coordinator"):
             continue
         values[key] = checkers[key](value)
     if given.get("secret") is None and os.environ.get(SECRET_ENVIRONMENT_VARIABLE):
         accepted = os.environ.get(ACCEPTED_SECRET_ENVIRONMENT_VARIABLE)
         values["secret"] = _check_secret([os.environ[SECRET_ENVIRONMENT_VARIABLE], *([accepted] if accepted else [])])
+    if given.get("coordinator") is None and os.environ.get(COORDINATOR_ENVIRONMENT_VARIABLE):
+        values["coordinator"] = _check_coordinator(os.environ[COORDINATOR_ENVIRONMENT_VARIABLE])
     if given.get("peers") is None and os.environ.get(PEERS_ENVIRONMENT_VARIABLE):
         try:
             values["peers"] = parse_peers(os.environ[PEERS_ENVIRONMENT_VARIABLE], DEFAULT_PORT)
@@ -162,6 +174,11 @@ def parse_options(*args: Any, **kwargs: Any) -> Options:
         values["port_explicit"] = True  # peers expect it at the listed port: no fallback to a free one
         if "host" not in values and any(":" in entry.host for entry in values["peers"]):
             values["host"] = "::"  # an IPv6 peer needs an IPv6 (dual-stack) heartbeat socket
+    if values.get("coordinator") is not None and values.get("peers") is not None:
+        raise ValueError(
+            "options 'coordinator' and 'peers' are two modes: give one (the environment may set"
+            f" {COORDINATOR_ENVIRONMENT_VARIABLE} or {PEERS_ENVIRONMENT_VARIABLE})"
+        )
     if values.get("secret") is not None:
         if given.get("npm_compat") is True:
             raise ValueError("option 'npm_compat' cannot be used with a secret: npm nodes cannot authenticate")
@@ -287,3 +304,16 @@ def _check_ip_version(value: Any) -> str:
     if value.lower() not in _IP_VERSIONS:
         raise ValueError(f"option 'ip_version' must be one of {', '.join(_IP_VERSIONS)}, not {value!r}")
     return value.lower()
+
+
+def _check_coordinator(value: Any) -> str:
+    parse_coordinator(value)  # raises TypeError or ValueError naming the option
+    return str(value)
+
+
+def _check_coordinator_ttl(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"option 'coordinator_ttl' must be a number of seconds, not {type(value).__name__}")
+    if not math.isfinite(value) or not 2 <= value <= 300:
+        raise ValueError(f"option 'coordinator_ttl' must be from 2 to 300 seconds, not {value}")
+    return float(value)

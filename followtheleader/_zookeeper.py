@@ -1,0 +1,321 @@
+"""ZooKeeper coordinator, through kazoo.
+
+The renewal is a ``sync`` (which the ensemble's leader answers, so that it fails on a server
+cut off from the leader) then two reads; the session may count as alive from when the sync
+was sent.
+
+Layout (see :mod:`._coordinator`): ``<prefix>/<group>/leader`` is an ephemeral znode that
+holds the leader's id and priority as JSON; its creation zxid (``czxid``) is the term.
+``<prefix>/<group>/members/<id>.<priority>`` are ephemeral znodes, one per member. All are
+bound to the member's ZooKeeper session: when the session expires or is closed, they go.
+
+kazoo runs its own threads (connection, and one that calls watchers and state listeners);
+here those only set an Event. Every request is made on the session thread with kazoo's
+asynchronous API and a bounded wait.
+
+The session timeout the server grants may be less than the one asked for (it is clamped to
+the server's ``minSessionTimeout`` and ``maxSessionTimeout``); kazoo keeps the granted value
+only in a log message, so :class:`_GrantedTimeout` reads it from there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import urllib.parse
+from typing import Any
+
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError, SessionExpiredError
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.security import make_digest_acl
+
+from ._coordinator import (
+    Coordinator,
+    CoordinatorConfig,
+    CoordinatorError,
+    GroupInfo,
+    Leadership,
+    SessionLost,
+    View,
+    member_from_label,
+    member_label,
+    quote_group,
+    ranked,
+)
+from ._model import Member
+
+__all__ = ["ZooKeeperCoordinator"]
+
+log = logging.getLogger(__name__)
+
+
+class _GrantedTimeout(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """kazoo's logger, reading the negotiated session timeout from kazoo's own log call."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.getLogger("kazoo.client"), {})
+        self.seconds: float | None = None
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if isinstance(msg, str) and msg.startswith("Session created") and len(args) >= 3:
+            with contextlib.suppress(TypeError, ValueError):
+                self.seconds = float(args[2]) / 1000.0  # type: ignore[arg-type]
+        super().log(level, msg, *args, **kwargs)
+
+
+def _member_data(member: Member) -> bytes:
+    return json.dumps({"node_id": member.node_id, "priority": member.priority}).encode()
+
+
+def _decode_member(data: bytes) -> Member | None:
+    try:
+        fields = json.loads(data)
+        return Member(str(fields["node_id"]), int(fields["priority"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class ZooKeeperCoordinator(Coordinator):
+    """One member's ZooKeeper session (see :class:`._coordinator.Coordinator`)."""
+
+    service = "ZooKeeper"
+    renew_fraction = 0.1
+    """Twice as often as etcd: the ensemble's leader learns of a session's requests from the
+    server the client is connected to with a lag (at most its next ping, half a tickTime)."""
+
+    def __init__(self, config: CoordinatorConfig, group: str, me: Member, ttl: float) -> None:
+        super().__init__(config, group, me, ttl)
+        self._client: KazooClient | None = None
+        self._session_id: int | None = None
+        self._granted: _GrantedTimeout | None = None
+        self._changed = threading.Event()
+        self._lost = False
+        base = f"{config.prefix}/{quote_group(group)}"
+        self._leader_path = f"{base}/leader"
+        self._members_path = f"{base}/members"
+        self._my_path = f"{self._members_path}/{member_label(me)}"
+        self._request_timeout = max(1.0, ttl / 2)
+
+    # ----------------------------------------------------------------- session
+
+    def _new_client(self) -> KazooClient:
+        config = self.config
+        kwargs: dict[str, Any] = {
+            "hosts": ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in config.hosts),
+            "timeout": self.ttl,
+            "logger": self._granted,
+        }
+        if config.tls:
+            kwargs["use_ssl"] = True
+            kwargs["verify_certs"] = config.setting("verify_certs") not in ("0", "false", "no")
+            for name in ("ca", "certfile", "keyfile", "keyfile_password"):
+                if config.setting(name):
+                    kwargs[name] = config.setting(name)
+        if config.username is not None:
+            mechanism = config.setting("sasl")
+            if mechanism:
+                kwargs["sasl_options"] = {
+                    "mechanism": mechanism,
+                    "username": config.username,
+                    "password": config.password,
+                }
+            else:
+                kwargs["auth_data"] = [("digest", f"{config.username}:{config.password}")]
+                # the nodes this member creates are for this user alone (the group shares it)
+                kwargs["default_acl"] = [make_digest_acl(config.username, config.password or "", all=True)]
+        client = KazooClient(**kwargs)
+        client.add_listener(self._on_state)
+        return client
+
+    def _on_state(self, state: str) -> None:
+        """kazoo's thread: the connection state changed."""
+        if state == KazooState.LOST:
+            self._lost = True
+        self._changed.set()
+
+    def _watch(self, event: object) -> None:
+        """kazoo's thread: a watched znode changed."""
+        self._changed.set()
+
+    def _connect(self) -> KazooClient:
+        self.close()
+        self._granted = _GrantedTimeout()
+        self._lost = False
+        client = self._new_client()
+        try:
+            client.start(timeout=max(1.0, min(self.ttl, 10.0)))
+        except Exception as exc:
+            _close_client(client)
+            hosts = ",".join(f"{h}:{p}" for h, p in self.config.hosts)
+            raise CoordinatorError(f"cannot connect to ZooKeeper at {hosts}: {exc or type(exc).__name__}") from exc
+        self._client = client
+        client_id = client.client_id
+        self._session_id = client_id[0] if client_id else None
+        return client
+
+    def connect_only(self) -> None:
+        self._connect()
+
+    def open(self) -> None:
+        client = self._connect()
+        self._call(client.create_async(self._members_path, b"", makepath=True), exists_ok=True)
+        # Leftovers of an older session of this node (it lost contact, or it was restarted):
+        # its leadership has lapsed locally, so they only make the others wait.
+        held = self._read_leader(client, watch=False)
+        if held is not None and held[0].leader.node_id == self.me.node_id and not held[0].mine:
+            self._delete(client, self._leader_path, held[1])
+        self._register(client)
+
+    def _register(self, client: KazooClient) -> None:
+        try:
+            self._call(client.create_async(self._my_path, _member_data(self.me), ephemeral=True))
+        except _Exists:
+            stat = self._call(client.exists_async(self._my_path))
+            if stat is not None and stat.ephemeralOwner != self._session_id:
+                self._delete(client, self._my_path, stat.version)
+            self._call(client.create_async(self._my_path, _member_data(self.me), ephemeral=True), exists_ok=True)
+
+    def renew(self) -> tuple[float, View]:
+        client = self._live_client()
+        # A sync goes to the ensemble's leader, which expires sessions: a server cut off from
+        # it (it may go on answering reads for syncLimit ticks) makes it fail.
+        self._call(client.sync_async(self._leader_path))
+        held = self._read_leader(client, watch=True)
+        labels = self._call(client.get_children_async(self._members_path, watch=self._watch))
+        self._check_session()
+        members = ranked([m for m in map(member_from_label, labels) if m is not None])
+        granted = self._granted.seconds if self._granted is not None else None
+        return (granted if granted is not None else self.ttl), View(held[0] if held else None, members)
+
+    def claim(self) -> int | None:
+        client = self._live_client()
+        try:
+            _, stat = self._call(
+                client.create_async(self._leader_path, _member_data(self.me), ephemeral=True, include_data=True)
+            )
+        except _Exists:
+            return None
+        self._check_session()
+        return int(stat.czxid)
+
+    def release(self, term: int) -> None:
+        client = self._live_client()
+        self._delete(client, self._my_path)  # first, so that nobody waits for this member
+        held = self._read_leader(client, watch=False)
+        if held is not None and held[0].mine and held[0].term == term:
+            self._delete(client, self._leader_path, held[1])
+
+    def rejoin(self) -> None:
+        self._register(self._live_client())
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            _close_client(client)
+
+    def wait(self, timeout: float) -> None:
+        self._changed.wait(timeout)
+        self._changed.clear()
+
+    def wake(self) -> None:
+        self._changed.set()
+
+    def groups(self) -> list[GroupInfo]:
+        client = self._live_client()
+        try:
+            names = self._call(client.get_children_async(self.config.prefix))
+        except _Missing:
+            return []
+        found = []
+        for quoted in sorted(names):
+            leader = self._read_leader_at(client, f"{self.config.prefix}/{quoted}/leader")
+            try:
+                labels = self._call(client.get_children_async(f"{self.config.prefix}/{quoted}/members"))
+            except _Missing:
+                labels = []
+            members = ranked([m for m in map(member_from_label, labels) if m is not None])
+            found.append(GroupInfo(urllib.parse.unquote(quoted), View(leader, members)))
+        return found
+
+    # ----------------------------------------------------------------- helpers
+
+    def _live_client(self) -> KazooClient:
+        if self._client is None:
+            raise CoordinatorError("not connected to ZooKeeper")
+        self._check_session()
+        return self._client
+
+    def _check_session(self) -> None:
+        client = self._client
+        client_id = client.client_id if client is not None else None
+        if self._lost or (client_id is not None and client_id[0] != self._session_id):
+            raise SessionLost("the ZooKeeper session expired")
+        if client_id is None:
+            raise CoordinatorError("not connected to ZooKeeper (kazoo is reconnecting)")
+
+    def _read_leader(self, client: KazooClient, watch: bool) -> tuple[Leadership, int] | None:
+        """The leadership and its znode's data version, or None (then watched for creation)."""
+        try:
+            data, stat = self._call(client.get_async(self._leader_path, watch=self._watch if watch else None))
+        except _Missing:
+            # vacant: be told when someone claims it (claimed in between: look again at once)
+            if watch and self._call(client.exists_async(self._leader_path, watch=self._watch)) is not None:
+                self._changed.set()
+            return None
+        leader = _decode_member(data)
+        if leader is None:
+            log.warning("ignored the unreadable ZooKeeper node %s", self._leader_path)
+            return None
+        return Leadership(leader, int(stat.czxid), stat.ephemeralOwner == self._session_id), int(stat.version)
+
+    def _read_leader_at(self, client: KazooClient, path: str) -> Leadership | None:
+        try:
+            data, stat = self._call(client.get_async(path))
+        except _Missing:
+            return None
+        leader = _decode_member(data)
+        return None if leader is None else Leadership(leader, int(stat.czxid), False)
+
+    def _delete(self, client: KazooClient, path: str, version: int = -1) -> None:
+        try:
+            self._call(client.delete_async(path, version=version))
+        except (_Missing, CoordinatorError) as exc:
+            if not isinstance(exc, _Missing):
+                raise
+
+    def _call(self, result: Any, exists_ok: bool = False) -> Any:
+        """Wait for one asynchronous kazoo request; kazoo errors become CoordinatorError."""
+        try:
+            return result.get(timeout=self._request_timeout)
+        except NoNodeError as exc:
+            raise _Missing(str(exc)) from exc
+        except NodeExistsError as exc:
+            if exists_ok:
+                return None
+            raise _Exists(str(exc)) from exc
+        except SessionExpiredError as exc:
+            raise SessionLost("the ZooKeeper session expired") from exc
+        except KazooTimeoutError as exc:
+            raise CoordinatorError(f"ZooKeeper did not answer within {self._request_timeout:g} s") from exc
+        except KazooException as exc:
+            raise CoordinatorError(f"ZooKeeper: {type(exc).__name__} {exc}".rstrip()) from exc
+
+
+class _Missing(CoordinatorError):
+    """No such znode (internal)."""
+
+
+class _Exists(CoordinatorError):
+    """The znode exists (internal)."""
+
+
+def _close_client(client: KazooClient) -> None:
+    """End a kazoo session (closing it deletes its ephemeral znodes) and its threads."""
+    try:
+        client.stop()
+        client.close()
+    except Exception:  # closing must never raise
+        log.debug("error while closing a ZooKeeper client", exc_info=True)

@@ -1,0 +1,288 @@
+"""Real ZooKeeper and etcd servers inside lab hosts, for the coordinator-mode tests and benchmarks.
+
+Each server process runs in a lab namespace (:meth:`netlab.Host.popen`), listens only on
+that host's lab address, keeps its data in a temporary directory, and is killed (and its
+directory removed) by :meth:`ServerSet.close`. ``zookeeperd`` (ZooKeeper 3.8) and
+``etcd-server`` (etcd 3.4) are the Debian packages; :func:`unavailable_reason` says why a
+backend cannot be tested here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from netlab import Host
+
+ZOOKEEPER_JAR = "/usr/share/java/zookeeper.jar"
+ZOOKEEPER_CONF = "/etc/zookeeper/conf"
+TICK_MS = 250
+"""ZooKeeper's tickTime in the tests: sessions may then be from 0.5 to 5 s... and 20 ticks max."""
+ZK_PORT, ETCD_PORT = 2181, 2379
+
+
+def unavailable_reason(backend: str) -> str | None:
+    """Why ``backend`` cannot be tested on this machine, or None."""
+    if backend == "zookeeper":
+        if importlib.util.find_spec("kazoo") is None:
+            return "kazoo is not installed (pip install 'followtheleader[zookeeper]')"
+        if not os.path.exists(ZOOKEEPER_JAR) or shutil.which("java") is None:
+            return "ZooKeeper is not installed (apt-get install zookeeperd)"
+        return None
+    if importlib.util.find_spec("etcd3gw") is None:
+        return "etcd3gw is not installed (pip install 'followtheleader[etcd]')"
+    if shutil.which("etcd") is None:
+        return "etcd is not installed (apt-get install etcd-server)"
+    return None
+
+
+def _tcp_ready(host: Host, port: int, check: Callable[[socket.socket], bool] | None = None) -> bool:
+    def attempt() -> bool:
+        try:
+            with socket.create_connection((host.address, port), timeout=0.5) as sock:
+                return check(sock) if check else True
+        except OSError:
+            return False
+
+    return host.call_in_namespace(attempt, timeout=5)
+
+
+def _ruok(sock: socket.socket) -> bool:
+    sock.sendall(b"ruok")
+    return sock.recv(16) == b"imok"
+
+
+def _zk_mode(sock: socket.socket) -> bool:
+    """ZooKeeper answers ``srvr`` with its mode once it serves (leader, follower, standalone)."""
+    sock.sendall(b"srvr")
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    return b"Mode:" in data
+
+
+def _http_ok(host: Host, port: int, path: str, tls: ssl.SSLContext | None = None) -> bool:
+    url = f"{'https' if tls else 'http'}://{host.address}:{port}{path}"
+
+    def attempt() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=0.5, context=tls) as answer:
+                return b'"health":"true"' in answer.read()
+        except OSError:
+            return False
+
+    return host.call_in_namespace(attempt, timeout=5)
+
+
+class Server:
+    """One server process on one lab host; :meth:`start` again after :meth:`kill` restarts it."""
+
+    def __init__(self, host: Host, argv: list[str], log_path: str, ready: Callable[[], bool]) -> None:
+        self.host = host
+        self.argv = argv
+        self.log_path = log_path
+        self.ready = ready
+        self.proc: subprocess.Popen[Any] | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = self.host.popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"server on {self.host.name} exited: {self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"server on {self.host.name} not ready after {timeout} s: {self.log_tail()}")
+            time.sleep(0.1)  # polling a server's port from outside: no event to wait on
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def log_tail(self) -> str:
+        with contextlib.suppress(OSError), open(self.log_path, errors="replace") as log:
+            return log.read()[-2000:]
+        return ""
+
+
+class ServerSet:
+    """A single server or a cluster of one backend; :attr:`url` is the coordinator URL."""
+
+    def __init__(self, backend: str, hosts: list[Host], tls: bool = False) -> None:
+        self.backend = backend
+        self.hosts = hosts
+        self.dir = tempfile.mkdtemp(prefix=f"ftl-{backend}-")
+        self.servers: list[Server] = []
+        self.tls = tls
+        port = ZK_PORT if backend == "zookeeper" else ETCD_PORT
+        scheme = ("zookeeper" if backend == "zookeeper" else "etcd") + ("s" if tls else "")
+        self.url = f"{scheme}://" + ",".join(f"{h.address}:{port}" for h in hosts) + "/ftltest"
+        if tls:
+            if backend != "etcd":
+                raise ValueError("TLS test servers: etcd only")
+            self._make_certificates()
+            self.url += f"?ca={self.ca}&cert={self.cert}&key={self.key}"
+        for index, host in enumerate(hosts):
+            self.servers.append(self._zookeeper(index, host) if backend == "zookeeper" else self._etcd(index, host))
+
+    def _zookeeper(self, index: int, host: Host) -> Server:
+        data = os.path.join(self.dir, f"zk{index}")
+        os.makedirs(data)
+        lines = [
+            f"tickTime={TICK_MS}",
+            "initLimit=20",
+            "syncLimit=8",
+            f"dataDir={data}",
+            f"clientPortAddress={host.address}",
+            f"clientPort={ZK_PORT}",
+            "admin.enableServer=false",
+            "4lw.commands.whitelist=ruok,srvr",
+            "maxSessionTimeout=60000",
+        ]
+        if len(self.hosts) > 1:
+            lines += [f"server.{i + 1}={h.address}:2888:3888" for i, h in enumerate(self.hosts)]
+            with open(os.path.join(data, "myid"), "w") as myid:
+                myid.write(f"{index + 1}\n")
+        config = os.path.join(data, "zoo.cfg")
+        with open(config, "w") as file:
+            file.write("\n".join(lines) + "\n")
+        argv = [
+            shutil.which("java") or "java",
+            "-Xmx128m",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            f"-Dzookeeper.log.dir={data}",
+            "-Dzookeeper.root.logger=INFO,CONSOLE",
+            "-Dlog4j.configuration=file:" + os.path.join(ZOOKEEPER_CONF, "log4j.properties"),
+            "-Dzookeeper.jmx.log4j.disable=true",
+            "-cp",
+            f"{ZOOKEEPER_CONF}:{ZOOKEEPER_JAR}",
+            "org.apache.zookeeper.server.quorum.QuorumPeerMain",
+            config,
+        ]
+        return Server(host, argv, os.path.join(self.dir, f"zk{index}.log"), lambda: _tcp_ready(host, ZK_PORT, _zk_mode))
+
+    def _make_certificates(self) -> None:
+        """A CA, a server certificate for every host's address, and a client certificate. The server
+        certificate is for client use too: etcd's JSON gateway dials etcd's gRPC port with it."""
+        self.ca, self.cert, self.key = (os.path.join(self.dir, n) for n in ("ca.pem", "client.pem", "client.key"))
+        ca_key = os.path.join(self.dir, "ca.key")
+        openssl = shutil.which("openssl") or "openssl"
+
+        def run(*argv: str) -> None:
+            subprocess.run([openssl, *argv], check=True, capture_output=True, timeout=60)
+
+        run(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=ftl-test-ca",
+            "-keyout",
+            ca_key,
+            "-out",
+            self.ca,
+        )
+        sans = ",".join(f"IP:{h.address}" for h in self.hosts)
+        for name, extensions in (
+            ("server", [f"subjectAltName={sans}", "extendedKeyUsage=serverAuth,clientAuth"]),
+            ("client", ["extendedKeyUsage=clientAuth"]),
+        ):
+            key, request, cert, extfile = (os.path.join(self.dir, f"{name}.{e}") for e in ("key", "csr", "pem", "ext"))
+            with open(extfile, "w") as file:
+                file.write("\n".join(extensions) + "\n")
+            run(
+                "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=ftl-test-{name}", "-keyout", key, "-out", request
+            )
+            run(
+                "x509",
+                "-req",
+                "-in",
+                request,
+                "-CA",
+                self.ca,
+                "-CAkey",
+                ca_key,
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-extfile",
+                extfile,
+                "-out",
+                cert,
+            )
+
+    def _client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.ca)
+        context.load_cert_chain(self.cert, self.key)
+        return context
+
+    def _etcd(self, index: int, host: Host) -> Server:
+        client_scheme = "https" if self.tls else "http"
+        cluster = ",".join(f"e{i}=http://{h.address}:2380" for i, h in enumerate(self.hosts))
+        argv = [
+            shutil.which("etcd") or "etcd",
+            "--name",
+            f"e{index}",
+            "--data-dir",
+            os.path.join(self.dir, f"etcd{index}"),
+            "--listen-client-urls",
+            f"{client_scheme}://{host.address}:{ETCD_PORT}",
+            "--advertise-client-urls",
+            f"{client_scheme}://{host.address}:{ETCD_PORT}",
+            "--listen-peer-urls",
+            f"http://{host.address}:2380",
+            "--initial-advertise-peer-urls",
+            f"http://{host.address}:2380",
+            "--initial-cluster",
+            cluster,
+            "--initial-cluster-state",
+            "new",
+            "--initial-cluster-token",
+            os.path.basename(self.dir),
+            "--heartbeat-interval",
+            "50",
+            "--election-timeout",
+            "500",
+            "--log-level",
+            "warn",
+            "--logger",
+            "zap",
+        ]
+        if self.tls:
+            server_cert, server_key = os.path.join(self.dir, "server.pem"), os.path.join(self.dir, "server.key")
+            argv += ["--cert-file", server_cert, "--key-file", server_key, "--trusted-ca-file", self.ca]
+            argv += ["--client-cert-auth"]
+        log = os.path.join(self.dir, f"etcd{index}.log")
+        tls = self._client_context() if self.tls else None
+        return Server(host, argv, log, lambda: _http_ok(host, ETCD_PORT, "/health", tls))
+
+    def start(self, timeout: float = 60.0) -> ServerSet:
+        for server in self.servers:
+            server.start()
+        for server in self.servers:
+            server.wait_ready(timeout)
+        return self
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)

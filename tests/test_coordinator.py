@@ -1,0 +1,610 @@
+"""Coordinator mode: the same Elector on real ZooKeeper and etcd servers.
+
+The servers run inside lab hosts (see ``coordservers.py``), single ones and 3-member
+clusters, started once per module and backend; node processes run in other lab hosts, so the
+leader's link to the servers can be cut with nftables. Every wait has a deadline; overlap of
+two leaders is measured with the monotonic clock all lab processes share. Without the
+servers or the client libraries, the lab tests skip and say why.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import followtheleader
+from followtheleader import Event, State, elect
+from followtheleader._coordinator import Leadership, View, parse_coordinator
+from followtheleader._lease import LeaseMachine
+from followtheleader._model import Member
+
+from cluster import Cluster, NodeProcess, check_pairing, leader_overlap
+from conftest import Local
+from coordservers import ServerSet, unavailable_reason
+from netlab import Host, Lab
+
+TTL = 3.0
+"""The session/lease TTL of the test nodes, in seconds."""
+BACKENDS = ("zookeeper", "etcd")
+
+
+# --------------------------------------------------------------------- options (no servers)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("zk://h:2181", "unknown scheme 'zk'"),
+        ("h1:2181", "must be a URL"),
+        ("zookeeper://", "names no server"),
+        ("zookeeper://h1:2181,,h2", "names no server"),
+        ("zookeeper://h1:http", "bad port"),
+        ("etcd://h1:70000", "bad port"),
+        ("zookeeper://h1/a/../b", "bad prefix"),
+        ("zookeeper://h1?colour=red", "unknown setting(s) colour"),
+        ("etcd://user:pw@h1", "cannot log in with a user and password"),
+    ],
+)
+def test_bad_coordinator_urls_fail_at_elect(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match="option 'coordinator'") as raised:
+        elect("g", coordinator=url)
+    assert message in str(raised.value)
+
+
+def test_missing_client_library_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "kazoo" else real(name, *a))
+    with pytest.raises(ValueError, match=r"install followtheleader\[zookeeper\]"):
+        elect("g", coordinator="zookeeper://h1")
+
+
+def test_url_forms_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("kazoo")
+    pytest.importorskip("etcd3gw")
+    config = parse_coordinator("zookeepers://me:s%40cret@h1,h2:2182,[::1]:3000/some/prefix/?ca=/ca.pem&sasl=DIGEST-MD5")
+    assert config.backend == "zookeeper" and config.tls
+    assert config.hosts == (("h1", 2181), ("h2", 2182), ("::1", 3000))
+    assert config.prefix == "/some/prefix"
+    assert (config.username, config.password) == ("me", "s@cret")
+    assert "s@cret" not in config.url and "s%40cret" not in config.url
+    assert "s%40cret" not in repr(elect("g", coordinator="zookeeper://me:s%40cret@h1").options)
+    assert config.setting("ca") == "/ca.pem"
+    assert parse_coordinator("etcd://e1").hosts == (("e1", 2379),)
+    assert parse_coordinator("etcd://e1").prefix == "/followtheleader"
+    monkeypatch.setenv("FOLLOWTHELEADER_COORDINATOR", "etcd://e1:2379")
+    elector = elect("g")
+    assert type(elector).__name__ == "CoordinatedElector" and isinstance(elector, followtheleader.Elector)
+    assert elector.options.coordinator == "etcd://e1:2379" and elector.options.coordinator_ttl == 10.0
+    with pytest.raises(ValueError, match="coordinator_ttl"):
+        elect("g", coordinator_ttl=0.5)
+    monkeypatch.delenv("FOLLOWTHELEADER_COORDINATOR")
+    assert type(elect("g")) is followtheleader.Elector
+
+
+# --------------------------------------------------------------------- the lease, by a fake clock
+
+
+def _view(leader: str | None, term: int = 7, mine: bool = False, members: tuple[str, ...] = ("a", "b")) -> View:
+    held = Leadership(Member(leader), term, mine) if leader else None
+    return View(held, tuple(Member(m) for m in members))
+
+
+def test_lease_runs_from_the_send_time_and_demotes_before_the_ttl() -> None:
+    machine = LeaseMachine("g", Member("a"), "ZooKeeper", margin=0.6)
+    machine.start(0.0)
+    [notify] = machine.on_view(sent=1.0, ttl=3.0, view=_view("a", mine=True), now=1.4)
+    assert notify.event.kind == "leader" and notify.event.term == 7  # type: ignore[union-attr]
+    assert notify.event.fencing_token == followtheleader.FencingToken(7, 0, "a", 0)  # type: ignore[union-attr]
+    assert machine.is_leader(3.39) and not machine.is_leader(3.4)  # 1.0 + 3.0 - 0.6
+    assert machine.next_deadline() == pytest.approx(3.4)
+    [demotion] = machine.tick(3.4)
+    assert demotion.event.kind == "reelection" and "lost contact with ZooKeeper" in demotion.event.reason  # type: ignore[union-attr]
+    assert machine.abandon and machine.state is State.ELECTING
+    assert machine.on_view(sent=3.5, ttl=3.0, view=_view("a", mine=True), now=3.6) == []  # until a new session
+
+
+def test_a_proof_that_arrives_after_its_lease_does_not_count() -> None:
+    machine = LeaseMachine("g", Member("a"), "etcd", margin=0.6)
+    machine.start(0.0)
+    assert machine.on_view(sent=0.0, ttl=3.0, view=_view("a", mine=True), now=2.5) == []
+    assert machine.state is State.ELECTING and not machine.is_leader(2.5)
+
+
+def test_followers_change_with_the_leadership_and_resign_releases() -> None:
+    machine = LeaseMachine("g", Member("b"), "etcd", margin=0.5)
+    machine.start(0.0)
+    kinds = [a.event.kind for a in machine.on_view(0.0, 3.0, _view("a", 5), 0.1)]  # type: ignore[union-attr]
+    assert kinds == ["follower"]
+    assert [a.event.kind for a in machine.on_view(0.2, 3.0, _view(None), 0.3)] == ["reelection"]  # type: ignore[union-attr]
+    assert [a.event.kind for a in machine.on_view(0.4, 3.0, _view("b", 9, True), 0.5)] == ["leader"]  # type: ignore[union-attr]
+    assert machine.term == 9 and machine.members(0.5) == (Member("a"), Member("b"))
+    assert [a.event.reason for a in machine.resign(0.6)] == ["resigned"]  # type: ignore[union-attr]
+    assert machine.release_term == 9 and not machine.is_leader(0.6)
+    assert machine.on_view(0.7, 3.0, _view("b", 9, True), 0.8) == []  # not yet released: still no leader
+    machine.on_released()
+    # a leadership still held by an older session of this very node counts as vacant
+    assert machine.on_view(0.9, 3.0, _view("b", 9, False), 1.0) == [] and machine.state is State.ELECTING
+
+
+# --------------------------------------------------------------------- the servers
+
+
+def _server_hosts(lab: Lab, names: list[str]) -> list[Host]:
+    return [lab.hosts[name] if name in lab.hosts else lab.add_host(name) for name in names]
+
+
+_sets: dict[str, ServerSet] = {}
+
+
+def _servers(lab: Lab, backend: str, size: int) -> ServerSet:
+    reason = unavailable_reason(backend)
+    if reason:
+        pytest.skip(reason)
+    key = f"{backend}{size}"
+    if key not in _sets:
+        tag = "z" if backend == "zookeeper" else "e"
+        servers = ServerSet(backend, _server_hosts(lab, [f"{tag}s{size}{i}" for i in range(size)]))
+        try:
+            servers.start()
+        except Exception:
+            servers.close()
+            raise
+        _sets[key] = servers
+    return _sets[key]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_servers() -> Iterator[None]:
+    yield
+    for servers in _sets.values():
+        servers.close()
+    _sets.clear()
+
+
+@pytest.fixture(params=BACKENDS)
+def single(request: Any, lab: Lab) -> ServerSet:
+    """A single server of each backend."""
+    return _servers(lab, request.param, 1)
+
+
+@pytest.fixture(params=BACKENDS)
+def trio(request: Any, lab: Lab) -> ServerSet:
+    """A 3-member cluster of each backend."""
+    return _servers(lab, request.param, 3)
+
+
+@pytest.fixture
+def faults(lab: Lab) -> Iterator[Lab]:
+    if shutil.which("nft") is None:
+        pytest.skip("fault injection needs nftables (apt-get install nftables)")
+    yield lab
+    lab.set_faults()
+
+
+def _options(servers: ServerSet, **extra: Any) -> dict[str, Any]:
+    return {"coordinator": servers.url, "coordinator_ttl": TTL, **extra}
+
+
+def _start(cluster: Cluster, hosts: list[Host], servers: ServerSet, count: int) -> list[NodeProcess]:
+    """``count`` nodes ``c0``... with priorities 0.., all told to start at once."""
+    processes = [
+        cluster.spawn(host, wait_go=True, node_ids=[f"c{i}"], options=_options(servers, priority=i))
+        for i, host in enumerate(hosts[:count])
+    ]
+    cluster.wait_ready()
+    for process in processes:
+        process.send("go")
+    return processes
+
+
+pytestmark_lab = pytest.mark.lab
+
+
+@pytest.mark.lab
+def test_cold_start_of_five_elects_the_best_ranked_with_a_server_term(
+    cluster: Cluster, hosts: list[Host], single: ServerSet
+) -> None:
+    _start(cluster, hosts, single, 5)
+    agreed = cluster.wait_agreement(timeout=20)
+    assert agreed.leader == "c4"  # the highest priority, among nodes started together
+    assert agreed.term > 0
+    status = cluster.status(cluster.process_of("c0"))
+    assert status["members"] == ["c4", "c3", "c2", "c1", "c0"]
+    assert status["port"] == 0
+    assert not [t for t in status["threads"] if "zeroconf" in t.lower() or "heartbeat" in t]
+    leader_status = cluster.status(cluster.process_of("c4"))
+    assert leader_status["is_leader"] and leader_status["term"] == agreed.term
+    assert cluster.leader_overlap() == 0.0
+    check_pairing(cluster.all_events())
+
+
+@pytest.mark.lab
+def test_sigkill_of_the_leader_fails_over_within_ttl_plus_one_second(
+    cluster: Cluster, hosts: list[Host], single: ServerSet
+) -> None:
+    _start(cluster, hosts, single, 3)
+    first = cluster.wait_agreement(timeout=20)
+    killed_at = cluster.process_of(first.leader).kill()
+    second = cluster.wait_agreement(timeout=TTL + 10, other_than=first.leader, after_term=first.term)
+    failover = second.time - killed_at
+    assert failover <= TTL + 1.0, f"failover took {failover:.2f} s"
+    assert second.leader == "c1"  # the best-ranked survivor
+    assert cluster.leader_overlap() == 0.0
+    check_pairing(cluster.all_events())
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("how", ["stop", "resign"])
+def test_stop_and_resign_hand_over_at_once(cluster: Cluster, hosts: list[Host], single: ServerSet, how: str) -> None:
+    _start(cluster, hosts, single, 3)
+    first = cluster.wait_agreement(timeout=20)
+    sent = cluster.process_of(first.leader).send(f"{how} 0")
+    second = cluster.wait_agreement(timeout=5, other_than=first.leader, after_term=first.term)
+    assert second.time - sent < 0.5, f"handover took {second.time - sent:.3f} s"
+    assert second.leader == "c1"
+    if how == "resign":  # the resigned node follows the successor
+        roles = cluster.wait(
+            lambda: (r := cluster.roles_locked().get(first.leader)) and r.kind == "follower" and r,
+            5,
+            "the resigned node follows",
+        )
+        assert roles.leader == second.leader
+    assert cluster.leader_overlap() == 0.0
+    check_pairing(cluster.all_events())
+
+
+@pytest.mark.lab
+def test_a_leader_cut_off_from_the_server_demotes_before_a_successor_leads(
+    faults: Lab, cluster: Cluster, hosts: list[Host], single: ServerSet
+) -> None:
+    _start(cluster, hosts, single, 3)
+    first = cluster.wait_agreement(timeout=20)
+    leader_host = cluster.process_of(first.leader).host
+    cut_at = time.monotonic()
+    faults.set_faults(partition=([leader_host.name], [s.host.name for s in single.servers]))
+
+    def others_agree() -> str | None:
+        roles = {node: r for node, r in cluster.roles_locked().items() if node != first.leader}
+        views = {(r.leader, r.term) for r in roles.values() if r.kind in ("leader", "follower")}
+        leaders = [node for node, r in roles.items() if r.kind == "leader" and r.term > first.term]
+        if len(roles) == 2 and len(views) == 1 and leaders and views == {(leaders[0], roles[leaders[0]].term)}:
+            return leaders[0]
+        return None
+
+    successor = cluster.wait(others_agree, TTL + 10, "the others agree on a successor")
+    events = cluster.all_events()
+    demotions = [e for e in events if e["node"] == first.leader and e["kind"] == "reelection" and e["t"] > cut_at]
+    assert demotions, "the cut-off leader never demoted itself"
+    assert "lost contact with" in demotions[0]["reason"], events
+    successor_leads = min(e["t"] for e in events if e["kind"] == "leader" and e["node"] == successor)
+    assert demotions[0]["t"] < successor_leads, "the successor led before the cut-off leader demoted"
+    assert leader_overlap(events) == 0.0
+    faults.set_faults()  # healed: the old leader comes back as a follower, with a new session
+    cluster.wait(
+        lambda: (r := cluster.roles_locked().get(first.leader)) and r.kind == "follower" and r.leader == successor,
+        TTL + 10,
+        "the old leader follows",
+    )
+    check_pairing(cluster.all_events())
+
+
+@pytest.mark.lab
+def test_server_killed_and_restarted(cluster: Cluster, hosts: list[Host], single: ServerSet) -> None:
+    _start(cluster, hosts, single, 3)
+    first = cluster.wait_agreement(timeout=20)
+    server = single.servers[0]
+    server.kill()
+    try:
+        cluster.wait(
+            lambda: all(r.kind == "reelection" for r in cluster.roles_locked().values()),
+            TTL + 10,
+            "every node demotes while the server is down",
+        )
+        errors = [r for p in cluster.processes for r in p.events(("error",))]
+        assert errors and all(p.alive for p in cluster.processes)
+    finally:
+        server.start()
+        server.wait_ready(60)
+    second = cluster.wait_agreement(timeout=TTL + 20, after_term=first.term)
+    assert second.term > first.term
+    assert cluster.leader_overlap() == 0.0
+    check_pairing(cluster.all_events())
+
+
+@pytest.mark.lab
+def test_leadership_holds_when_one_member_of_three_is_killed(
+    cluster: Cluster, hosts: list[Host], trio: ServerSet
+) -> None:
+    _start(cluster, hosts, trio, 3)
+    first = cluster.wait_agreement(timeout=30)
+    victim = trio.servers[0]
+    victim.kill()
+    try:
+        changes = cluster.wait_quiet(TTL * 2)
+        assert changes == [], f"role changes after one server of three died: {changes}"
+        status = cluster.status(cluster.process_of(first.leader))
+        assert status["is_leader"] and status["term"] == first.term
+    finally:
+        victim.start()
+        victim.wait_ready(60)
+
+
+@pytest.mark.lab
+def test_a_slow_callback_delays_nothing_else(local: Local, single: ServerSet) -> None:
+    release = threading.Event()
+    led: list[Event] = []
+    slow = elect("slowgroup" + os.urandom(3).hex(), node_id="slow", priority=5, **_options(single))
+    other = elect(slow.name, node_id="other", **_options(single))
+    slow.on("leader", lambda event: (led.append(event), release.wait(30)))
+    reelections: list[Event] = []
+    slow.on("reelection", reelections.append)
+    sockets_before = _socket_fds()
+    try:
+        local(slow.start)
+        assert local(lambda: slow.wait_for_leader(15)) is not None
+        local(other.start)
+        assert local(lambda: other.wait_for_leader(15)) == Member("slow", 5)
+        deadline = time.monotonic() + TTL * 2
+        while time.monotonic() < deadline:  # the callback blocks; the session goes on
+            assert slow.is_leader, "the leader lost its lease while its callback was slow"
+            release.wait(0.2)
+        assert not reelections and len(led) == 1
+        if single.backend == "zookeeper":  # the timeout the server granted was read from kazoo
+            assert slow._coordinator._granted is not None  # type: ignore[attr-defined]
+            assert slow._coordinator._granted.seconds == TTL  # type: ignore[attr-defined]
+        _assert_no_datagram_sockets(sockets_before)
+    finally:
+        release.set()
+        other.stop()
+        slow.stop()
+
+
+def _socket_fds() -> set[int]:
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                found.add(int(fd))
+        except OSError:
+            pass
+    return found
+
+
+def _assert_no_datagram_sockets(before: set[int]) -> None:
+    """No UDP socket (mDNS, heartbeats) among the sockets opened since ``before``."""
+    for fd in _socket_fds() - before:
+        try:
+            with socket.socket(fileno=os.dup(fd)) as sock:
+                assert sock.type is not socket.SOCK_DGRAM, f"a datagram socket was opened: {sock}"
+        except OSError:
+            continue  # closed in between
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_server_down_gives_an_error_event_and_retries_until_stopped(local: Local, lab: Lab, backend: str) -> None:
+    if unavailable_reason(backend):
+        pytest.skip(unavailable_reason(backend) or "")
+    nobody = _server_hosts(lab, ["nobody"])[0]  # a lab host where no server listens
+    url = f"{backend}://{nobody.address}:{2181 if backend == 'zookeeper' else 2379}"
+    elector = elect("downgroup", coordinator=url, coordinator_ttl=TTL)
+    errors: list[Event] = []
+    got_error = threading.Event()
+    elector.on("error", lambda event: (errors.append(event), got_error.set()))
+    try:
+        local(elector.start)
+        assert got_error.wait(15), "no error event while the server is down"
+        assert elector.state is State.ELECTING and not elector.is_leader
+        assert isinstance(errors[0].error, OSError) and errors[0].reason.startswith(("ZooKeeper", "etcd"))
+    finally:
+        assert elector.stop(timeout=TTL + 10)
+    assert elector.stop() and elector.stop()  # idempotent
+
+
+@pytest.mark.lab
+def test_status_lists_groups_leaders_and_terms(cluster: Cluster, hosts: list[Host], single: ServerSet) -> None:
+    import json
+    import sys
+
+    _start(cluster, hosts, single, 2)
+    agreed = cluster.wait_agreement(timeout=20)
+    argv = [sys.executable, "-m", "followtheleader", "status", cluster.group, "--coordinator", single.url]
+    result = hosts[5].run([*argv, "--json"], timeout=60)
+    [group] = json.loads(result.stdout)["groups"]
+    assert (group["group"], group["leader"], group["term"]) == (cluster.group, agreed.leader, agreed.term)
+    assert [m["node_id"] for m in group["members"]] == ["c1", "c0"]
+    table = hosts[5].run(argv, timeout=60).stdout
+    assert cluster.group in table and str(agreed.term) in table
+    missing = hosts[5].run([*argv[:4], "nosuchgroup", *argv[5:]], check=False, timeout=60)
+    assert missing.returncode == 1
+
+
+def test_cli_refuses_a_bad_coordinator_url() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "followtheleader", "elect", "g", "--coordinator", "zk://h"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "unknown scheme 'zk'" in result.stderr
+
+
+@pytest.mark.lab
+def test_a_leader_on_a_server_cut_off_from_its_ensemble_demotes_before_a_successor_leads(
+    faults: Lab, cluster: Cluster, hosts: list[Host], trio: ServerSet
+) -> None:
+    """The leader talks to server 0 only, the others to servers 1 and 2; then server 0 is cut
+    off from the rest. A ZooKeeper server goes on answering reads for a while after it lost
+    its ensemble, and an etcd member cannot renew a lease without its leader: either way the
+    leader must demote by its own lease before the majority side lets another node lead."""
+    scheme, _, rest = trio.url.partition("://")
+    addresses, _, prefix = rest.partition("/")
+    urls = addresses.split(",")
+    lone = f"{scheme}://{urls[0]}/{prefix}"
+    majority = f"{scheme}://{','.join(urls[1:])}/{prefix}"
+    processes = [
+        cluster.spawn(hosts[i], wait_go=True, node_ids=[f"c{i}"], options=_options(trio, priority=i, coordinator=url))
+        for i, url in enumerate([majority, majority, lone])
+    ]
+    cluster.wait_ready()
+    for process in processes:
+        process.send("go")
+    first = cluster.wait_agreement(timeout=30)
+    assert first.leader == "c2"
+    cut_at = time.monotonic()
+    server0, others = trio.servers[0].host.name, [s.host.name for s in trio.servers[1:]]
+    faults.set_faults(partition=([server0], [*others, hosts[0].name, hosts[1].name]))
+    try:
+
+        def successor() -> str | None:
+            roles = cluster.roles_locked()
+            leaders = [n for n in ("c0", "c1") if roles[n].kind == "leader" and roles[n].term > first.term]
+            return leaders[0] if leaders else None
+
+        new_leader = cluster.wait(successor, TTL * 4 + 10, "a successor on the majority side")
+        events = cluster.all_events()
+        demotions = [e for e in events if e["node"] == "c2" and e["kind"] == "reelection" and e["t"] > cut_at]
+        assert demotions, "the leader on the cut-off server never demoted"
+        successor_leads = min(e["t"] for e in events if e["kind"] == "leader" and e["node"] == new_leader)
+        assert demotions[0]["t"] < successor_leads
+        assert leader_overlap(events) == 0.0
+    finally:
+        faults.set_faults()
+    check_pairing(cluster.all_events())
+
+
+@pytest.mark.lab
+def test_alone_a_resigned_node_leads_again_with_a_greater_term_and_stops_from_a_callback(
+    local: Local, single: ServerSet
+) -> None:
+    elector = elect("alone" + os.urandom(3).hex(), node_id="solo", **_options(single))
+    assert elector.stop() and elector.stop()  # before start: nothing to do, and idempotent
+    elector = elect(elector.name, node_id="solo", **_options(single))
+    leaders: list[Event] = []
+    second = threading.Event()
+    stopped_inside: list[bool] = []
+
+    def on_leader(event: Event) -> None:
+        leaders.append(event)
+        if len(leaders) == 2:
+            stopped_inside.append(elector.stop())
+            second.set()
+
+    elector.on("leader", on_leader)
+    local(elector.start)
+    assert local(lambda: elector.wait_for_leader(15)) is not None
+    first_token = elector.fencing_token
+    assert elector.resign()
+    assert second.wait(15), "alone, the resigned node did not lead again"
+    assert leaders[1].term > leaders[0].term and leaders[1].fencing_token > first_token  # type: ignore[operator]
+    assert elector.join(TTL + 10) and stopped_inside == [True]
+    assert elector.state is State.STOPPED and not elector.is_leader
+    assert elector.stop() and elector.stop()
+
+
+@pytest.mark.lab
+def test_cli_elect_and_run_with_a_coordinator(hosts: list[Host], single: ServerSet) -> None:
+    import json
+    import signal
+    import sys
+
+    from cluster import JsonLinesProcess
+
+    changed = threading.Condition()
+    group = "cli" + os.urandom(3).hex()
+    common = ["--coordinator", single.url, "--coordinator-ttl", str(TTL), "--priority"]
+    elect_cli = JsonLinesProcess(
+        hosts[6], [sys.executable, "-m", "followtheleader", "elect", group, *common, "5", "--json"], changed
+    )
+    command = 'echo "{\\"event\\": \\"cmd\\", \\"term\\": $FOLLOWTHELEADER_TERM}"; exec sleep 60'
+    run_argv = [sys.executable, "-m", "followtheleader", "run", group, *common, "1", "--", "sh", "-c", command]
+    run_cli: JsonLinesProcess | None = None
+
+    def first(process: JsonLinesProcess, event: str) -> dict[str, Any] | None:
+        return next((r for r in process.records if r.get("event") == event), None)
+
+    def wait(predicate: Any, what: str) -> Any:
+        deadline = time.monotonic() + 30
+        with changed:
+            while not (value := predicate()):
+                stderr = (elect_cli.stderr, run_cli.stderr if run_cli else "")
+                assert time.monotonic() < deadline, f"timed out waiting for {what}: {stderr}"
+                changed.wait(deadline - time.monotonic())
+            return value
+
+    try:
+        led = wait(lambda: first(elect_cli, "leader"), "elect to lead")
+        assert led["term"] > 0 and led["leader"]["port"] == 0
+        run_cli = JsonLinesProcess(hosts[7], run_argv, changed)  # once elect leads: it follows
+        status = [sys.executable, "-m", "followtheleader", "status", group, "--coordinator", single.url, "--json"]
+        deadline = time.monotonic() + 30
+        while len(json.loads(hosts[5].run(status, timeout=60).stdout)["groups"][0]["members"]) < 2:
+            assert time.monotonic() < deadline, "run's node never registered"
+        elect_cli.proc.send_signal(signal.SIGTERM)  # hands over: run's node leads and starts CMD
+        assert elect_cli.proc.wait(30) == 0
+        started = wait(lambda: run_cli is not None and first(run_cli, "cmd"), "run to start CMD")
+        assert started["term"] > led["term"]
+    finally:
+        for process in (elect_cli, run_cli):
+            if process is not None and process.proc.poll() is None:
+                process.proc.send_signal(signal.SIGTERM)
+                process.proc.wait(30)
+    assert run_cli is not None and run_cli.proc.returncode == 0
+
+
+@pytest.mark.lab
+def test_etcd_over_tls_with_a_client_certificate(cluster: Cluster, hosts: list[Host], lab: Lab) -> None:
+    import json
+    import sys
+
+    if unavailable_reason("etcd") or shutil.which("openssl") is None:
+        pytest.skip(unavailable_reason("etcd") or "openssl is not installed")
+    servers = ServerSet("etcd", _server_hosts(lab, ["etls"]), tls=True)
+    try:
+        servers.start()
+        assert servers.url.startswith("etcds://")
+        _start(cluster, hosts, servers, 2)
+        agreed = cluster.wait_agreement(timeout=20)
+        assert agreed.leader == "c1" and agreed.term > 0
+        argv = [sys.executable, "-m", "followtheleader", "status", cluster.group, "--coordinator", servers.url]
+        [group] = json.loads(hosts[5].run([*argv, "--json"], timeout=60).stdout)["groups"]
+        assert (group["leader"], group["term"]) == ("c1", agreed.term)
+        # without the client certificate the server refuses the connection: status says so
+        bare = servers.url.split("&cert=")[0]
+        refused = hosts[5].run([*argv[:-1], bare], check=False, timeout=60)
+        assert refused.returncode == 1 and "etcd did not answer" in refused.stderr
+    finally:
+        cluster.finish()
+        servers.close()
+
+
+@pytest.mark.lab
+def test_zookeeper_digest_authentication_keeps_other_clients_out(cluster: Cluster, hosts: list[Host], lab: Lab) -> None:
+    import sys
+
+    servers = _servers(lab, "zookeeper", 1)
+    scheme, _, rest = servers.url.partition("://")
+    private = f"{scheme}://ftl:s3cret@{rest.split('/')[0]}/private{os.urandom(3).hex()}"
+    for i, host in enumerate(hosts[:2]):
+        cluster.spawn(host, node_ids=[f"c{i}"], options={"coordinator": private, "coordinator_ttl": TTL, "priority": i})
+    agreed = cluster.wait_agreement(timeout=20)
+    assert agreed.leader == "c1"
+    argv = [sys.executable, "-m", "followtheleader", "status", cluster.group, "--coordinator"]
+    allowed = hosts[5].run([*argv, private], timeout=60)
+    assert "c1" in allowed.stdout and str(agreed.term) in allowed.stdout and "s3cret" not in allowed.stdout
+    anonymous = hosts[5].run([*argv, private.replace("ftl:s3cret@", "")], check=False, timeout=60)
+    assert anonymous.returncode == 1 and "NoAuth" in anonymous.stderr
+    intruder = hosts[5].run([*argv, private.replace("s3cret", "guess")], check=False, timeout=60)
+    assert intruder.returncode == 1 and "NoAuth" in intruder.stderr
