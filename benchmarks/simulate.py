@@ -18,7 +18,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
-from simfuzz import Result, faults_of, generate, run_schedule, shrink  # noqa: E402
+from simfuzz import Result, faults_of, generate, run_schedule, shrink
 
 
 def report_failure(result: Result, quorum: bool | None, do_shrink: bool) -> None:

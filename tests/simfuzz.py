@@ -179,10 +179,7 @@ def generate(seed: int, quorum: bool | None = None, timing: Timing = TIMING) -> 
     net_seed = root.getrandbits(64)
     size = rng.randint(2, 9)
     ids = [f"n{i}" for i in range(1, size + 1)]
-    if rng.random() < 0.5:
-        priorities = [0] * size
-    else:
-        priorities = [rng.choice((0, 0, 1, 2, 5)) for _ in ids]
+    priorities = [0] * size if rng.random() < 0.5 else [rng.choice((0, 0, 1, 2, 5)) for _ in ids]
     use_quorum = rng.random() < 0.4 if quorum is None else quorum
     quorum_size = size if use_quorum else None
     latency = rng.uniform(0.0002, 0.005)
@@ -319,7 +316,13 @@ class Checker:
         return True
 
     def topology_changed(self) -> None:
-        """Recompute the connected components (after every fault and every end of one)."""
+        """Recompute the connected components (after every fault and every end of one).
+
+        A paused node stays in its component (its links work; the lease must end its
+        leadership by the clock), but two nodes join only when neither is paused: a node
+        that cannot run cannot meet a rival, so the merge window starts when it resumes.
+        (guarantees.rst, "Limits": "A leader alone keeps leading ... with no lease to lose".)
+        """
         up = sorted(n.node_id for n in self.net.nodes.values() if n.up)
         parent = {n: n for n in up}
 
@@ -338,10 +341,11 @@ class Checker:
         self.components = [frozenset(g) for g in groups.values()]
         self.component_of = {n: i for i, g in enumerate(self.components) for n in g}
         now = self.net.now
+        paused = {n.node_id for n in self.net.nodes.values() if n.paused}
         for a, b in itertools.combinations(sorted(self.net.nodes), 2):
             pair = frozenset((a, b))
             together = a in self.component_of and self.component_of.get(a) == self.component_of.get(b)
-            if together and pair not in self.together_since:
+            if together and pair not in self.together_since and not {a, b} & paused:
                 apart_for = now - self.apart_since.get(pair, now)
                 self.together_since[pair] = (now, merge_window(self.schedule.timing, apart_for))
             elif not together and pair in self.together_since:
@@ -379,7 +383,7 @@ class Checker:
     def _busy(self, now: float) -> None:
         """The clock cannot advance: a machine asks for a tick that changes nothing."""
         stuck = [
-            f"{n.node_id} ({n.machine.state.value}, next_deadline {n.machine.next_deadline() - self.start:.6f})"
+            f"{n.node_id} ({n.machine.state.value}, deadline {(n.machine.next_deadline() or now) - self.start:.6f})"
             for n in self.net.nodes.values()
             if not n.crashed and not n.paused and (n.machine.next_deadline() or float("inf")) <= now
         ]
@@ -453,12 +457,13 @@ class Checker:
                 continue
             if len(leaders) != 1:
                 self.fail("convergence", f"component {sorted(component)} has leaders {leaders}: {sorted(views)}")
-            if any(
-                n.node_id != leaders[0]
-                and (n.machine.state is not State.FOLLOWER or n.machine.leader is None or n.machine.leader.node_id != leaders[0])
-                for n in nodes
-            ):
-                self.fail("convergence", f"component {sorted(component)} does not all follow {leaders[0]}: {sorted(views)}")
+            if any(n.node_id != leaders[0] and not self._follows(n, leaders[0]) for n in nodes):
+                self.fail("convergence", f"{sorted(component)} do not all follow {leaders[0]}: {sorted(views)}")
+
+    @staticmethod
+    def _follows(node: SimNode, leader: str) -> bool:
+        machine = node.machine
+        return machine.state is State.FOLLOWER and machine.leader is not None and machine.leader.node_id == leader
 
 
 # ----------------------------------------------------------------------------- running
@@ -630,7 +635,8 @@ class Run:
                 if not nodes:
                     pairs = list(itertools.permutations(ids, 2))
                 elif len(nodes) == 1:
-                    pairs = [(nodes[0], i) for i in ids if i != nodes[0]] + [(i, nodes[0]) for i in ids if i != nodes[0]]
+                    others = [i for i in ids if i != nodes[0]]
+                    pairs = [(nodes[0], i) for i in others] + [(i, nodes[0]) for i in others]
                 else:
                     pairs = [(nodes[0], nodes[1]), (nodes[1], nodes[0])] if nodes[0] != nodes[1] else []
                 for pair in pairs:

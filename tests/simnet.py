@@ -26,6 +26,7 @@ import itertools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 from followtheleader._machine import Action, Machine, Notify, NpmPing, Publish, Send, Timing
 from followtheleader._model import Event, Member, State
@@ -295,7 +296,7 @@ class SimNet:
             node = self.nodes[node_id]
             if node.crashed:
                 return
-            kind, payload = item  # type: ignore[misc]
+            kind, payload = cast("tuple[str, Any]", item)
             if kind == "message":
                 message, source = payload
                 if node.paused:
@@ -318,7 +319,7 @@ class SimNet:
         """The input a DNS-SD record, a goodbye or an npm pong makes (at the time it is handled)."""
         machine = node.machine
         if kind == "npm-record":
-            host, port = payload  # type: ignore[misc]
+            host, port = cast("tuple[str, int]", payload)
             return lambda: machine.on_npm_record(host, port, self.now)
         if kind == "npm-pong":
             return lambda: machine.on_npm_pong(payload, self.now)  # type: ignore[arg-type]

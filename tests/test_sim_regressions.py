@@ -1,0 +1,154 @@
+"""Plain regression tests for the bugs the fault simulator (``tests/simfuzz.py``) found.
+
+Each test replays, on :class:`simnet.SimNet` with a fixed seed, the shortest schedule of a
+failing seed, and asserts the guarantee the simulator saw broken. Tests of bugs that today's
+machine still has are marked ``xfail(strict=True)``: they pass (and the mark must go) once
+the machine is fixed.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from followtheleader._model import State
+
+from simnet import TIMING, SimNet
+
+W = TIMING.failure_window
+
+
+def leaders(net: SimNet) -> list[str]:
+    return sorted(n.node_id for n in net.nodes.values() if not n.crashed and n.machine.is_leader(net.now))
+
+
+def run_until(net: SimNet, condition: object, limit: float, step: float = 0.001) -> None:
+    waited = 0.0
+    while not condition():  # type: ignore[operator]
+        assert waited <= limit, f"not reached within {limit} s"
+        net.run(step)
+        waited += step
+
+
+@pytest.mark.xfail(strict=True, reason="quorum: a group whose every side lost the majority never elects again")
+def test_quorum_group_elects_again_after_a_partition_without_majority() -> None:
+    """Simulator seed 205 (8 nodes, quorum 8, partition 2|4|2 for 1.4 s, then heal).
+
+    Every node ends ELECTING with all its peers found dead; candidates ping only live
+    candidates and nobody leads (so nobody probes), so nobody ever hears anybody again.
+    """
+    net = SimNet(quorum=3)
+    for node_id in ("a", "b", "c"):
+        net.add(node_id)
+    for node_id in ("a", "b", "c"):
+        net.start(node_id)
+    assert net.run_until_agreed() == ("c", 1)
+    net.partition(["a"], ["b", "c"])
+    net.partition(["b"], ["c"])
+    net.run(3.0)
+    assert leaders(net) == []
+    net.heal()
+    leader, _ = net.run_until_agreed(limit=5.0)
+    assert leader == "c"
+
+
+@pytest.mark.xfail(strict=True, reason="quorum: an unconfirmed claim's tick leaves next_deadline in the past")
+def test_unconfirmed_quorum_claim_moves_its_deadline_on() -> None:
+    """Simulator seeds 9, 27, 49, 53, 98, 143, 175, 191 (quorum mode, "deadline-progress").
+
+    A quorum claim that no majority follows has a lease (from peers heard recently), and
+    :meth:`Machine.next_deadline` returns its end; but while unconfirmed, :meth:`Machine.tick`
+    looks only at the claim's own deadline (claim + failure window), so from the lease's end
+    until then every tick changes nothing and the deadline stays in the past: the elector's
+    ticker spins for that time, and the simulation cannot advance its clock.
+    """
+    net = SimNet(quorum=3)
+    for node_id in ("a", "b", "c"):
+        net.add(node_id)
+    # c hears a and b, who never hear c: c claims, and nobody follows.
+    net.one_way_cut.update({("c", "a"), ("c", "b")})
+    for node_id in ("a", "b", "c"):
+        net.start(node_id)
+    machine = net.nodes["c"].machine
+    run_until(net, lambda: machine.state is State.LEADER, limit=2.0)
+    assert not machine.confirmed and machine.lease_until is not None
+    now = machine.lease_until
+    machine.tick(now)
+    deadline = machine.next_deadline()
+    assert deadline is not None and deadline > now, (deadline, now)
+
+
+@pytest.mark.xfail(strict=True, reason="quorum: followers switch to a new leader before the old one's lease ends")
+def test_quorum_paused_leader_is_never_outlived_by_a_new_one() -> None:
+    """Simulator seed 241 (4 nodes, quorum 4; the leader paused right after its claim).
+
+    The followers of the paused leader switch to a better leader once theirs has been silent
+    for ``Timing.suspect`` (0.4 s), and their echoes give the new one its majority; but the
+    paused leader's majority, renewed by the same followers' echoes of its claim, lasts
+    ``Timing.lease`` (0.66 s): both read is_leader True for about 0.15 s. Here the better
+    leader is a node that joins during the pause (in the seed, the old leader of the other
+    side of a healed partition).
+    """
+    net = SimNet(quorum=4)
+    for node_id in ("n1", "n2", "n3"):
+        net.add(node_id)
+    for node_id in ("n1", "n2", "n3"):
+        net.start(node_id)
+    run_until(net, lambda: net.nodes["n3"].machine.is_leader(net.now), limit=3.0)
+    net.run(0.003)
+    net.pause("n3")  # SIGSTOP: its is_leader ends by the clock, when its majority's echoes run out
+    net.add("n4", priority=5)
+    net.start("n4")
+    for _ in range(2000):
+        net.run(0.001)
+        assert len(leaders(net)) <= 1, f"at {net.now - 100.0:.3f}: {leaders(net)}"
+
+
+@pytest.mark.xfail(strict=True, reason="a resumed node claims at once on a stale resign from its inbox")
+def test_resumed_node_does_not_claim_on_a_stale_resign() -> None:
+    """Simulator seed 240 (4 nodes; pause of the leader; its successor resigns during the pause).
+
+    On resume the old leader handles the datagrams that waited: its lease ran out, it
+    follows the successor, then handles the successor's resign and, best-ranked, claims at
+    once; meanwhile another node had claimed on that same resign. Two leaders with the same
+    term in one connected group until the claims cross.
+    """
+    net = SimNet()
+    net.add("a")
+    net.add("b", priority=1)
+    net.add("c", priority=5)
+    for node_id in ("a", "b", "c"):
+        net.start(node_id)
+    assert net.run_until_agreed() == ("c", 1)
+    net.run(1.0)
+    net.pause("c")
+    assert net.run_until_agreed(other_than="c") == ("b", 2)
+    net.run(0.5)
+    net.resign("b")
+    net.run(0.01)
+    assert [n.node_id for n in net.leaders()] == ["a"]
+    net.resume("c")
+    assert len(leaders(net)) <= 1, leaders(net)
+    terms = [e.term for n in net.nodes.values() for e in n.events if e.kind == "leader"]
+    assert len(terms) == len(set(terms)), terms
+
+
+@pytest.mark.xfail(strict=True, reason="a node cut off from the leader claims when its witness's answers are lost")
+def test_cut_link_with_twenty_percent_loss_gives_no_second_leader() -> None:
+    """Simulator seed 41 (3 nodes; the link leader-follower cut both ways; 20 % loss).
+
+    The follower cut off from the leader keeps out while the third node tells it that it
+    hears the leader (guarantees.rst, section 2); but it asks only once an interval, with no
+    retry, and the answer counts for two intervals: with 20 % loss (which "changes no
+    leadership" on a whole network) two answers lost in a row let it claim, and the two
+    leaders stay until the cut heals.
+    """
+    net = SimNet(loss=0.2, seed=41)
+    for node_id in ("a", "b", "c"):
+        net.add(node_id)
+    for node_id in ("a", "b", "c"):
+        net.start(node_id)
+    assert net.run_until_agreed() == ("c", 1)
+    net.partition(["b"], ["c"])
+    for _ in range(100):
+        net.run(0.05)
+        assert leaders(net) == ["c"], f"at {net.now - 100.0:.2f}: {leaders(net)}"
