@@ -180,7 +180,8 @@ def generate(seed: int, quorum: bool | None = None, timing: Timing = TIMING) -> 
     size = rng.randint(2, 9)
     ids = [f"n{i}" for i in range(1, size + 1)]
     priorities = [0] * size if rng.random() < 0.5 else [rng.choice((0, 0, 1, 2, 5)) for _ in ids]
-    use_quorum = rng.random() < 0.4 if quorum is None else quorum
+    drawn = rng.random() < 0.4  # drawn in any case, so that the rest of the schedule stays
+    use_quorum = drawn if quorum is None else quorum
     quorum_size = size if use_quorum else None
     latency = rng.uniform(0.0002, 0.005)
     jitter = rng.choice((0.0, 0.2, 0.5, 1.0)) * MAX_JITTER_INTERVALS * timing.interval
