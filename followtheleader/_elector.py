@@ -2,8 +2,8 @@
 
 Threads of one started elector (all daemon threads, all gone after :meth:`Elector.stop`):
 
-* ``followtheleader-heartbeat-<name>``: ``HeartbeatServer.serve_forever``; each datagram goes
-  to :meth:`Elector._on_datagram`.
+* ``followtheleader-heartbeat-<name>``: ``HeartbeatServer.serve_forever``; the datagrams read
+  in one wake-up go to :meth:`Elector._on_datagrams`, which decides on them in one step.
 * ``followtheleader-ticker-<name>``: runs :meth:`Elector._tick` at the machine's deadlines
   (pings, failure detection, lease, claims).
 * zeroconf's ServiceBrowser thread: runs :meth:`Elector._on_record`,
@@ -20,6 +20,7 @@ under that lock.
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import threading
@@ -178,7 +179,7 @@ class Elector:
             self._options.host,
             self._options.port,
             self._options.port_explicit,
-            self._on_datagram,
+            self._on_datagrams,
             self._warn,
             self._report_error,
         )
@@ -418,8 +419,16 @@ class Elector:
         try:
             server = self._server
             if server is not None:
+                encoded: dict[int, bytes] = {}  # a leader's heartbeat to all: encoded once, if unstamped
                 for send in sends:
-                    data = NPM_PING if isinstance(send, NpmPing) else self._encode(send.message, send.to)
+                    if isinstance(send, NpmPing):
+                        data = NPM_PING
+                    elif self._auth is not None:
+                        data = self._encode(send.message, send.to)
+                    else:
+                        cached = encoded.get(id(send.message))
+                        data = cached if cached is not None else encode_message(send.message)
+                        encoded[id(send.message)] = data
                     server.send(data, send.address)
         finally:
             self._send_lock.release()
@@ -432,25 +441,38 @@ class Elector:
         """Ticker thread."""
         return self._feed(self._machine.tick)
 
-    def _on_datagram(self, data: bytes, source: tuple[str, int]) -> None:
-        """Heartbeat thread: one datagram arrived."""
+    def _on_datagrams(self, batch: list[tuple[bytes, tuple[str, int]]]) -> None:
+        """Heartbeat thread: the datagrams read in one wake-up, decided on in one step."""
+        steps: list[Callable[[float], list[Action]]] = []
+        for data, source in batch:
+            step = self._step_for(data, source)
+            if step is not None:
+                steps.append(step)
+        if len(steps) == 1:
+            self._feed(steps[0])
+        elif steps:
+            self._feed(lambda now: [action for step in steps for action in step(now)])
+
+    def _step_for(self, data: bytes, source: tuple[str, int]) -> Callable[[float], list[Action]] | None:
+        """Heartbeat thread: the machine step for one datagram, or None when it is answered
+        here (an npm follower's ``PING``) or dropped (counted and logged, rate-limited)."""
         if data in (NPM_PING, NPM_PONG) and self._options.npm_compat:
             if data == NPM_PONG:  # the npm leader answers our PING
-                self._feed(lambda now: self._machine.on_npm_pong(source, now))
-            elif self._server is not None and self.is_leader:  # an npm follower of ours
+                return functools.partial(self._machine.on_npm_pong, source)
+            if self._server is not None and self.is_leader:  # an npm follower of ours
                 self._server.send(NPM_PONG, source)
                 self._npm_pings_answered += 1  # heartbeat thread only
-            return
+            return None
         if self._auth is not None:
             body = self._auth.open(data)
             if body is None:
                 self._warn("unauthenticated", "dropped an unauthenticated heartbeat datagram from %s:%s", *source)
-                return
+                return None
             data = body
         decoded = decode_datagram(data)
         if decoded is None:
             self._warn("bad-datagram", "ignored a malformed heartbeat datagram from %s:%s", *source)
-            return
+            return None
         message, stamp = decoded
         if self._auth is not None:
             refusal = (
@@ -460,11 +482,11 @@ class Elector:
                 text = f"clocks differ by more than {MAX_CLOCK_SKEW:.0f} s with {source[0]}: its heartbeats are refused"
                 if self._warn("clock-skew", "%s", text):
                     self._report_error(OSError(text), text)
-                return
+                return None
             if refusal is not None:
                 self._warn("replayed", "dropped a %s heartbeat datagram from %s:%s", refusal, *source)
-                return
-        self._feed(lambda now: self._machine.on_message(message, source, now))
+                return None
+        return functools.partial(self._machine.on_message, message, source)
 
     def _encode(self, message: Message, to: str) -> bytes:
         """The datagram for ``message``: stamped and tagged in an authenticated group."""

@@ -14,14 +14,20 @@ How an election goes (see ``docs/how-it-works.rst``):
   term = greatest term seen + 1 and sends ``claim`` to every peer it knows. The others keep
   pinging their best candidate; a candidate that stays silent for the failure window is
   dead, and the next one down the ranking becomes the one to wait for (or to claim).
-* A follower pings its leader every ``interval``. The pong carries the leader's member list
-  (only when it changed). When the leader has not answered for the failure window, the
-  follower starts electing at once, without a settle window: the best-ranked live member of
-  that list claims, the others wait for its claim.
-* A leader's lease is renewed by every ping of a follower. When no follower has pinged for
-  the lease (shorter than the followers' failure window by more than one interval), the
-  leader demotes itself before any follower can have given up on it; ``is_leader`` reads
-  False from that moment, even if the process was paused.
+* A leader sends a ``beat`` to every follower on its own tick, every ``interval``; it carries
+  the leader's clock (the lease mark) and, for a follower that does not hold its current
+  version, the member list. Each follower answers with an ``ack`` that echoes the mark, and
+  pings its leader only when a beat is overdue. When no beat (nor pong) has come for the
+  failure window, the follower starts electing at once, without a settle window: the
+  best-ranked live member of that list claims, the others wait for its claim.
+* A leader's lease runs a little shorter than the followers' failure window. Its own ticks
+  renew it: a leader awake all along leads on when its followers fall silent (they may have
+  crashed; if they were cut off, each side leads, as in any partition without quorum). A
+  paused or starved leader misses its ticks, so the lease lapses and ``is_leader`` reads
+  False before any follower can have given up on it. When a follower shows that it does not
+  hear the leader (its pings echo a mark over two intervals old: a one-way fault), the lease
+  is cut back to what the echoed marks renew, so the leader demotes before that follower
+  gives up and elects. In quorum mode the echoes of a majority are the lease.
 * A leader that stops or resigns sends ``resign`` first; its followers elect at once and the
   successor claims within one message.
 * Two leaders that learn of each other compare (term, priority, node id); the lesser steps
@@ -61,19 +67,24 @@ class Timing:
 
     @property
     def lease(self) -> float:
-        """A leader demotes itself this long after the latest lease mark a follower echoed.
+        """How long a leader's lease runs from its last renewal.
 
-        A lease mark is the leader's own clock when it sent a pong; a follower echoes the
-        mark of the last pong it received in its next ping, so only pongs that arrived renew
-        the lease. The lease ends at (greatest echoed mark + lease). A follower gives up at
-        (its last pong received + failure window). When the leader stops answering at time
-        t, the echoed marks are at most about t - interval (an echo travels with the next
-        ping, an interval later), and every follower's last pong was sent at least at about
-        t - interval (it pings every interval). So a lease shorter than the failure window
-        ends before any follower gives up; the fifth of an interval between them covers
-        timer jitter.
+        A follower gives up at (the last heartbeat it received + failure window), and the
+        leader's clock when it sent that heartbeat is no later than its renewal: a renewal
+        by its own tick comes with the beats it sends on that tick; a renewal by an echoed
+        lease mark is the mark itself, the leader's clock when it sent a heartbeat that
+        arrived. So a lease shorter than the failure window ends before any follower that
+        heard that heartbeat gives up; the fifth of an interval between them covers timer
+        jitter. (A follower that missed the latest beats says so with a stale mark in its
+        pings, and the lease is then the echoed one: see ``Machine._lease_end``.)
         """
         return self.failure_window - 0.2 * self.interval
+
+    @property
+    def overdue(self) -> float:
+        """A follower pings its leader when no heartbeat came for this long: one and a half
+        intervals (the leader sends one every interval)."""
+        return 1.5 * self.interval
 
     @property
     def settle(self) -> float:
@@ -152,6 +163,9 @@ class Notify:
 
 Action = Send | NpmPing | Publish | Notify
 
+_HANDLERS = {kind: f"_on_{kind}" for kind in ("ping", "pong", "beat", "ack", "claim", "resign", "leave")}
+"""The method of :class:`Machine` that handles each kind of message."""
+
 
 def npm_member(host: str, port: int) -> Member:
     """The member that stands for an npm leader at ``host:port`` (it has no id of its own)."""
@@ -176,7 +190,14 @@ class _Peer:
     departed: bool = False
     """It stopped cleanly (leave, resign or DNS-SD goodbye): never probed."""
     renewed_at: float | None = None
-    """(As leader) when its last ping as this node's follower arrived."""
+    """(As leader) the greatest lease mark it echoed as this node's follower."""
+    echoed_at: float | None = None
+    """(As leader) when its latest datagram echoing a lease mark of this node arrived ..."""
+    echo_lag: float = 0.0
+    """... and how old that mark was then: more than two intervals means it does not hear
+    this leader's heartbeats while this leader hears it (a one-way fault)."""
+    acked_version: int = -1
+    """(As leader) the member-list version it holds, from its latest ack or ping."""
     probed_since: float | None = None
     """(As leader) when it started probing this peer, which it has never heard from."""
 
@@ -209,6 +230,10 @@ class Machine:
     settle_until: float = 0.0
     next_ping_at: float = 0.0
     lease_until: float | None = None
+    """As leader: the end of the lease that followers renew by echoing lease marks."""
+    awake_until: float = 0.0
+    """As leader: the end of the lease this node renews at each of its own ticks; it lapses
+    when the process was paused or starved of CPU for longer than the lease."""
     resigned_until: float = 0.0
     members_version: int = 0
     """As leader: version of the live member list. Otherwise: version of the list held."""
@@ -233,6 +258,8 @@ class Machine:
     electing), None before any."""
     _last_now: float = 0.0
     """The time of the latest input, so that passed deadlines are not asked for again."""
+    _lagging: set[str] = field(default_factory=set)
+    """As leader: the followers whose latest echo was of a mark over two intervals old."""
     _live_ids: frozenset[str] = frozenset()
     _live_recheck_at: float = float("inf")
     """As leader: when the live member with the earliest expiry runs out, unless it pings again."""
@@ -271,8 +298,12 @@ class Machine:
         return self._flush()
 
     def tick(self, now: float) -> list[Action]:
-        """Timers: failure detection, lease, claims and periodic pings."""
+        """Timers: failure detection, lease, claims, heartbeats and periodic pings."""
         self._expire(now)
+        if self.state is State.LEADER:
+            # Still leading after _expire: the lease has not lapsed, so this node has been
+            # awake since its last tick; only a tick renews this part of the lease.
+            self.awake_until = now + self.timing.lease
         if self.state is State.ELECTING:
             self._claim_if_best(now)
         if self.state is State.FOLLOWER and self.leader is not None:
@@ -299,14 +330,7 @@ class Machine:
         ):
             self._start_electing(now, "leader stepped down", wait=self.timing.confirm)  # it says so itself
         self._heard(sender, now)
-        handler = {
-            "ping": self._on_ping,
-            "pong": self._on_pong,
-            "claim": self._on_claim,
-            "resign": self._on_resign,
-            "leave": self._on_leave,
-        }[message.kind]
-        handler(message, sender, now)
+        getattr(self, _HANDLERS[message.kind])(message, sender, now)
         if self.state is State.ELECTING:
             self._claim_if_best(now)
         return self._flush()
@@ -380,9 +404,7 @@ class Machine:
 
     def is_leader(self, now: float) -> bool:
         """True while leading with a lease that has not run out."""
-        if self.state is not State.LEADER or not self.confirmed:
-            return False
-        if self.lease_until is not None and now >= self.lease_until:
+        if self.state is not State.LEADER or not self.confirmed or now >= self._lease_end(now):
             return False
         quorum_until = self._quorum_until()
         return quorum_until is None or now < quorum_until
@@ -412,7 +434,7 @@ class Machine:
         deadlines = [self.next_ping_at]
         if self.state is State.LEADER:
             quorum_due = self._quorum_until() if self.confirmed else self.claimed_at + self.timing.failure_window
-            deadlines.extend(t for t in (self.lease_until, quorum_due) if t is not None)
+            deadlines.extend(t for t in (self._lease_end(self._last_now), quorum_due) if t is not None)
         elif self.state is State.FOLLOWER and self.leader is not None:
             deadlines = [self._follower_ping_due()]
             heard = self._leader_peer().last_heard
@@ -439,21 +461,36 @@ class Machine:
     def _on_ping(self, message: Message, sender: Member, now: float) -> None:
         if message.role is State.LEADER:
             self._direct_from_leader(sender, message.term, now, message.boot)
-        elif self.state is State.LEADER and message.leader == self.me.node_id and message.term == self.term:
-            self._renew_lease(self.peers[sender.node_id], message.lease_mark, now)
-        if self.state is State.LEADER:
-            self.peers[sender.node_id].live_until = now + self.timing.failure_window
-            if sender.node_id not in self._live_ids:  # a ping of a live member changes nothing
-                self._refresh_live_members(now)
+        else:
+            self._from_follower(message, sender, now)
         self._send(self._pong(message.members_version, now), sender)
+
+    def _on_ack(self, message: Message, sender: Member, now: float) -> None:
+        """A follower answers a heartbeat (beat, pong or claim) of the leader it names."""
+        if self.state is State.LEADER and message.leader == self.me.node_id and message.term == self.term:
+            self._from_follower(message, sender, now)
+        else:  # it takes this node for its leader, wrongly: the pong says what this node is
+            self._send(self._pong(message.members_version, now), sender)
+
+    def _from_follower(self, message: Message, sender: Member, now: float) -> None:
+        """As leader: a ping or ack from ``sender``; one that names this leadership renews the
+        lease with the mark it echoes, and any one keeps the sender a live member."""
+        if self.state is not State.LEADER:
+            return
+        peer = self.peers[sender.node_id]
+        if message.leader == self.me.node_id and message.term == self.term:
+            self._renew_lease(peer, message.lease_mark, now)
+            peer.acked_version = message.members_version
+        peer.live_until = now + self.timing.failure_window
+        if sender.node_id not in self._live_ids:  # a datagram of a live member changes nothing
+            self._refresh_live_members(now)
+
+    def _on_beat(self, message: Message, sender: Member, now: float) -> None:
+        self._from_leader(message, sender, now)
 
     def _on_pong(self, message: Message, sender: Member, now: float) -> None:
         if message.role is State.LEADER:
-            self._direct_from_leader(sender, message.term, now, message.boot)
-            if self.state is State.FOLLOWER and self.leader is not None and self.leader.node_id == sender.node_id:
-                self.leader_mark = max(self.leader_mark, message.lease_mark)
-                self._measure_round_trip(now)
-                self._take_members(message, sender, now)
+            self._from_leader(message, sender, now, measure=True)
         else:
             if message.leader_member is not None and message.leader is not None:
                 self._note_live_leader(message, now)
@@ -462,10 +499,18 @@ class Machine:
                 self._merge_candidates(message.members, sender, now)
 
     def _on_claim(self, message: Message, sender: Member, now: float) -> None:
+        self._from_leader(message, sender, now)
+
+    def _from_leader(self, message: Message, sender: Member, now: float, measure: bool = False) -> None:
+        """A beat, pong or claim of a leader: follow it or compare; a follower of it takes its
+        member list and acks, echoing the lease mark."""
         self._direct_from_leader(sender, message.term, now, message.boot)
         if self.state is State.FOLLOWER and self.leader is not None and self.leader.node_id == sender.node_id:
             self.leader_mark = max(self.leader_mark, message.lease_mark)
+            if measure:
+                self._measure_round_trip(now)
             self._take_members(message, sender, now)
+            self._send(self._message("ack", now), sender)
 
     def _on_resign(self, message: Message, sender: Member, now: float) -> None:
         peer = self.peers[sender.node_id]
@@ -497,17 +542,17 @@ class Machine:
     def _direct_from_leader(self, leader: Member, term: int, now: float, boot: int) -> None:
         """``leader`` itself (of run ``boot``) says it leads with ``term``: follow it, or make
         it step down."""
+        theirs = FencingToken(term, leader.priority, leader.node_id, boot)
         if self.state is State.LEADER:
-            if (term, leader.rank) > (self.term, self.me.rank):
+            if self.token is None or theirs > self.token:  # rivals: the greater token remains
                 self._follow(leader, term, now, "a better leader was found", boot)
             else:
                 self._send(self._message("claim", now, with_members=True), leader)
         elif self.state is State.FOLLOWER and self.leader is not None:
-            current = (self.term, self.leader.rank)
             if leader.node_id == self.leader.node_id:
-                if term != self.term:
+                if term != self.term or boot != self.leader_boot:
                     self._follow(leader, term, now, "leader started a new term", boot)
-            elif (term, leader.rank) > current and not self._leader_alive(now):
+            elif (self.token is None or theirs > self.token) and not self._leader_alive(now):
                 old = self.leader
                 self._follow(leader, term, now, "a better leader was found", boot)
                 self._send(self._message("leave", now), old)
@@ -585,8 +630,11 @@ class Machine:
             k for k, p in self.peers.items() if not p.dead and p.last_heard is not None and now - p.last_heard < window
         }
         self.lease_until = now + self.timing.lease if recent else None
+        self.awake_until = now + self.timing.lease
         for peer in self.peers.values():
-            peer.renewed_at = None
+            peer.renewed_at = peer.echoed_at = None
+            peer.acked_version = -1
+        self._lagging.clear()
         self.claimed_at = now
         # In quorum mode the claim is announced (``leader`` event, is_leader True) only once a
         # majority has followed it: a node that lost only its own link to a live leader claims
@@ -642,9 +690,13 @@ class Machine:
                     self._start_electing(now, "no quorum followed the claim", wait=self.timing.settle, quiet=True)
             elif quorum_until is not None and now >= quorum_until:
                 self._start_electing(now, "lost the quorum", wait=self.timing.settle)
-            elif self.lease_until is not None and now >= self.lease_until:
+            elif now >= self._lease_end(now):
                 self.resigned_until = 0.0
-                self._start_electing(now, "lost contact with every follower", wait=self.timing.settle)
+                if now >= self.awake_until:
+                    reason = f"lease lapsed: paused or starved for {now - self.awake_until + self.timing.lease:.2f} s"
+                else:
+                    reason = "followers stopped hearing this leader"
+                self._start_electing(now, reason, wait=self.timing.settle)
             elif now > self._live_recheck_at:
                 self._refresh_live_members(now)  # a member's time ran out
         elif self.state is State.FOLLOWER and self.leader is not None:
@@ -771,7 +823,22 @@ class Machine:
                 if not peer.dead:
                     self._ping(peer, now)
         elif self.state is State.LEADER:
+            self._send_beats(now)
             self._probe_lost_peers(now)
+
+    def _send_beats(self, now: float) -> None:
+        """As leader, every interval: a heartbeat to every live member, with the member list
+        for those that do not hold its current version. The two messages are built once, so
+        the elector encodes each once (unless stamps must name each receiver)."""
+        short = self._message("beat", now)
+        full: Message | None = None
+        for node_id in self._live_ids:
+            peer = self.peers[node_id]
+            if peer.acked_version == self.members_version:
+                self._send(short, peer.member)
+            else:
+                full = full or self._message("beat", now, with_members=True)
+                self._send(full, peer.member)
 
     def _probe_lost_peers(self, now: float) -> None:
         """As leader: ping peers that are not live members, so that rival leaders meet.
@@ -823,7 +890,13 @@ class Machine:
         # A retry waits for three smoothed round trips at least: on a loaded host pongs come
         # late, and retrying at once would only add load.
         retry = min(self.timing.interval, max(self.timing.retry, 3.0 * self.round_trip))
-        return peer.last_ping + (retry if peer.pinged_since is not None else self.timing.interval)
+        if peer.pinged_since is not None:
+            return peer.last_ping + retry
+        if peer.member.npm:  # it sends no heartbeats: it answers pings
+            return peer.last_ping + self.timing.interval
+        # Our leader sends a heartbeat every interval; ping it only when one is overdue.
+        heard = peer.last_heard if peer.last_heard is not None else peer.last_ping
+        return max(heard + self.timing.overdue, peer.last_ping + retry)
 
     def _sees_majority(self, now: float) -> bool:
         """Quorum mode: this node and the peers heard within the failure window are a majority."""
@@ -841,9 +914,41 @@ class Machine:
             return
         self.lease_until = max(self.lease_until or 0.0, mark + self.timing.lease)
         peer.renewed_at = max(peer.renewed_at or 0.0, mark)
+        peer.echoed_at = now
+        peer.echo_lag = now - peer.renewed_at
+        if peer.echo_lag > 2 * self.timing.interval:
+            self._lagging.add(peer.member.node_id)
+        else:
+            self._lagging.discard(peer.member.node_id)
         if not self.confirmed and (self._quorum_until() or 0.0) > now:
             self.confirmed = True  # a majority follows: announce the leadership now
             self._set_state(State.LEADER, now, "claimed leadership with a quorum", force=True)
+
+    def _lease_end(self, now: float) -> float:
+        """As leader: when ``is_leader`` turns False unless the lease is renewed first.
+
+        Without quorum, the lease is renewed by this node's own ticks (:attr:`awake_until`):
+        followers that fall silent may have crashed, and a leader awake all along leads on
+        (if they were cut off instead, each side leads, as in any partition). It lapses when
+        the ticks stop (a pause), and it is cut back to what followers renew by echoing lease
+        marks (:attr:`lease_until`) as soon as one of them shows that it no longer hears
+        this leader: it would give up on it, and elect, when that runs out.
+        In quorum mode the echoes are the lease, and the quorum's own check comes on top.
+        """
+        end = self.awake_until
+        if self.quorum is not None or self._deaf_follower(now):
+            end = min(end, self.lease_until if self.lease_until is not None else end)
+        return end
+
+    def _deaf_follower(self, now: float) -> bool:
+        """As leader: a follower that spoke within the failure window echoed a lease mark more
+        than two intervals old: this node hears it, but it does not hear this node."""
+        for node_id in list(self._lagging):
+            peer = self.peers.get(node_id)
+            if peer is not None and peer.echoed_at is not None and now - peer.echoed_at < self.timing.failure_window:
+                return True
+            self._lagging.discard(node_id)  # gone, or silent since: it no longer counts
+        return False
 
     def _quorum_until(self) -> float | None:
         """Quorum mode, as leader: when the majority renewed by follower pings runs out."""
@@ -894,13 +999,13 @@ class Machine:
         state = role or self.state
         if leader is None and self.leader is not None:
             leader = self.leader.node_id
-            if self.state is State.FOLLOWER and kind != "ping":  # a ping's receiver never uses it
+            if self.state is State.FOLLOWER and kind not in ("ping", "ack"):  # the leader's own
                 leader_member = self.leader
         if term is None:
             term = self._told_term()
         if self.state is State.LEADER:
             mark = now  # a follower echoes it back; only that renews the lease
-        elif self.state is State.FOLLOWER and kind == "ping":
+        elif self.state is State.FOLLOWER and kind in ("ping", "ack"):
             mark = self.leader_mark
         else:
             mark = 0.0

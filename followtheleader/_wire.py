@@ -3,16 +3,22 @@
 Parsers never raise on what a peer sends: anything malformed gives ``None``, and the caller
 counts and drops it. They are pure functions, with no sockets and no clock.
 
-Heartbeat datagrams are compact JSON objects (protocol version 1)::
+Heartbeat datagrams are compact JSON objects (protocol version 2)::
 
-    {"v": 1, "k": "ping", "g": "group", "id": "node", "p": 0, "r": "follower",
-     "t": 4, "l": "leader-id", "mv": 7}
+    {"v": 2, "k": "ack", "g": "group", "id": "node", "p": 0, "r": "follower",
+     "t": 4, "l": "leader-id", "mv": 7, "e": 5021.25, "b": 1764680000123456}
 
-``k`` is one of ``ping`` (a follower or a candidate to a peer), ``pong`` (the answer),
-``claim`` (a new leader to every peer it knows), ``resign`` (a leader that stops or resigns)
-and ``leave`` (a follower that stops, or that moved to another leader). A pong carries the
-member list ``m`` only when the pinger's member version ``mv`` is not the current one, so
-that steady-state heartbeats stay small whatever the size of the group.
+``k`` is one of ``beat`` (a leader's heartbeat to each follower, every interval), ``ack``
+(a follower's answer to a beat, pong or claim of its leader, echoing its lease mark ``e``),
+``ping`` (a candidate to a peer, a leader probing a lost peer, a follower whose beat is
+overdue), ``pong`` (the answer), ``claim`` (a new leader to every peer it knows), ``resign``
+(a leader that stops or resigns) and ``leave`` (a follower that stops, or that moved to
+another leader). A beat or pong carries the member list ``m`` only when the receiver's member
+version ``mv`` is not the current one, so that steady-state heartbeats stay small whatever
+the size of the group. ``b`` is the sender's run (:attr:`FencingToken.boot`).
+
+Version 2 replaced version 1's follower pings by leader beats and added ``b``; the two
+versions ignore each other's datagrams and records.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ MAX_MEMBERS = 256
 """A member list longer than this is malformed."""
 NPM_PING = b"PING"
 NPM_PONG = b"PONG"
-KINDS = ("ping", "pong", "claim", "resign", "leave")
+KINDS = ("ping", "pong", "beat", "ack", "claim", "resign", "leave")
 
 _MAX_TERM = 2**53
 _MAX_BOOT = 2**63 - 1

@@ -15,6 +15,7 @@ from zeroconf import ServiceInfo, Zeroconf
 
 def garbage_datagrams(group: str) -> list[bytes]:
     rng = random.Random(5)
+    # Version 1 is an older protocol: as garbage as the rest to a node of version 2.
     valid = {"v": 1, "k": "claim", "g": group, "id": "zz", "p": 0, "r": "leader", "t": 99, "mv": 0, "l": "zz"}
     wrong_fields = [
         {**valid, "t": -1},
@@ -26,7 +27,7 @@ def garbage_datagrams(group: str) -> list[bytes]:
         {**valid, "m": [["x", 0, "not-an-ip", 1]]},
         {**valid, "m": "lots"},
         {**valid, "lm": [1, 2, 3]},
-        {**valid, "v": 2},
+        {**valid, "v": 99},
         {**valid, "a": ["short", 1, 1.0]},
     ]
     datagrams = [b"", b"{", b"PONG", b"\x00" * 10, b"{}" * 5000, b"x" * 20000, b'{"v":1}', b"[1,2,3]"]

@@ -278,6 +278,19 @@ def _probe() -> str | None:
 # --------------------------------------------------------------------------
 
 
+def _loss_rule(match: str, port: str, percent: int) -> str:
+    """An nft rule dropping ``percent`` % of the IP datagrams that pass bridge port ``port``
+    (``iifname``: what its host sends, ``oifname``: what is sent to it).
+
+    ARP passes: a lossy or one-way IP path is what a firewall or a bad route makes, and with
+    ARP replies dropped a host could not even send to its peers. (numgen cannot say 100 %.)
+    """
+    ip_only = f'{match} "{port}" ether type {{ ip, ip6 }}'
+    if percent >= 100:
+        return f"{ip_only} drop"
+    return f"{ip_only} numgen random mod 100 < {percent} drop"
+
+
 class Host:
     """One simulated host: a network namespace with a single veth interface.
 
@@ -537,11 +550,15 @@ class Lab:
         self,
         loss: dict[str, int] | None = None,
         partition: tuple[list[str], list[str]] | None = None,
+        inbound_loss: dict[str, int] | None = None,
     ) -> None:
         """Replace the lab's fault rules.
 
         :param loss: host name -> percent of the datagrams it sends that are dropped
             (``numgen random mod 100 < PCT drop`` on its bridge port).
+        :param inbound_loss: host name -> percent of the datagrams sent to it that are dropped
+            (the same rule on the way out of the bridge to it): with ``loss``, one direction
+            of a host's link can be cut while the other works.
         :param partition: two lists of host names; nothing passes between the sides
             (multicast included).
         Call with no argument to heal everything.
@@ -553,8 +570,11 @@ class Lab:
         for name, percent in sorted((loss or {}).items()):
             if not 0 <= percent <= 100:
                 raise ValueError(f"loss must be a percentage, not {percent}")
-            port = self.hosts[name]._bridge_port
-            rules.append(f'iifname "{port}" numgen random mod 100 < {percent} drop')
+            rules.append(_loss_rule("iifname", self.hosts[name]._bridge_port, percent))
+        for name, percent in sorted((inbound_loss or {}).items()):
+            if not 0 <= percent <= 100:
+                raise ValueError(f"loss must be a percentage, not {percent}")
+            rules.append(_loss_rule("oifname", self.hosts[name]._bridge_port, percent))
         if partition is not None:
             side_a = ", ".join(f'"{self.hosts[n]._bridge_port}"' for n in partition[0])
             side_b = ", ".join(f'"{self.hosts[n]._bridge_port}"' for n in partition[1])
@@ -574,7 +594,7 @@ class Lab:
             capture_output=True,
             timeout=_IP_TIMEOUT,
         )
-        logger.info("lab %s: faults loss=%s partition=%s", self.prefix, loss, partition)
+        logger.info("lab %s: faults loss=%s in=%s partition=%s", self.prefix, loss, inbound_loss, partition)
 
     def close(self) -> None:
         """Remove everything this lab created; idempotent, never raises.

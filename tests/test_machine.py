@@ -233,16 +233,44 @@ def test_stale_pings_queued_during_a_pause_do_not_renew_the_lease() -> None:
     assert net.nodes["b"].machine.state is not State.LEADER
 
 
-def test_follower_crash_in_two_node_group_makes_leader_reclaim_with_new_term() -> None:
+@pytest.mark.parametrize("size", [2, 3])
+def test_leader_outlives_the_crash_of_every_follower(size: int) -> None:
+    """Followers that all crash at once do not interrupt a leader that was awake all along:
+    no event, the same term and token, is_leader True; a node started later follows it."""
     net = SimNet()
-    start_group(net, ["a", "b"])
-    assert net.run_until_agreed() == ("b", 1)
+    ids = ["a", "b", "c"][:size]
+    start_group(net, ids)
+    leader, term = net.run_until_agreed()
+    token = net.nodes[leader].machine.token
     net.run(1.0)
-    net.crash("a")
-    net.run(3.0)
-    assert kinds(net.nodes["b"].events) == ["leader", "reelection", "leader"]
-    assert net.nodes["b"].machine.term == 2
+    for node_id in ids:
+        if node_id != leader:
+            net.crash(node_id)
+    for _ in range(50):  # 5 s, checked every 0.1 s
+        net.run(0.1)
+        machine = net.nodes[leader].machine
+        assert machine.is_leader(net.now), f"{net.now}"
+    assert kinds(net.nodes[leader].events) == ["leader"]
+    assert (net.nodes[leader].machine.term, net.nodes[leader].machine.token) == (term, token)
+    net.add("z")
+    net.start("z")
+    assert net.run_until_agreed() == (leader, term)
     assert_paired(net)
+
+
+def test_leader_whose_followers_stop_hearing_it_demotes_before_they_give_up() -> None:
+    """A one-way fault (the leader's datagrams lost, the followers' arriving): the followers'
+    pings echo stale lease marks, so the leader demotes by the echoed lease, before they elect."""
+    net = SimNet()
+    start_group(net, ["a", "b", "c"])
+    assert net.run_until_agreed() == ("c", 1)
+    net.run(1.0)
+    net.one_way_cut.update({("c", "a"), ("c", "b")})
+    net.run(3.0)
+    ended = next(e.time for e in net.nodes["c"].events if e.kind == "reelection")
+    successor = next(e.time for n in ("a", "b") for e in net.nodes[n].events if e.kind == "leader")
+    assert ended < successor
+    assert "stopped hearing" in net.nodes["c"].events[1].reason
 
 
 def test_rival_leaders_resolve_by_term_then_rank() -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from followtheleader._model import Member, State
+from followtheleader._model import FencingToken, Member, State
 from followtheleader._wire import (
     MAX_DATAGRAM,
     Message,
@@ -27,7 +28,7 @@ members = st.builds(
 )
 messages = st.builds(
     Message,
-    kind=st.sampled_from(["ping", "pong", "claim", "resign", "leave"]),
+    kind=st.sampled_from(["ping", "pong", "beat", "ack", "claim", "resign", "leave"]),
     group=st.text(min_size=1, max_size=20).filter(lambda g: len(g.encode()) <= 63),
     sender=node_ids,
     priority=st.integers(-(2**31), 2**31 - 1),
@@ -38,6 +39,7 @@ messages = st.builds(
     members_version=st.integers(0, 2**40),
     members=st.none() | st.lists(members, max_size=40).map(tuple),
     lease_mark=st.floats(0, 1e9),
+    boot=st.integers(0, 2**63 - 1),
 )
 
 
@@ -100,3 +102,41 @@ def test_txt_round_trip_and_rejections() -> None:
 @given(st.dictionaries(st.sampled_from(["v", "g", "id", "p", "r", "t", "hp", "x"]), st.none() | st.text(max_size=70)))
 def test_decoding_random_txt_never_raises(properties: dict) -> None:
     decode_txt(properties, "198.18.0.1")
+
+
+tokens = st.builds(
+    FencingToken,
+    term=st.integers(0, 2**53),
+    priority=st.integers(-(2**31), 2**31 - 1),
+    node_id=node_ids,
+    boot=st.integers(0, 2**63 - 1),
+)
+
+
+@given(tokens, tokens)
+def test_fencing_token_keys_sort_as_the_tokens_do_and_read_back(a: FencingToken, b: FencingToken) -> None:
+    assert len(a.key) == 104 and set(a.key) <= set("0123456789abcdef")
+    assert (a < b) == (a.key < b.key) and (a == b) == (a.key == b.key)
+    assert (a < b) == (a.key.encode() < b.key.encode())  # byte order, as SQL's binary collations
+    assert FencingToken.from_key(a.key) == a and str(a) == a.key
+
+
+def test_fencing_token_orders_by_term_then_priority_then_node_id_then_boot() -> None:
+    ordered = [
+        FencingToken(3, 5, "z", 9),
+        FencingToken(4, -1, "a", 0),
+        FencingToken(4, 0, "a", 0),
+        FencingToken(4, 0, "a-b", 0),
+        FencingToken(4, 0, "ab", 0),
+        FencingToken(4, 0, "ab", 1),
+    ]
+    assert sorted(ordered, key=lambda t: t.key) == ordered == sorted(ordered)
+    for bad in ("", "0" * 103, "g" * 104, "0" * 105):
+        with pytest.raises(ValueError):
+            FencingToken.from_key(bad)
+
+
+def test_txt_carries_the_boot() -> None:
+    txt = encode_txt("g", Member("n", 0, "198.18.0.4", 9001), State.LEADER, 3, 1764680000123456)
+    record = decode_txt(txt, "198.18.0.4")
+    assert record is not None and record.boot == 1764680000123456
