@@ -329,7 +329,11 @@ class SimNet:
         return lambda: machine.on_discovered(payload, self.now)  # type: ignore[arg-type]
 
     def _apply(self, node: SimNode, actions: list[Action]) -> None:
-        for action in actions:
+        # The datagrams of one step go out sorted by receiver (keeping their order per
+        # receiver), so that the random delays drawn for them do not depend on the order of
+        # iteration of a set in the machine (which changes with PYTHONHASHSEED).
+        sends = sorted((a for a in actions if isinstance(a, Send)), key=lambda a: a.to)
+        for action in [*sends, *(a for a in actions if not isinstance(a, Send))]:
             if isinstance(action, Notify):
                 node.events.append(action.event)
             elif isinstance(action, Send):

@@ -9,19 +9,36 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 
 from simfuzz import Fault, Result, faults_of, generate, run_schedule, shrink
 
-CI_SEEDS = {False: range(0, 220), True: range(0, 140)}
-"""Seeds per mode (without quorum, with quorum): about 40 + 30 s on this 2-core machine."""
+CI_SEEDS = {False: range(0, 400), True: range(0, 200)}
+"""Seeds per mode (without quorum, with quorum): about 35 + 25 s on this 2-core machine."""
 
-KNOWN = (
-    "today's machine breaks invariants on some of these seeds: the bugs of"
-    " test_sim_regressions.py (remove this mark when they are fixed)"
-)
+# Seeds that break an invariant on today's machine, each with the regression test of its bug
+# (tests/test_sim_regressions.py). The rest must pass; these must still fail the same way, so
+# that the list is emptied as the bugs are fixed.
+STUCK = "test_quorum_group_elects_again_after_a_partition_without_majority"
+DEADLINE = "test_unconfirmed_quorum_claim_moves_its_deadline_on"
+SWITCH = "test_quorum_paused_leader_is_never_outlived_by_a_new_one"
+STALE = "test_resumed_node_does_not_claim_on_a_stale_resign"
+MEMBERS = "test_old_leader_back_as_follower_is_a_member_and_a_resign_gives_one_leader"
+KNOWN_FAILING: dict[bool, dict[int, tuple[str, str]]] = {
+    False: {81: ("one-leader-per-component", MEMBERS), 240: ("one-leader-per-component", STALE)},
+    True: {
+        **{s: ("deadline-progress", DEADLINE) for s in (9, 49, 53, 58, 62, 67, 87, 100, 104, 158, 163, 164, 170, 175)},
+        **{s: ("convergence", STUCK) for s in (17, 21, 27, 34, 43, 47, 48, 52, 61, 64, 68, 83, 95, 98, 103, 105)},
+        **{s: ("convergence", STUCK) for s in (124, 129, 138, 160, 179, 181, 189, 195)},
+        96: ("quorum-one-leader", SWITCH),
+    },
+}
+
+MODES = [pytest.param(False, id="no-quorum"), pytest.param(True, id="quorum")]
 
 
 def failures(results: list[Result]) -> str:
@@ -34,20 +51,26 @@ def failures(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-@pytest.mark.parametrize(
-    "quorum",
-    [
-        pytest.param(False, id="no-quorum", marks=pytest.mark.xfail(strict=True, reason=KNOWN)),
-        pytest.param(True, id="quorum", marks=pytest.mark.xfail(strict=True, reason=KNOWN)),
-    ],
-)
+@pytest.mark.parametrize("quorum", MODES)
 def test_random_fault_schedules_keep_every_invariant(quorum: bool) -> None:
     failed = []
     for seed in CI_SEEDS[quorum]:
-        result = run_schedule(generate(seed, quorum))
-        if not result.ok:
-            failed.append(result)
+        if seed not in KNOWN_FAILING[quorum]:
+            result = run_schedule(generate(seed, quorum))
+            if not result.ok:
+                failed.append(result)
     assert not failed, f"{len(failed)} of {len(CI_SEEDS[quorum])} seeds failed:\n{failures(failed)}"
+
+
+@pytest.mark.parametrize("quorum", MODES)
+def test_seeds_of_known_bugs_still_fail_as_recorded(quorum: bool) -> None:
+    changed = []
+    for seed, (invariant, bug) in sorted(KNOWN_FAILING[quorum].items()):
+        result = run_schedule(generate(seed, quorum))
+        found = result.violation.invariant if result.violation else None
+        if found != invariant:
+            changed.append(f"seed {seed} ({bug}): expected {invariant}, got {found or 'no violation'}")
+    assert not changed, "update KNOWN_FAILING (a bug fixed, or a new one):\n" + "\n".join(changed)
 
 
 def test_a_seed_gives_the_same_schedule_and_the_same_run() -> None:
@@ -108,3 +131,18 @@ def load_simulate() -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_a_replay_does_not_depend_on_the_hash_seed() -> None:
+    """``--seed N`` prints the same run in processes with different ``PYTHONHASHSEED`` (sets of
+    strings iterate in another order there)."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "simulate.py")
+    outputs = set()
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        done = subprocess.run(
+            [sys.executable, path, "--seed", "240", "--no-quorum"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode in (0, 1), done.stderr
+        outputs.add(done.stdout)
+    assert len(outputs) == 1
