@@ -492,18 +492,19 @@ class Checker:
             views = {
                 (n.machine.leader.node_id if n.machine.leader else None, n.machine.term, n.machine.state) for n in nodes
             }
+            shown = sorted(views, key=str)
             if quorum is not None and len(component) < quorum // 2 + 1:
                 if leaders:
                     self.fail("convergence", f"minority {sorted(component)} has leader {leaders}")
                 continue
             if self.npm_alive and all(n.machine.npm_compat for n in nodes):
                 if leaders or any(not (n.machine.leader and n.machine.leader.npm) for n in nodes):
-                    self.fail("convergence", f"{sorted(component)} do not all follow the npm leader: {sorted(views)}")
+                    self.fail("convergence", f"{sorted(component)} do not all follow the npm leader: {shown}")
                 continue
             if len(leaders) != 1:
-                self.fail("convergence", f"component {sorted(component)} has leaders {leaders}: {sorted(views)}")
+                self.fail("convergence", f"component {sorted(component)} has leaders {leaders}: {shown}")
             if any(n.node_id != leaders[0] and not self._follows(n, leaders[0]) for n in nodes):
-                self.fail("convergence", f"{sorted(component)} do not all follow {leaders[0]}: {sorted(views)}")
+                self.fail("convergence", f"{sorted(component)} do not all follow {leaders[0]}: {shown}")
 
     @staticmethod
     def _follows(node: SimNode, leader: str) -> bool:
