@@ -9,14 +9,21 @@ with the event times the nodes report (one shared monotonic clock):
 * clean handover: from ``stop()`` of that leader to its successor's ``leader`` event;
 * overlap: total time two nodes held the leader role at once during the round.
 
+With ``--peers list`` the nodes run in unicast mode, each given the address of every node
+(itself included), and ``--peers dns`` gives them one DNS name with every node's address
+(served by tests/dnsserver.py on a host of its own); in both, multicast is dropped on the
+bridge, so no node can find another by mDNS.
+
 Run as root (it creates network namespaces; all traffic stays inside them)::
 
     python benchmarks/election.py --rounds 20 --nodes 10
+    python benchmarks/election.py --rounds 20 --nodes 10 --peers dns
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import statistics
@@ -25,8 +32,12 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
+from dnsserver import DnsServer
+
 from cluster import Cluster
 from netlab import Lab, lab_unavailable_reason
+
+PEERS_NAME = "peers.ftl.test"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -74,16 +85,31 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--nodes", type=int, default=10)
     parser.add_argument("--interval", type=float, default=None, help="heartbeat interval (default: the library's)")
+    parser.add_argument(
+        "--peers",
+        choices=["list", "dns"],
+        default=None,
+        help="unicast mode: every node's address in a list, or behind one DNS name (multicast dropped)",
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so that the lab is removed
     reason = lab_unavailable_reason()
     if reason:
         print(f"cannot run: {reason}", file=sys.stderr)
         return 2
-    options = {} if args.interval is None else {"interval": args.interval}
+    options: dict[str, object] = {} if args.interval is None else {"interval": args.interval}
     results: dict[str, list[float]] = {"cold": [], "failover": [], "handover": [], "overlap": []}
-    with Lab() as lab:
+    with Lab() as lab, contextlib.ExitStack() as stack:
         hosts = [lab.add_host(f"n{i}") for i in range(args.nodes)]
+        if args.peers is not None:
+            lab.block_multicast()
+            options["peers"] = [f"{host.address}:9001" for host in hosts]
+        if args.peers == "dns":
+            dns = stack.enter_context(DnsServer(lab.add_host("dns")))
+            dns.set(PEERS_NAME, [host.address for host in hosts])
+            for host in hosts:
+                host.set_resolver(dns.address)
+            options["peers"] = f"dns:{PEERS_NAME}"
         for number in range(1, args.rounds + 1):
             figures = one_round(lab, hosts, options)
             for key, value in figures.items():
@@ -100,7 +126,8 @@ def main() -> int:
         "handover": "stop() of the leader to the successor's leader event",
     }
     print()
-    print(f"{args.rounds} rounds, {args.nodes} nodes, interval {options.get('interval', 'default')}")
+    mode = "mDNS" if args.peers is None else f"unicast, peers from a {args.peers}, multicast dropped"
+    print(f"{args.rounds} rounds, {args.nodes} nodes, interval {options.get('interval', 'default')}, {mode}")
     print(f"{'measure':55s} {'p50 ms':>9s} {'p99 ms':>9s} {'max ms':>9s}")
     for key, label in labels.items():
         values = results[key]

@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 from flask import Flask
 
-from followtheleader import Elector, Event, State, elect
+from followtheleader import Elector, Event, FencingToken, State, elect
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +35,20 @@ GROUP = os.environ.get("FTL_GROUP", "flask-example-jobs")
 JOB_PERIOD = float(os.environ.get("JOB_PERIOD", "60"))
 
 
-def send_report(term: int) -> None:
+def send_report(token: FencingToken) -> None:
     """The singleton work.
 
-    ``term`` is greater for every new leadership: pass it along as a fencing token wherever
-    the work writes shared state, so that a former leader's late writes can be refused.
+    ``token`` is unique to this leadership and greater for a newer one: store its ``key``
+    with whatever the work writes to shared state, and let the shared state refuse a lesser
+    key, so that a former leader's late writes are refused (see examples/fencing.py).
     """
-    log.info("job: sending the report (term %d)", term)
+    log.info("job: sending the report (term %d)", token.term)
 
 
 class LeaderOnlyScheduler:
-    """Runs ``job(term)`` every ``period`` seconds on a thread of its own, while this node leads."""
+    """Runs ``job(token)`` every ``period`` seconds on a thread of its own, while this node leads."""
 
-    def __init__(self, elector: Elector, job: Callable[[int], None], period: float) -> None:
+    def __init__(self, elector: Elector, job: Callable[[FencingToken], None], period: float) -> None:
         self._elector = elector
         self._job = job
         self._period = period
@@ -65,11 +66,11 @@ class LeaderOnlyScheduler:
 
     def _run(self) -> None:
         while not self._stopped.wait(self._period):
-            term = self._elector.term  # read first: never newer than the leadership checked next
-            if not self._elector.is_leader:
+            token = self._elector.fencing_token  # read first: never newer than the leadership checked next
+            if token is None or not self._elector.is_leader:
                 continue
             try:
-                self._job(term)
+                self._job(token)
             except Exception:
                 log.exception("the job failed")
 

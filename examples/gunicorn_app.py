@@ -30,7 +30,7 @@ import threading
 from collections.abc import Iterable
 from typing import IO, TYPE_CHECKING
 
-from followtheleader import Elector, elect
+from followtheleader import Elector, FencingToken, elect
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -41,9 +41,9 @@ GROUP = os.environ.get("FTL_GROUP", "gunicorn-example-jobs")
 JOB_PERIOD = float(os.environ.get("JOB_PERIOD", "60"))
 
 
-def send_report(term: int) -> None:
-    """The singleton work; ``term`` is the fencing token of this leadership."""
-    log.info("job: sending the report (term %d)", term)
+def send_report(token: FencingToken) -> None:
+    """The singleton work; ``token`` is this leadership's fencing token (see examples/fencing.py)."""
+    log.info("job: sending the report (term %d)", token.term)
 
 
 class Leadership:
@@ -104,10 +104,10 @@ class Leadership:
 
     def _run_job(self, elector: Elector) -> None:
         while not self._stopped.wait(JOB_PERIOD):
-            term = elector.term  # read first: never newer than the leadership checked next
-            if elector.is_leader:
+            token = elector.fencing_token  # read first: never newer than the leadership checked next
+            if token is not None and elector.is_leader:
                 try:
-                    send_report(term)
+                    send_report(token)
                 except Exception:
                     log.exception("the job failed")
 

@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 
-from followtheleader import Event, State, elect
+from followtheleader import Event, FencingToken, State, elect
 
 log = logging.getLogger("worker")
 
@@ -28,9 +28,13 @@ GROUP = os.environ.get("FTL_GROUP", "worker-example")
 JOB_PERIOD = float(os.environ.get("JOB_PERIOD", "10"))
 
 
-def do_work(term: int) -> None:
-    """One round of the singleton work; ``term`` is the fencing token of this leadership."""
-    log.info("job: processing a batch (term %d)", term)
+def do_work(token: FencingToken) -> None:
+    """One round of the singleton work; ``token`` is this leadership's fencing token.
+
+    Store ``token.key`` with whatever the round writes to shared state, which refuses a
+    lesser key than the greatest it has stored (see examples/fencing.py).
+    """
+    log.info("job: processing a batch (term %d)", token.term)
 
 
 def log_role(event: Event) -> None:
@@ -51,9 +55,9 @@ def main() -> int:
     with elector:  # start() here; stop() however the block is left, so a leader hands over
         log.info("joined group %r as node %s", GROUP, elector.node_id)
         while not elector.join(timeout=JOB_PERIOD):
-            term = elector.term  # read first: never newer than the leadership checked next
-            if elector.is_leader:
-                do_work(term)
+            token = elector.fencing_token  # read first: never newer than the leadership checked next
+            if token is not None and elector.is_leader:
+                do_work(token)
     return 0
 
 

@@ -22,7 +22,7 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 
-from ._wire import Stamp
+from ._wire import ANYONE, Stamp
 
 __all__ = ["MAX_CLOCK_SKEW", "RECORD_MAX_AGE", "RECORD_REFRESH", "Authenticator", "Secret"]
 
@@ -106,13 +106,15 @@ class Authenticator:
     def refusal(self, sender: str, stamp: Stamp, now_wall: float, me: str) -> str | None:
         """None, and remembered, if this stamp is fresh and for node ``me``; else why not.
 
-        ``"misdirected"``: it was sent to another node (a copy replayed here);
+        ``"misdirected"``: it was sent to another node (a copy replayed here). A stamp for
+        :data:`ANYONE` passes this check (a ping to an address whose node is not known yet):
+        the caller must then take the datagram as a ping to answer, never as proof of life;
         ``"clock-skew"``: its time is too far from ours; ``"replayed"``: this counter of this
         run of this sender was accepted before, or is too old to tell. Each run keeps its
         greatest counter and a window of the :data:`REPLAY_WINDOW` counters below it, so
         datagrams that overtake each other on the way are still accepted once each.
         """
-        if stamp.to != me:
+        if stamp.to not in (me, ANYONE):
             return "misdirected"
         if abs(stamp.time - now_wall) > MAX_CLOCK_SKEW:
             return "clock-skew"

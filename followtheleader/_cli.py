@@ -17,6 +17,7 @@ import logging
 import math
 import queue
 import shutil
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,8 +27,9 @@ from ._callbacks import EVENT_KINDS
 from ._console import Console, catch_signals
 from ._elector import Elector, elect
 from ._options import parse_options
+from ._peers import PeerEntry
 from ._runner import ON_EXIT_CHOICES, Runner
-from ._status import DEFAULT_TIMEOUT, format_table, survey, to_json
+from ._status import DEFAULT_TIMEOUT, format_table, survey, survey_peers, to_json
 
 __all__ = ["main"]
 
@@ -40,6 +42,7 @@ _EXAMPLES = """examples:
 _ELECT_EXAMPLES = """examples:
   followtheleader elect MyService
   followtheleader elect MyService --priority 10 --interval 0.1
+  followtheleader elect MyService --peers dns:myservice-peers.default.svc.cluster.local
   followtheleader elect MyService --json | jq .
 """
 
@@ -52,21 +55,23 @@ exit status: 0, or 1 when NAME is given and that group has no (live) leader.
 examples:
   followtheleader status
   followtheleader status MyService --timeout 3
+  followtheleader status MyService --peers 10.0.0.5,10.0.0.6:9001
   followtheleader status MyService --json | jq '.groups[0].leader'
   followtheleader status MyService >/dev/null && echo "MyService has a leader"
 """
 
-_RUN_EXAMPLES = """CMD starts when this node becomes leader, with FOLLOWTHELEADER_TERM (a fencing token),
-FOLLOWTHELEADER_NODE_ID and FOLLOWTHELEADER_NAME in its environment. When the node stops
-leading, CMD's process group gets SIGTERM, then SIGKILL after --grace seconds. SIGINT or
-SIGTERM to this command stops CMD the same way, then hands leadership over and exits 0. If this
-command dies, CMD gets SIGKILL from the kernel. Its own lines go to stderr; CMD keeps stdin,
-stdout and stderr.
+_RUN_EXAMPLES = """CMD starts when this node becomes leader, with FOLLOWTHELEADER_FENCING_TOKEN (the key of this
+leadership's fencing token: 104 hex digits, greater for every newer leadership, to be compared
+as strings by the shared resource), FOLLOWTHELEADER_TERM, FOLLOWTHELEADER_NODE_ID and
+FOLLOWTHELEADER_NAME in its environment. When the node stops leading, CMD's process group
+gets SIGTERM, then SIGKILL after --grace seconds. SIGINT or SIGTERM to this command stops CMD
+the same way, then hands leadership over and exits 0. If this command dies, CMD gets SIGKILL
+from the kernel. Its own lines go to stderr; CMD keeps stdin, stdout and stderr.
 
 examples:
   followtheleader run MyService -- python manage.py run_scheduler
   followtheleader run MyService --grace 30 --on-exit restart -- ./worker.sh --queue main
-  followtheleader run MyService --on-exit exit -- sh -c 'backup.sh "$FOLLOWTHELEADER_TERM"'
+  followtheleader run MyService --on-exit exit -- sh -c 'backup.sh "$FOLLOWTHELEADER_FENCING_TOKEN"'
 """
 
 
@@ -103,6 +108,13 @@ ELECTOR_OPTIONS: tuple[_ElectorOption, ...] = (
     _ElectorOption("--node-id", "node_id", str, "ID", "this node's id (default: random)"),
     _ElectorOption("--type", "type", str, "LABEL", "DNS-SD service label (default ftl: _ftl._udp.local.)"),
     _ElectorOption("--quorum", "quorum", int, "N", "expected group size: lead only while seeing a majority of N"),
+    _ElectorOption(
+        "--peers",
+        "peers",
+        str,
+        "LIST",
+        "unicast mode, no mDNS: 'host[:port],...' or 'dns:NAME' (default: $FOLLOWTHELEADER_PEERS, else mDNS)",
+    ),
     _ElectorOption(
         "--secret-file",
         "secret",
@@ -163,7 +175,8 @@ def _parser() -> _Parser:
     status_parser = commands.add_parser(
         "status",
         help="list the groups on this network, their leaders and members",
-        description="List every group on this network segment (or only NAME): its leader, term and members.",
+        description="List every group on this network segment (or only NAME): its leader, term, fencing token"
+        " and members.",
         epilog=_STATUS_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -178,6 +191,12 @@ def _parser() -> _Parser:
     status_parser.add_argument("--type", metavar="LABEL", help="DNS-SD service label (default ftl)")
     status_parser.add_argument(
         "--no-ping", action="store_true", help="trust the DNS-SD records; do not ask the leader whether it leads"
+    )
+    status_parser.add_argument(
+        "--peers",
+        metavar="LIST",
+        help="ask the nodes at these addresses instead of browsing mDNS: 'host[:port],...' or 'dns:NAME'"
+        " (needs NAME; default: $FOLLOWTHELEADER_PEERS)",
     )
     status_parser.add_argument("--json", action="store_true", help="print one JSON object")
     status_parser.set_defaults(handler=_status, parser=status_parser)
@@ -286,22 +305,46 @@ def _elect(args: argparse.Namespace, parser: _Parser, command: list[str] | None)
 
 def _status(args: argparse.Namespace, parser: _Parser, command: list[str] | None) -> int:
     """``status``: print the groups; exit 1 when the group NAME has no (live) leader."""
+    given: dict[str, Any] = {} if args.type is None else {"type": args.type}
+    if args.peers is not None:
+        given["peers"] = args.peers
     try:
-        options = parse_options(args.name or "status", **({} if args.type is None else {"type": args.type}))
+        options = parse_options(args.name or "status", **given)
     except (TypeError, ValueError) as exc:
         parser.error(str(exc))
-    try:
-        groups = survey(options.service_type, args.timeout, args.name, ping=not args.no_ping)
-    except OSError as exc:
-        print(f"followtheleader: cannot browse {options.service_type}: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(to_json(groups, options.service_type)), flush=True)
+    if options.peers is not None:
+        if args.name is None:
+            parser.error("status with peers needs the group NAME (the nodes are asked about it)")
+        addresses = _resolve_peers(options.peers)
+        groups = [survey_peers(args.name, addresses)]
+        where = "peers " + ",".join(entry.text for entry in options.peers)
     else:
-        print(format_table(groups, options.service_type), flush=True)
+        where = options.service_type
+        try:
+            groups = survey(options.service_type, args.timeout, args.name, ping=not args.no_ping)
+        except OSError as exc:
+            print(f"followtheleader: cannot browse {options.service_type}: {exc}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps(to_json(groups, where)), flush=True)
+    else:
+        print(format_table(groups, where), flush=True)
     if args.name is None:
         return 0
     return 0 if any(group.leader is not None for group in groups) else 1
+
+
+def _resolve_peers(entries: Sequence[PeerEntry]) -> list[tuple[str, int]]:
+    """The IPv4 addresses of a peer list (a name that does not resolve is said on stderr)."""
+    found: list[tuple[str, int]] = []
+    for entry in entries:
+        try:
+            infos = socket.getaddrinfo(entry.host, entry.port, socket.AF_INET, socket.SOCK_DGRAM)
+        except (OSError, UnicodeError) as exc:
+            print(f"followtheleader: cannot resolve the peer name {entry.host!r}: {exc}", file=sys.stderr)
+            continue
+        found.extend((str(info[4][0]), entry.port) for info in infos if (str(info[4][0]), entry.port) not in found)
+    return found
 
 
 def _run(args: argparse.Namespace, parser: _Parser, command: list[str] | None) -> int:

@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any, TextIO
 
-from ._model import Event
+from ._model import Event, FencingToken
 
-__all__ = ["STOP_SIGNALS", "Console", "catch_signals"]
+__all__ = ["STOP_SIGNALS", "Console", "catch_signals", "format_token"]
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -71,6 +71,7 @@ def format_event(event: Event, node_id: str, json_lines: bool) -> str:
                 "state": event.state.value,
                 "previous_state": event.previous_state.value,
                 "term": event.term,
+                "fencing_token": None if event.fencing_token is None else event.fencing_token.key,
                 "leader": None
                 if leader is None
                 else {"node_id": leader.node_id, "priority": leader.priority, "host": leader.host, "port": leader.port},
@@ -84,10 +85,23 @@ def format_event(event: Event, node_id: str, json_lines: bool) -> str:
         who = "leader this node"
     else:
         who = f"leader {leader.node_id} at {leader.host}:{leader.port}"
-    text = f"{_clock(now)} {event.kind:<10} {event.state.value:<8} term {event.term:<4} {who} ({event.reason})"
+    token = format_token(event.fencing_token)
+    text = f"{_clock(now)} {event.kind:<10} {event.state.value:<8} term {event.term:<4} token {token} {who}"
+    text += f" ({event.reason})"
     if event.error is not None:
         text += f": {event.error!r}"
     return text
+
+
+def format_token(token: FencingToken | None) -> str:
+    """A fencing token, short and readable: ``term/priority/node_id/boot``, ``-`` for None.
+
+    Only the last six hex digits of ``boot`` are shown (enough to tell two runs of a node
+    apart by eye); the full token is its :attr:`~FencingToken.key`, which ``--json`` gives.
+    """
+    if token is None:
+        return "-"
+    return f"{token.term}/{token.priority}/{token.node_id}/{token.boot & 0xFFFFFF:06x}"
 
 
 @contextmanager

@@ -9,7 +9,8 @@ Threads:
 * zeroconf's event-loop thread runs :meth:`Discovery._publish_loop`, which registers the
   record and then updates its TXT whenever :meth:`Discovery.publish` asks (latest state
   wins), and the goodbye at close. With ``npm_compat``, a leader also publishes what nodes
-  of the npm package look for: instance ``<group>`` of ``_<type>._udp`` and ``_<type>._tcp``;
+  of the npm package look for: instance ``<group>`` of ``_<type>._tcp`` (never of
+  ``_<type>._udp``, the name a new npm leader probes: an answer would kill it);
 * zeroconf's ServiceBrowser thread runs :meth:`Discovery._on_service_state_change`, which
   only parses the record and hands it on: it never blocks and never raises.
 
@@ -129,9 +130,8 @@ class Discovery:
     :param on_error: called when publishing fails.
     :param on_npm_record: with ``npm_compat``, called like ``on_record`` with the address and
         port of an npm leader's record (instance ``<group>`` published by a node not ours).
-        Its withdrawal is not reported: npm nodes send no goodbye, and the goodbye of the
-        same-named record of a leader of ours removes the identical PTR record of an npm
-        leader from every cache; heartbeats tell when an npm leader is gone.
+        Its withdrawal is not reported: npm nodes send no goodbye; heartbeats tell when an
+        npm leader is gone.
     """
 
     def __init__(
@@ -168,7 +168,7 @@ class Discovery:
         self._refresh = RECORD_REFRESH if auth is not None else None
         self.instance_name = self._instance_name()
         self.npm_instance_name = f"{options.name}.{options.service_type}"
-        """The record an npm leader publishes (and ours too, with ``npm_compat``)."""
+        """The record an npm leader publishes (ours never do: see :meth:`_publish_npm_records`)."""
         self._npm_published: list[ServiceInfo] = []
 
     # ----------------------------------------------------------------- any thread
@@ -231,6 +231,7 @@ class Discovery:
         zc = self._zc
         self._changed = changed = asyncio.Event()
         broadcast: Awaitable[Any] | None = None
+        published_as: tuple[State, int] | None = None
         npm_pending = False
         changed.set()
         try:
@@ -246,7 +247,10 @@ class Discovery:
                 npm_pending = not await self._publish_npm_records(zc, self._serve_npm, *self._desired)
                 if npm_pending and not woken:
                     continue  # only the npm records were due
-                info = self._service_info(*self._desired)
+                if woken and self._published is not None and published_as == self._desired:
+                    continue  # only the npm records changed (a leader serves them later)
+                desired = self._desired
+                info = self._service_info(*desired)
                 try:
                     if self._published is None:
                         broadcast = await zc.async_register_service(info, cooperating_responders=True)
@@ -255,6 +259,7 @@ class Discovery:
                             broadcast.cancel()  # its later repeats would announce the old TXT
                         broadcast = await zc.async_update_service(info)
                     self._published = info
+                    published_as = desired
                 except Exception as exc:
                     log.exception("cannot publish the DNS-SD record")
                     self._on_error(exc, f"cannot publish the DNS-SD record: {exc!r}")
@@ -263,13 +268,16 @@ class Discovery:
                 broadcast.cancel()
 
     async def _publish_npm_records(self, zc: Zeroconf, wanted: bool, role: State, term: int) -> bool:
-        """As announced leader with ``npm_compat`` (``wanted``): publish what npm nodes look
-        for; else withdraw it.
+        """As leader with ``npm_compat`` (``wanted``): publish what npm nodes look for; else
+        withdraw it.
 
-        npm nodes browse ``_<type>._tcp`` and publish ``_<type>._udp``, so a leader of ours
-        publishes instance ``<group>`` under both, pointing at its heartbeat port, with an A
-        record in the same packet (npm uses no other). No probing (cooperating responders):
-        only a leader publishes it, and no leader of ours leads while an npm leader answers.
+        npm nodes browse ``_<type>._tcp`` (and publish ``_<type>._udp``), so a leader of ours
+        publishes instance ``<group>`` of ``_<type>._tcp``, pointing at its heartbeat port,
+        with an A record in the same packet (npm uses no other). Never ``<group>`` of
+        ``_<type>._udp``: an npm node that starts to lead probes that name for up to a second
+        (after its ``leader`` event) and exits if anything answers, which a leader of ours
+        cannot rule out (the npm node may have missed our record, or be still probing when we
+        claim). No probing (cooperating responders): npm nodes never publish this name.
         Returns False when it must be tried again later.
         """
         if not wanted:
@@ -283,19 +291,18 @@ class Discovery:
         if not addresses:
             self._warn("npm-no-ipv4", "no IPv4 address to publish for npm nodes (they cannot use IPv6)")
             return True
-        for protocol in ("_udp", "_tcp"):
-            service_type = f"_{self._options.type}.{protocol}.local."
-            info = self._service_info(role, term, service_type, f"{self._options.name}.{service_type}", addresses)
-            try:
-                await zc.async_register_service(info, cooperating_responders=True)
-            except ServiceNameAlreadyRegistered:
-                log.debug("the npm record %s is still registered by another elector here", info.name)
-                return False
-            except Exception as exc:
-                log.exception("cannot publish the npm record %s", info.name)
-                self._on_error(exc, f"cannot publish the record npm nodes look for: {exc!r}")
-                return True
-            self._npm_published.append(info)
+        service_type = f"_{self._options.type}._tcp.local."
+        info = self._service_info(role, term, service_type, f"{self._options.name}.{service_type}", addresses)
+        try:
+            await zc.async_register_service(info, cooperating_responders=True)
+        except ServiceNameAlreadyRegistered:
+            log.debug("the npm record %s is still registered by another elector here", info.name)
+            return False
+        except Exception as exc:
+            log.exception("cannot publish the npm record %s", info.name)
+            self._on_error(exc, f"cannot publish the record npm nodes look for: {exc!r}")
+            return True
+        self._npm_published.append(info)
         return True
 
     async def _goodbye(self, zc: Zeroconf) -> None:
@@ -318,7 +325,7 @@ class Discovery:
             if name == self.npm_instance_name and (
                 not self._options.npm_compat or state_change is ServiceStateChange.Removed
             ):
-                return  # npm nodes send no goodbye, and ours removes their PTR record too
+                return  # npm nodes send no goodbye: heartbeats tell
             if state_change is ServiceStateChange.Removed:
                 node_id = self._names.pop(name, None)
                 # A goodbye carries no tag: in an authenticated group it could be forged, so
@@ -344,13 +351,13 @@ class Discovery:
             self._take(info)
 
     def _take_npm(self, info: ServiceInfo) -> None:
-        """The record ``<group>``: an npm leader's, or the one a leader of ours publishes for them."""
+        """The record ``<group>`` of the service type: an npm leader's (ours publish none)."""
         try:
             properties = info.decoded_properties
         except Exception:  # noqa: BLE001 - npm's TXT is one NUL byte; anything goes
             properties = {}
         if "id" in properties and "v" in properties:
-            return  # published by a leader of ours, for npm nodes
+            return  # our TXT record: not an npm leader (a leader of version 0.1 publishes it)
         address = self._pick_npm_address(info.parsed_addresses(IPVersion.V4Only))
         if address is None or not info.port:
             self._warn("npm-no-ipv4", "ignored an npm leader's record without an IPv4 address: %s", info.name)

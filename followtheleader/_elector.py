@@ -8,7 +8,9 @@ Threads of one started elector (all daemon threads, all gone after :meth:`Electo
   (pings, failure detection, lease, claims).
 * zeroconf's ServiceBrowser thread: runs :meth:`Elector._on_record`,
   :meth:`Elector._on_goodbye` and their npm counterparts; zeroconf's own event-loop thread
-  publishes the records.
+  publishes the records. In unicast mode (the ``peers`` option) there is no zeroconf at all:
+  ``followtheleader-peers-<name>`` (only when the list holds names) runs
+  :meth:`Elector._on_addresses`.
 * ``followtheleader-callbacks-<name>``: the user's callbacks, one at a time, in order.
 
 Every input goes through :meth:`Elector._feed`: the machine decides under ``self._lock`` (and
@@ -42,7 +44,8 @@ from ._logs import RateLimitedWarning
 from ._machine import Action, Machine, Notify, NpmPing, Publish, Send, Timing
 from ._model import Event, FencingToken, Member, State
 from ._options import Options, parse_options
-from ._wire import NPM_PING, NPM_PONG, Message, PeerRecord, decode_datagram, encode_message
+from ._peers import PeerDirectory, PeerSource, is_local_address
+from ._wire import ANYONE, NPM_PING, NPM_PONG, Message, PeerRecord, decode_datagram, encode_message
 
 __all__ = ["Elector", "elect"]
 
@@ -59,6 +62,7 @@ def elect(*args: Any, **kwargs: Any) -> Elector:
 
         elect("MyService")
         elect("MyService", priority=10, interval=0.1)
+        elect("MyService", peers="dns:myservice-peers.default.svc.cluster.local")  # no multicast
         elect({"name": "MyService", "maxFailedResponses": 5})
 
     :raises TypeError: for a missing name, an unknown option or a value of the wrong type.
@@ -93,7 +97,7 @@ class Elector:
         self._server: HeartbeatServer | None = None
         self._server_thread: threading.Thread | None = None
         self._ticker: Ticker | None = None
-        self._discovery: Discovery | None = None
+        self._discovery: PeerSource | None = None
         self._started = False
         self._stopping = False
         self._npm_pings_answered = 0
@@ -185,17 +189,7 @@ class Elector:
         )
         me = Member(self._options.node_id, self._options.priority, "", self._server.port)
         self._machine.me = me
-        self._discovery = Discovery(
-            self._options,
-            me,
-            self._auth,
-            self._on_record,
-            self._on_goodbye,
-            self._warn,
-            self._report_error,
-            on_npm_record=self._on_npm_record,
-            boot=self._machine.boot,
-        )
+        self._discovery = self._peer_source(me)
         self._feed(self._machine.start)  # before discovery, so that no early record is dropped
         self._discovery.start()
         self._server_thread = threading.Thread(
@@ -208,6 +202,24 @@ class Elector:
         self._ticker = Ticker(f"followtheleader-ticker-{name}", self._tick, self._report_error, self._options.interval)
         self._ticker.start()
         log.info("elector %r node %s started, heartbeat port %d", name, me.node_id, me.port)
+
+    def _peer_source(self, me: Member) -> PeerSource:
+        """Where peers are found: the ``peers`` list (unicast mode), else mDNS."""
+        options = self._options
+        if options.peers is not None:
+            ipv6 = ":" in options.host
+            return PeerDirectory(options.name, options.peers, ipv6, self._on_addresses, self._report_error)
+        return Discovery(
+            options,
+            me,
+            self._auth,
+            self._on_record,
+            self._on_goodbye,
+            self._warn,
+            self._report_error,
+            on_npm_record=self._on_npm_record,
+            boot=self._machine.boot,
+        )
 
     def stop(self, timeout: float = 5.0) -> bool:
         """Leave the group; a leader hands over at once (resign message and DNS-SD goodbye).
@@ -357,7 +369,8 @@ class Elector:
 
     @property
     def term(self) -> int:
-        """The term of the leadership this node holds or follows; usable as a fencing token."""
+        """The term of the leadership this node holds or follows (see :attr:`fencing_token` for
+        a value unique across partitions, to fence shared resources with)."""
         with self._lock:
             return self._machine.term
 
@@ -486,6 +499,15 @@ class Elector:
             if refusal is not None:
                 self._warn("replayed", "dropped a %s heartbeat datagram from %s:%s", refusal, *source)
                 return None
+        if message.sender == self.node_id and not (source[1] == self.port and is_local_address(source[0])):
+            # Our own id from elsewhere: a replayed copy of one of our pings (or a node with
+            # our id); it must not make us take that address for our own.
+            self._warn("replayed", "dropped a datagram in this node's name from %s:%s", *source)
+            return None
+        if message.sender == self.node_id or (stamp is not None and stamp.to == ANYONE):
+            # A ping to whoever is at an address (unicast mode), or one of this node's own:
+            # answered, never taken as proof of life (a copy may be replayed to any node).
+            return functools.partial(self._machine.on_address_ping, message, source)
         return functools.partial(self._machine.on_message, message, source)
 
     def _encode(self, message: Message, to: str) -> bytes:
@@ -501,6 +523,10 @@ class Elector:
     def _on_goodbye(self, node_id: str) -> None:
         """Browser thread: a peer withdrew its DNS-SD record."""
         self._feed(lambda now: self._machine.on_goodbye(node_id, now))
+
+    def _on_addresses(self, addresses: frozenset[tuple[str, int]]) -> None:
+        """Peers thread (or the one of :meth:`start`): the addresses of the peer list changed."""
+        self._feed(lambda now: self._machine.on_addresses(addresses, now))
 
     def _on_npm_record(self, host: str, port: int) -> None:
         """Browser or zeroconf loop thread: an npm leader's DNS-SD record appeared."""

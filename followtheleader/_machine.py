@@ -41,10 +41,11 @@ How an election goes (see ``docs/how-it-works.rst``):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ._model import Event, FencingToken, Member, State
-from ._wire import MAX_MEMBERS, Message, PeerRecord
+from ._wire import ANYONE, MAX_MEMBERS, Message, PeerRecord
 
 __all__ = ["Machine", "Notify", "NpmPing", "Publish", "Send", "Timing", "npm_member"]
 
@@ -126,6 +127,10 @@ PROBE_SLOW_EVERY = 2.0
 """... then every this many seconds ..."""
 FORGET_AFTER = 3600.0
 """... and forgets it after this long without a word from it."""
+NPM_HOLD = 1.5
+"""A leader publishes the records npm nodes look for only once it has led this long: an npm
+node that emitted ``leader`` before our claim is silent while it probes its name (up to 1 s),
+then announces it; this node then follows it, and no npm node was pointed at this one."""
 
 
 @dataclass(frozen=True)
@@ -147,7 +152,8 @@ class NpmPing:
 @dataclass(frozen=True)
 class Publish:
     """Publish this node's role and term in its DNS-SD TXT record; with ``serve_npm``, also
-    the records npm nodes look for (an announced leader with ``npm_compat``)."""
+    the records npm nodes look for (an announced leader with ``npm_compat``, once it has led
+    for :data:`NPM_HOLD`); without, withdraw them."""
 
     role: State
     term: int
@@ -256,6 +262,9 @@ class Machine:
     token: FencingToken | None = None
     """The fencing token of the leadership this node holds or follows (the last one while
     electing), None before any."""
+    npm_serve_at: float | None = None
+    """As announced leader with ``npm_compat``: when to publish the records npm nodes look for
+    (:data:`NPM_HOLD` after the announcement); None once published, or when not to be."""
     _last_now: float = 0.0
     """The time of the latest input, so that passed deadlines are not asked for again."""
     _lagging: set[str] = field(default_factory=set)
@@ -264,6 +273,10 @@ class Machine:
     _live_recheck_at: float = float("inf")
     """As leader: when the live member with the earliest expiry runs out, unless it pings again."""
     _actions: list[Action] = field(default_factory=list)
+    listed: dict[tuple[str, int], _Peer] = field(default_factory=dict)
+    """Unicast mode: the listed addresses (see :meth:`on_addresses`), as placeholder peers."""
+    own_addresses: set[tuple[str, int]] = field(default_factory=set)
+    """Unicast mode: listed addresses that turned out to be this node's own."""
 
     # ----------------------------------------------------------------- inputs
 
@@ -313,6 +326,10 @@ class Machine:
             self.next_ping_at = now + self.timing.interval
             self._send_pings(now)
         self._probe_npm(now)
+        due = self._npm_serve_due()
+        if due is not None and now >= due:
+            self.npm_serve_at = None
+            self._actions.append(Publish(State.LEADER, self._told_term(), serve_npm=True))
         return self._flush()
 
     def on_message(self, message: Message, source: tuple[str, int], now: float) -> list[Action]:
@@ -454,6 +471,9 @@ class Machine:
             deadlines.append(npm_due)
             if self.npm is not None and not self.npm.dead and self.npm.pinged_since is not None:
                 deadlines.append(self.npm.pinged_since + self.timing.failure_window)
+        serve_due = self._npm_serve_due()
+        if serve_due is not None:
+            deadlines.append(serve_due)
         return min(deadlines)
 
     # ----------------------------------------------------------------- message handlers
@@ -808,11 +828,86 @@ class Machine:
         fast = self._last_now - self._silent_since(npm, self._last_now) < PROBE_FAST_FOR
         return npm.last_ping + (self.timing.interval if fast else PROBE_SLOW_EVERY)
 
+    def _npm_serve_due(self) -> float | None:
+        """As leader: when to publish the records npm nodes look for, if still to come.
+
+        Not before :attr:`npm_serve_at`, nor while a known npm leader may be alive (pinged,
+        not yet silent for the failure window): if it answers, this node follows it instead.
+        """
+        if self.npm_serve_at is None or self.state is not State.LEADER:
+            return None
+        npm = self.npm
+        if npm is not None and not npm.dead and npm.pinged_since is not None:
+            return max(self.npm_serve_at, npm.pinged_since + self.timing.failure_window)
+        return self.npm_serve_at
+
     def _probe_npm(self, now: float) -> None:
         """Ping a known npm leader this node does not follow: when it answers, it is followed."""
         due = self._npm_probe_due()
         if self.npm is not None and due is not None and now >= due and not self._probe(self.npm, now):
             self.npm = None
+
+    # ----------------------------------------------------------------- unicast mode: listed addresses
+    # A peer list or DNS name gives addresses, not node ids. A candidate or leader pings every
+    # listed address where no live peer is known, on the lost-peer probing schedule, addressed
+    # to ANYONE; whoever is there answers with a pong that names it, and from then on it is an
+    # ordinary peer. A ping addressed to ANYONE is never proof of life (in an authenticated
+    # group a copy of it may be replayed to any node): it only gets a pong back.
+
+    def on_addresses(self, addresses: Iterable[tuple[str, int]], now: float) -> list[Action]:
+        """Unicast mode: nodes of the group may be at these addresses (the whole current list).
+
+        Addresses no longer listed are not pinged any more. A candidate or leader (which hears
+        from every live peer) takes the silent peers there as departed: a replica removed
+        from a DNS name is no longer probed.
+        """
+        if self.state is State.STOPPED:
+            return []
+        self._expire(now)
+        current = set(addresses)
+        for address in [a for a in self.listed if a not in current]:
+            del self.listed[address]
+            for peer in self.peers.values():
+                silent = self.state is not State.FOLLOWER and not self._answers(peer, now)
+                if peer.member.address == address and silent:
+                    peer.dead = peer.departed = True
+        for host, port in current:
+            self.listed.setdefault((host, port), _Peer(Member(ANYONE, 0, host, port)))
+        self._ping_listed(now)
+        return self._flush()
+
+    def on_address_ping(self, message: Message, source: tuple[str, int], now: float) -> list[Action]:
+        """A ping addressed to ANYONE (or any datagram of this node's own) came from ``source``.
+
+        A datagram of this node's own means that a listed address is this node's. Otherwise
+        the sender learns who is here from the pong; nothing else changes here.
+        """
+        if self.state is State.STOPPED or message.group != self.group or message.kind != "ping":
+            return []
+        if message.sender == self.me.node_id:
+            self.own_addresses.add(source)
+            return []
+        self._expire(now)
+        self._send(self._pong(message.members_version, now), Member(message.sender, message.priority, *source))
+        return self._flush()
+
+    def _answers(self, peer: _Peer, now: float) -> bool:
+        """``peer`` was heard within the failure window (its address needs no ping of ANYONE)."""
+        return not peer.dead and peer.last_heard is not None and now - peer.last_heard < self.timing.failure_window
+
+    def _ping_listed(self, now: float) -> None:
+        """A candidate or leader pings the listed addresses where no live peer is known."""
+        if self.state not in (State.ELECTING, State.LEADER) or not self.listed:
+            return
+        known = {p.member.address for p in self.peers.values() if self._answers(p, now)}
+        for address, spot in self.listed.items():
+            if address in known or address in self.own_addresses:
+                spot.probed_since = spot.last_ping = None  # when it falls silent: probed fast again
+                continue
+            if spot.probed_since is None:
+                spot.probed_since = now
+            if not self._probe(spot, now):
+                spot.probed_since = now  # listed addresses are never forgotten: start over
 
     # ----------------------------------------------------------------- output
 
@@ -825,6 +920,7 @@ class Machine:
         elif self.state is State.LEADER:
             self._send_beats(now)
             self._probe_lost_peers(now)
+        self._ping_listed(now)
 
     def _send_beats(self, now: float) -> None:
         """As leader, every interval: a heartbeat to every live member, with the member list
@@ -1059,12 +1155,14 @@ class Machine:
             leader = self.leader if new in (State.LEADER, State.FOLLOWER) else None
             event = Event(kind, self.me.node_id, new, previous, self.term, leader, reason, now, None, self.token)
             self._actions.append(Notify(event))
+        # The records for npm nodes come later, from tick (see NPM_HOLD).
+        announced = new is State.LEADER and self.confirmed and self.npm_compat
+        self.npm_serve_at = now + NPM_HOLD if announced else None
         # The DNS-SD record is a hint, updated only when leadership starts or ends: a group's
         # followers re-announcing every change of theirs would flood mDNS right when a new
         # leader needs the CPU (the record of a follower keeps saying "electing").
         if State.LEADER in (new, previous) and new is not State.STOPPED:
-            serve_npm = new is State.LEADER and self.confirmed and self.npm_compat
-            self._actions.append(Publish(new, self._told_term(), serve_npm))
+            self._actions.append(Publish(new, self._told_term()))
 
     def _flush(self) -> list[Action]:
         actions, self._actions = self._actions, []

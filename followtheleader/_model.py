@@ -122,7 +122,8 @@ class Event:
     :ivar state: the state after the change.
     :ivar previous_state: the state before the change.
     :ivar term: the term of the leadership this node now leads or follows (for ``leader``,
-        a fencing token strictly greater than any term its group has seen), else the last one.
+        strictly greater than any term its group has seen), else the last one. Not unique across
+        partitions: fence shared resources with :attr:`fencing_token`.
     :ivar leader: the leader now followed or held, or None.
     :ivar reason: a few words on why this happened.
     :ivar time: ``time.monotonic()`` when the change was decided.

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._auth import Secret
+from ._peers import PEERS_ENVIRONMENT_VARIABLE, PeerEntry, parse_peers
 
 __all__ = [
     "ACCEPTED_SECRET_ENVIRONMENT_VARIABLE",
@@ -63,6 +64,8 @@ class Options:
         (this node included); None (the default) for availability first.
     :ivar secret: the group's shared secrets (the first signs, all are accepted), or None for
         an open group.
+    :ivar peers: unicast mode: where the group's nodes may be (addresses or DNS names), or
+        None to find them by mDNS.
     """
 
     name: str
@@ -79,6 +82,7 @@ class Options:
     npm_compat: bool = True
     quorum: int | None = None
     secret: tuple[Secret, ...] | None = field(default=None, repr=False)
+    peers: tuple[PeerEntry, ...] | None = None
 
     @property
     def service_type(self) -> str:
@@ -137,14 +141,27 @@ def parse_options(*args: Any, **kwargs: Any) -> Options:
         "npm_compat": lambda v: _check_bool("npm_compat", v),
         "secret": _check_secret,
         "quorum": lambda v: _check_int("quorum", v, 1, 1000),
+        "peers": lambda v: parse_peers(v, DEFAULT_PORT),
     }
     for key, value in given.items():
-        if value is None and key in ("node_id", "interfaces", "host", "secret", "quorum"):
+        if value is None and key in ("node_id", "interfaces", "host", "secret", "quorum", "peers"):
             continue
         values[key] = checkers[key](value)
     if given.get("secret") is None and os.environ.get(SECRET_ENVIRONMENT_VARIABLE):
         accepted = os.environ.get(ACCEPTED_SECRET_ENVIRONMENT_VARIABLE)
         values["secret"] = _check_secret([os.environ[SECRET_ENVIRONMENT_VARIABLE], *([accepted] if accepted else [])])
+    if given.get("peers") is None and os.environ.get(PEERS_ENVIRONMENT_VARIABLE):
+        try:
+            values["peers"] = parse_peers(os.environ[PEERS_ENVIRONMENT_VARIABLE], DEFAULT_PORT)
+        except ValueError as exc:
+            raise ValueError(f"{PEERS_ENVIRONMENT_VARIABLE}: {exc}") from None
+    if values.get("peers") is not None:
+        if given.get("npm_compat") is True:
+            raise ValueError("option 'npm_compat' cannot be used with 'peers': npm nodes are found by mDNS only")
+        values["npm_compat"] = False
+        values["port_explicit"] = True  # peers expect it at the listed port: no fallback to a free one
+        if "host" not in values and any(":" in entry.host for entry in values["peers"]):
+            values["host"] = "::"  # an IPv6 peer needs an IPv6 (dual-stack) heartbeat socket
     if values.get("secret") is not None:
         if given.get("npm_compat") is True:
             raise ValueError("option 'npm_compat' cannot be used with a secret: npm nodes cannot authenticate")

@@ -33,9 +33,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ._console import Console, catch_signals
+from ._console import Console, catch_signals, format_token
 from ._elector import Elector
-from ._model import Event
+from ._model import Event, FencingToken
 from ._options import ACCEPTED_SECRET_ENVIRONMENT_VARIABLE, SECRET_ENVIRONMENT_VARIABLE
 
 __all__ = ["ON_EXIT_CHOICES", "RESTART_DELAY", "Runner"]
@@ -51,9 +51,9 @@ _SECRET_VARIABLES = (SECRET_ENVIRONMENT_VARIABLE, ACCEPTED_SECRET_ENVIRONMENT_VA
 
 @dataclass(frozen=True)
 class _Leading:
-    """This node became leader with ``term`` (from the callback thread)."""
+    """This node became leader with ``token`` (from the callback thread)."""
 
-    term: int
+    token: FencingToken
 
 
 @dataclass(frozen=True)
@@ -158,8 +158,8 @@ class Runner:
     def _on_event(self, event: Event) -> None:
         """Callback thread: report the event and hand it to the main thread."""
         self._console.event(event)
-        if event.kind == "leader":
-            self._inbox.put(_Leading(event.term))
+        if event.kind == "leader" and event.fencing_token is not None:
+            self._inbox.put(_Leading(event.fencing_token))
         elif event.kind in ("follower", "reelection"):
             self._inbox.put(_Demoted())
 
@@ -197,7 +197,7 @@ class Runner:
                 item = self._inbox.get(timeout=timeout)
             except queue.Empty:
                 self._restart_at = None
-                status = self._start_if_leading(self._elector.term)
+                status = self._start_if_leading(self._elector.fencing_token)
                 if status is not None:
                     return status
                 continue
@@ -211,7 +211,7 @@ class Runner:
             status = None
             if isinstance(item, _Leading):
                 self._restart_at = None
-                status = self._start_if_leading(item.term)
+                status = self._start_if_leading(item.token)
             elif isinstance(item, _Demoted):
                 self._restart_at = None
                 self._stop_child()
@@ -223,18 +223,23 @@ class Runner:
             if status is not None:
                 return status
 
-    def _start_if_leading(self, term: int) -> int | None:
-        """Start CMD unless it runs, or this node no longer leads in ``term``.
+    def _start_if_leading(self, token: FencingToken | None) -> int | None:
+        """Start CMD unless it runs, or this node no longer holds the leadership ``token``.
 
         :returns: the exit status of the command line when CMD cannot start and
             ``on_exit`` is ``exit``, else None.
         """
         elector = self._elector
-        if self._child is not None or elector.term != term or not elector.is_leader:
+        # The token first: it is then never newer than the leadership is_leader checks.
+        if self._child is not None or token is None or elector.fencing_token != token or not elector.is_leader:
             return None
+        term = token.term
         env = {k: v for k, v in os.environ.items() if k not in _SECRET_VARIABLES}
         env.update(
-            FOLLOWTHELEADER_TERM=str(term), FOLLOWTHELEADER_NODE_ID=elector.node_id, FOLLOWTHELEADER_NAME=elector.name
+            FOLLOWTHELEADER_TERM=str(term),
+            FOLLOWTHELEADER_FENCING_TOKEN=token.key,
+            FOLLOWTHELEADER_NODE_ID=elector.node_id,
+            FOLLOWTHELEADER_NAME=elector.name,
         )
         started = time.monotonic()
         try:
@@ -244,10 +249,11 @@ class Runner:
             return self._apply_on_exit(127, started)
         self._console.record(
             "command",
-            f"started pid {self._child.pid} (term {term}): {shlex.join(self._command)}",
+            f"started pid {self._child.pid} (term {term}, token {format_token(token)}): {shlex.join(self._command)}",
             action="started",
             pid=self._child.pid,
             term=term,
+            fencing_token=token.key,
         )
         return None
 

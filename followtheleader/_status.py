@@ -1,4 +1,4 @@
-"""``followtheleader status``: the groups on this segment, their leaders, terms and members.
+"""``followtheleader status``: the groups on this segment, their leaders, terms, tokens and members.
 
 Everything runs on the main thread, except zeroconf's own threads: the ServiceBrowser's
 handler (on the browser thread) only puts the instance names it sees into a queue.
@@ -7,11 +7,16 @@ handler (on the browser thread) only puts the instance names it sees into a queu
    are a hint: they say what each node was doing when it last published.
 2. In each group, the member whose record says ``leader`` with the greatest term is asked
    directly: one heartbeat ``ping`` to its UDP port. A ``pong`` that says ``leader`` confirms
-   it is alive and leading, gives its current term and its own view of the live members;
+   it is alive and leading, gives its current term, its run (``boot``: with its id and
+   priority, the leadership's fencing token) and its own view of the live members;
    then a ``leave`` tells it to forget this probe at once. A pong from a node that follows
    names its leader, which is asked next; when no record says ``leader`` or none of those
    answers, the other members are asked (a few at most). The probe pings as a node in state
    ``electing`` with the lowest priority, so it is never a candidate for anything.
+
+With a peer list (``--peers``, unicast mode) there are no records: each listed address is
+pinged as in step 2, a follower's pong names the leader to ask, and the leader's pong gives
+the members (:func:`survey_peers`).
 
 Records of an authenticated group (they carry a ``mac``) are listed, but neither their tags
 are checked nor is their leader probed (``status`` has no secret; the leader would drop and
@@ -38,8 +43,9 @@ from zeroconf import (
     Zeroconf,
 )
 
-from ._model import Member, State
-from ._wire import MAX_DATAGRAM, Message, PeerRecord, decode_message, decode_txt, encode_message
+from ._console import format_token
+from ._model import FencingToken, Member, State
+from ._wire import ANYONE, MAX_DATAGRAM, Message, PeerRecord, decode_message, decode_txt, encode_message
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -50,6 +56,7 @@ __all__ = [
     "format_table",
     "probe",
     "survey",
+    "survey_peers",
     "to_json",
 ]
 
@@ -93,6 +100,8 @@ class GroupView:
     :ivar leader: the leader: the one that answered the probe, or (without the probe) the
         member whose record says leader with the greatest term; None when there is none.
     :ivar term: the leader's term.
+    :ivar fencing_token: the leader's fencing token: from its pong when it answered, else
+        from its record (its term, priority, node id and boot).
     :ivar confirmed: True when the leader answered the probe as leader.
     :ivar unanswered: the members that were probed but did not answer.
     :ivar authenticated: its records carry a tag (``mac``): an authenticated group.
@@ -105,6 +114,7 @@ class GroupView:
     members: tuple[MemberView, ...]
     unanswered: tuple[str, ...] = ()
     authenticated: bool = False
+    fencing_token: FencingToken | None = None
 
 
 @dataclass(frozen=True)
@@ -161,7 +171,10 @@ def browse(service_type: str, timeout: float) -> list[SeenRecord]:
 
 
 def probe(group: str, member: Member, timeout: float = PING_TIMEOUT) -> Message | None:
-    """Ping ``member`` of ``group`` at its heartbeat port; its pong, or None without answer."""
+    """Ping ``member`` of ``group`` at its heartbeat port; its pong, or None without answer.
+
+    A member whose node id is :data:`ANYONE` (a listed address) may answer with any id.
+    """
     family = socket.AF_INET6 if ":" in member.host else socket.AF_INET
     ping = encode_message(Message("ping", group, PROBE_ID, PROBE_PRIORITY, State.ELECTING, 0))
     leave = encode_message(Message("leave", group, PROBE_ID, PROBE_PRIORITY, State.ELECTING, 0))
@@ -183,7 +196,9 @@ def probe(group: str, member: Member, timeout: float = PING_TIMEOUT) -> Message 
             except OSError:  # e.g. ICMP port unreachable from an earlier ping
                 continue
             message = decode_message(data)
-            if message is None or message.kind != "pong" or message.sender != member.node_id or message.group != group:
+            if message is None or message.kind != "pong" or message.group != group:
+                continue
+            if member.node_id not in (ANYONE, message.sender):
                 continue
             with contextlib.suppress(OSError):
                 sock.sendto(leave, member.address)  # the leader forgets this probe at once
@@ -215,6 +230,31 @@ def survey(service_type: str, timeout: float, name: str | None = None, ping: boo
     ]
 
 
+def survey_peers(group: str, addresses: Iterable[tuple[str, int]]) -> GroupView:
+    """Group ``group`` as its nodes at ``addresses`` (a peer list, unicast mode) describe it."""
+    to_ask = [Member(ANYONE, 0, host, port) for host, port in addresses]
+    asked: set[tuple[str, int]] = set()
+    unanswered: list[str] = []
+    seen: dict[str, MemberView] = {}
+    most = len(to_ask) + _MAX_PINGS_PER_GROUP  # every listed address, and a few leaders they name
+    while to_ask and len(asked) < most:
+        member = to_ask.pop(0)
+        if member.address in asked:
+            continue
+        asked.add(member.address)
+        pong = probe(group, member)
+        if pong is None:
+            unanswered.append(f"{member.host}:{member.port}")
+            continue
+        answering = Member(pong.sender, pong.priority, member.host, member.port)
+        if pong.role is State.LEADER:
+            return _confirmed(group, answering, pong, {}, tuple(unanswered))
+        seen[pong.sender] = MemberView(pong.sender, pong.priority, member.host, member.port, pong.role.value, pong.term)
+        if pong.leader_member is not None and pong.leader_member.host:
+            to_ask.insert(0, pong.leader_member)  # it follows a leader: ask that one next
+    return GroupView(group, None, None, False, _ranked(seen.values()), tuple(unanswered))
+
+
 def _group_view(group: str, records: list[PeerRecord], ping: bool, authenticated: bool) -> GroupView:
     claimants = sorted(
         (r for r in records if r.role is State.LEADER), key=lambda r: (r.term, r.member.rank), reverse=True
@@ -230,6 +270,7 @@ def _group_view(group: str, records: list[PeerRecord], ping: bool, authenticated
             False,
             _ranked(views),
             authenticated=authenticated,
+            fencing_token=None if leader is None else _record_token(leader),
         )
     # The records may be stale (even older than a record seen before): when no member that
     # says it leads answers as leader, the others are asked too; a follower names its leader.
@@ -270,7 +311,13 @@ def _confirmed(
     leader_view = MemberView(leader.node_id, pong.priority, leader.host, leader.port, "leader", pong.term, True)
     views = [view for view in views if view.node_id != leader.node_id]
     views.append(leader_view)
-    return GroupView(group, leader_view, pong.term, True, _ranked(views), unanswered)
+    token = FencingToken(pong.term, pong.priority, leader.node_id, pong.boot)
+    return GroupView(group, leader_view, pong.term, True, _ranked(views), unanswered, fencing_token=token)
+
+
+def _record_token(record: PeerRecord) -> FencingToken:
+    """The fencing token of the leadership a leader's record describes."""
+    return FencingToken(record.term, record.member.priority, record.member.node_id, record.boot)
 
 
 def _view(record: PeerRecord, live: bool | None) -> MemberView:
@@ -289,18 +336,16 @@ def _ranked(views: Iterable[MemberView]) -> tuple[MemberView, ...]:
 
 
 def format_table(groups: list[GroupView], service_type: str) -> str:
-    """A table: group, leader, term, members (``id@host:port role``)."""
+    """A table: group, leader, term, fencing token (short form), members (``id@host:port role``)."""
     if not groups:
         return f"no groups found on {service_type}"
-    rows = [("GROUP", "LEADER", "TERM", "MEMBERS")]
+    rows = [("GROUP", "LEADER", "TERM", "TOKEN", "MEMBERS")]
     for group in groups:
-        rows.append(
-            (group.name, _leader_cell(group), "-" if group.term is None else str(group.term), _members_cell(group))
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    return "\n".join(
-        f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]}".rstrip() for row in rows
-    )
+        term = "-" if group.term is None else str(group.term)
+        rows.append((group.name, _leader_cell(group), term, format_token(group.fencing_token), _members_cell(group)))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ("  ".join([*(f"{row[i]:<{widths[i]}}" for i in range(4)), row[4]]).rstrip() for row in rows)
+    return "\n".join(lines)
 
 
 def _leader_cell(group: GroupView) -> str:
@@ -335,6 +380,7 @@ def to_json(groups: list[GroupView], service_type: str) -> dict[str, Any]:
                 "group": group.name,
                 "leader": None if group.leader is None else _member_json(group.leader),
                 "term": group.term,
+                "fencing_token": None if group.fencing_token is None else group.fencing_token.key,
                 "confirmed": group.confirmed,
                 "authenticated": group.authenticated,
                 "unanswered": list(group.unanswered),

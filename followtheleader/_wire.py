@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from ._model import Member, State
 
 __all__ = [
+    "ANYONE",
     "KINDS",
     "MAX_DATAGRAM",
     "NPM_PING",
@@ -56,6 +57,9 @@ MAX_MEMBERS = 256
 NPM_PING = b"PING"
 NPM_PONG = b"PONG"
 KINDS = ("ping", "pong", "beat", "ack", "claim", "resign", "leave")
+ANYONE = "*"
+"""The receiver of a ping sent to an address whose node is not known yet (unicast mode): in
+an authenticated group it is answered, never taken as proof that its sender lives."""
 
 _MAX_TERM = 2**53
 _MAX_BOOT = 2**63 - 1
@@ -108,7 +112,8 @@ class Stamp:
     :ivar boot: random id of the sender's run (a restarted node has a new one).
     :ivar counter: strictly increasing within one run.
     :ivar time: the sender's wall clock, in seconds.
-    :ivar to: the node id of the receiver it was sent to (a copy sent elsewhere is refused).
+    :ivar to: the node id of the receiver it was sent to (a copy sent elsewhere is refused), or
+        :data:`ANYONE` for a ping to an address whose node is not known yet.
     """
 
     boot: str
@@ -273,7 +278,7 @@ def _stamp_from_list(item: object) -> Stamp | None:
     if not isinstance(item, list) or len(item) != 4:
         return None
     boot, counter, sent_at, to = item
-    if not _is_node_id(to):
+    if to != ANYONE and not _is_node_id(to):
         return None
     if not isinstance(boot, str) or not re.fullmatch(r"[0-9a-f]{16}", boot) or not _is_int(counter, 1, _MAX_TERM):
         return None

@@ -58,6 +58,7 @@ T = TypeVar("T")
 
 CLONE_NEWNET = 0x40000000
 NETNS_RUN_DIR = "/var/run/netns"
+_ETC_NETNS = "/etc/netns"
 BRIDGE_DEVICE = "br0"
 MULTICAST_ROUTE = "224.0.0.0/4"
 ADDRESS_PREFIX_LEN = 16
@@ -404,6 +405,18 @@ class Host:
             self._lab._wait_link_ready(self)
         logger.info("%s: link %s %s", self.ns, self.interface, "up" if up else "down")
 
+    # -- name resolution -------------------------------------------------------
+
+    def set_resolver(self, nameserver: str | None) -> None:
+        """Make processes started in this host resolve names through ``nameserver`` only.
+
+        ``ip netns exec`` bind-mounts ``/etc/netns/<ns>/resolv.conf`` over
+        ``/etc/resolv.conf`` when it exists, so this writes that file (and removes it for
+        None). Only processes started afterwards see it; :meth:`Lab.close` removes it.
+        """
+        self._lab._check_open()
+        self._lab._write_etc(self.ns, "resolv.conf", None if nameserver is None else f"nameserver {nameserver}\n")
+
 
 # --------------------------------------------------------------------------
 # Lab
@@ -424,6 +437,9 @@ class _LabState:
         self.bridge_ports: list[str] = []
         self.bridge_ns: str = ""
         self.processes: list[subprocess.Popen[Any]] = []
+        #: files and directories under /etc/netns this lab wrote (removed at close)
+        self.etc_files: list[str] = []
+        self.etc_dirs: list[str] = []
 
 
 _live_labs: weakref.WeakSet[Lab] = weakref.WeakSet()
@@ -596,6 +612,55 @@ class Lab:
         )
         logger.info("lab %s: faults loss=%s in=%s partition=%s", self.prefix, loss, inbound_loss, partition)
 
+    def block_multicast(self, blocked: bool = True) -> None:
+        """Drop (or pass again) every multicast datagram on the bridge: 224.0.0.0/4 and ff00::/8.
+
+        A table of its own, apart from :meth:`set_faults`: with it, mDNS cannot work, so a
+        group that agrees found its peers some other way.
+        """
+        nft = shutil.which("nft")
+        if nft is None:
+            raise LabError("nft (nftables) is needed to block multicast")
+        ruleset = "table bridge ftl_nomcast\ndelete table bridge ftl_nomcast\n"
+        if blocked:
+            ruleset += (
+                "table bridge ftl_nomcast {\n  chain forward {\n"
+                "    type filter hook forward priority -10; policy accept;\n"
+                "    ether type ip ip daddr 224.0.0.0/4 counter drop\n"
+                "    ether type ip6 ip6 daddr ff00::/8 counter drop\n  }\n}\n"
+            )
+        subprocess.run(
+            ["ip", "netns", "exec", self._state.bridge_ns, nft, "-f", "-"],
+            input=ruleset,
+            text=True,
+            check=True,
+            capture_output=True,
+            timeout=_IP_TIMEOUT,
+        )
+        logger.info("lab %s: multicast %s", self.prefix, "blocked" if blocked else "passes")
+
+    def multicast_dropped(self) -> int:
+        """How many multicast packets the :meth:`block_multicast` rules dropped so far."""
+        nft = shutil.which("nft")
+        if nft is None:
+            raise LabError("nft (nftables) is needed to block multicast")
+        proc = subprocess.run(
+            ["ip", "netns", "exec", self._state.bridge_ns, nft, "-j", "list", "table", "bridge", "ftl_nomcast"],
+            text=True,
+            capture_output=True,
+            timeout=_IP_TIMEOUT,
+            check=False,
+        )
+        if proc.returncode != 0:
+            return 0
+        found = json.loads(proc.stdout).get("nftables", [])
+        return sum(
+            expr["counter"]["packets"]
+            for item in found
+            for expr in item.get("rule", {}).get("expr", [])
+            if "counter" in expr
+        )
+
     def close(self) -> None:
         """Remove everything this lab created; idempotent, never raises.
 
@@ -641,6 +706,10 @@ class Lab:
                     logger.exception("lab %s: deleting namespace %s failed", self.prefix, ns)
             state.namespaces.clear()
             state.bridge_ports.clear()
+            try:
+                self._remove_etc()
+            except Exception:
+                logger.exception("lab %s: removing its /etc/netns files failed", self.prefix)
             logger.info("lab %s closed", self.prefix)
 
     # -- internals -----------------------------------------------------------
@@ -648,6 +717,37 @@ class Lab:
     def _check_open(self) -> None:
         if self._state.closed:
             raise LabError(f"lab {self.prefix} is closed")
+
+    def _write_etc(self, ns: str, name: str, content: str | None) -> None:
+        """Write (or, for None, remove) ``/etc/netns/<ns>/<name>``; only our own files."""
+        with self._state.lock:
+            directories = [_ETC_NETNS, os.path.join(_ETC_NETNS, ns)]
+            path = os.path.join(directories[1], name)
+            if content is None:
+                if path in self._state.etc_files:
+                    os.remove(path)
+                    self._state.etc_files.remove(path)
+                return
+            for directory in directories:
+                if not os.path.isdir(directory):
+                    os.mkdir(directory)
+                    self._state.etc_dirs.append(directory)
+            if os.path.exists(path) and path not in self._state.etc_files:
+                raise LabError(f"{path} exists and is not this lab's; refusing to overwrite it")
+            with open(path, "w", encoding="ascii") as file:
+                file.write(content)
+            if path not in self._state.etc_files:
+                self._state.etc_files.append(path)
+
+    def _remove_etc(self) -> None:
+        for path in self._state.etc_files:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        for directory in reversed(self._state.etc_dirs):
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)  # only when empty
+        self._state.etc_files.clear()
+        self._state.etc_dirs.clear()
 
     def _track(self, proc: subprocess.Popen[Any]) -> None:
         with self._state.lock:

@@ -89,7 +89,32 @@ class Node:
             port=e.port,
             counters=e.counters,
             threads=sorted(t.name for t in threading.enumerate()),
+            udp_ports=udp_ports(),
         )
+
+
+def udp_ports() -> list[int]:
+    """The local ports of this process's UDP sockets (in its network namespace)."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = []
+    for table in ("/proc/self/net/udp", "/proc/self/net/udp6"):
+        try:
+            with open(table) as file:
+                rows = file.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) > 9 and fields[9] in inodes:
+                ports.append(int(fields[1].rsplit(":", 1)[1], 16))
+    return sorted(ports)
 
 
 def main() -> int:

@@ -30,7 +30,7 @@ from typing import Any, cast
 
 from followtheleader._machine import Action, Machine, Notify, NpmPing, Publish, Send, Timing
 from followtheleader._model import Event, Member, State
-from followtheleader._wire import Message, PeerRecord, decode_message, encode_message
+from followtheleader._wire import ANYONE, Message, PeerRecord, decode_message, encode_message
 
 TIMING = Timing(interval=0.2, max_failed=3)
 
@@ -196,6 +196,11 @@ class SimNet:
     def _discover(self, observer: SimNode, subject: SimNode) -> None:
         self._schedule(self.now + 0.02, observer.node_id, ("record", self._record(subject)))
 
+    def list_addresses(self, node_id: str, addresses: list[tuple[str, int]] | None = None) -> None:
+        """Unicast mode: give the node a peer list (by default, the address of every node)."""
+        listed = frozenset(addresses if addresses is not None else [n.address for n in self.nodes.values()])
+        self._schedule(self.now + 0.001, node_id, ("addresses", listed))
+
     def add_npm_leader(self, address: tuple[str, int] = ("198.18.1.1", 9001)) -> tuple[str, int]:
         """An npm leader appears: alive, and every running node sees its DNS-SD record."""
         self.npm_leaders[address] = True
@@ -323,6 +328,11 @@ class SimNet:
             return lambda: machine.on_npm_record(host, port, self.now)
         if kind == "npm-pong":
             return lambda: machine.on_npm_pong(payload, self.now)  # type: ignore[arg-type]
+        if kind == "addresses":
+            return lambda: machine.on_addresses(payload, self.now)  # type: ignore[arg-type]
+        if kind == "address-ping":
+            message, source = cast("tuple[Message, tuple[str, int]]", payload)
+            return lambda: machine.on_address_ping(message, source, self.now)
         if kind == "goodbye":
             return lambda: machine.on_goodbye(payload, self.now)  # type: ignore[arg-type]
         assert kind == "record", kind
@@ -375,13 +385,16 @@ class SimNet:
         # Through the real encoder and decoder, so the simulation checks the wire format too.
         message = decode_message(encode_message(send.message))
         assert message is not None, send.message
+        # As the elector routes them: a ping to ANYONE (an address whose node is not known),
+        # or a datagram of the node's own, is answered and never taken as proof of life.
+        kind = "address-ping" if send.to == ANYONE or target is sender else "message"
         copies = 1
         if self.duplicate and self.random.random() < self.duplicate:
             copies = 2
             self.duplicated += 1
         for _ in range(copies):
             delay = self.latency + (self.random.random() * self.jitter if self.jitter else 0.0)
-            self._schedule(self.now + delay, target.node_id, ("message", (message, sender.address)))
+            self._schedule(self.now + delay, target.node_id, (kind, (message, sender.address)))
 
     def _schedule(self, at: float, node_id: str, item: object) -> None:
         heapq.heappush(self._queue, (at, next(self._seq), node_id, item))

@@ -24,6 +24,8 @@ from typing import Any, TypeVar
 
 import pytest
 
+from followtheleader import FencingToken
+
 from netlab import Host, Lab
 
 T = TypeVar("T")
@@ -199,7 +201,8 @@ CMD_SCRIPT = textwrap.dedent(
     env = os.environ
     term, name = env["FOLLOWTHELEADER_TERM"], env["FOLLOWTHELEADER_NAME"]
     secret = "secret" if "FOLLOWTHELEADER_SECRET" in env else "no-secret"
-    write("start", node, os.getpid(), f"{time.monotonic():.6f}", term, name, secret)
+    token = env["FOLLOWTHELEADER_FENCING_TOKEN"]
+    write("start", node, os.getpid(), f"{time.monotonic():.6f}", term, name, secret, token)
     with open(log) as previous:
         pids = [int(line.split()[2]) for line in previous if line.startswith("start ")]
     others = [pid for pid in pids if pid != os.getpid() and alive(pid)]
@@ -292,16 +295,20 @@ def test_elect_prints_events_and_hands_over_on_sigterm(lab: Lab) -> None:
     try:
         first = json.loads(leader.stdout.readline())
         assert first["event"] == "leader" and first["term"] == 1 and first["node_id"] == "z-cli"
+        token = FencingToken.from_key(first["fencing_token"])
+        assert (token.term, token.priority, token.node_id) == (1, 0, "z-cli") and token.boot > 0
         assert follower.stdout.readline().startswith("joined group")
         line = follower.stdout.readline()
         assert " follower " in line and "leader z-cli at 198.18." in line, line
+        assert f" term 1    token 1/0/z-cli/{token.boot & 0xFFFFFF:06x} " in line, line
         leader.send_signal(signal.SIGTERM)
         assert leader.wait(10) == 0
         last = json.loads(leader.stdout.readline())
         assert last["event"] == "reelection" and last["state"] == "stopped"
+        assert last["fencing_token"] == first["fencing_token"]  # the last leadership it held
         assert " reelection " in follower.stdout.readline()
         promoted = follower.stdout.readline()
-        assert " leader " in promoted and "term 2" in promoted, promoted
+        assert " leader " in promoted and "term 2    token 2/0/a-cli/" in promoted, promoted
         follower.send_signal(signal.SIGINT)
         assert follower.wait(10) == 0
     finally:
@@ -350,13 +357,13 @@ def test_elect_with_a_secret_file_ignores_nodes_without_the_secret(lab: Lab, tmp
 def test_status_lists_groups_leaders_and_members(lab: Lab, watch: Watch) -> None:
     group, other = unique_group(), unique_group()
     leader = watch.spawn(lab.hosts["n0"], ["elect", group, "--node-id", "c-stat", "--json"], "c-stat")
-    leader.record("to lead", event="leader")
+    key = leader.record("to lead", event="leader")["fencing_token"]
     for index, node_id in [(1, "b-stat"), (2, "a-stat")]:
         watch.spawn(lab.hosts[f"n{index}"], ["elect", group, "--node-id", node_id, "--json"], node_id)
         watch.procs[-1].record("to follow", event="follower")
-    watch.spawn(lab.hosts["n3"], ["elect", other, "--node-id", "lonely", "--json"], "lonely").record(
+    lonely_key = watch.spawn(lab.hosts["n3"], ["elect", other, "--node-id", "lonely", "--json"], "lonely").record(
         "to lead", event="leader"
-    )
+    )["fencing_token"]
 
     observer = lab.hosts["n5"]
     result = observer.run(cli("status", group, "--json"), check=False)
@@ -366,6 +373,7 @@ def test_status_lists_groups_leaders_and_members(lab: Lab, watch: Watch) -> None
     (view,) = report["groups"]
     assert view["group"] == group and view["confirmed"] is True and view["term"] == 1, result.stdout + watch.dump()
     assert view["leader"]["node_id"] == "c-stat" and view["leader"]["host"] == lab.hosts["n0"].address
+    assert view["fencing_token"] == key  # from the leader's pong: its term, priority, id and boot
     members = {m["node_id"]: m for m in view["members"]}
     assert sorted(members) == ["a-stat", "b-stat", "c-stat"]
     for index, node_id in enumerate(["c-stat", "b-stat", "a-stat"]):
@@ -377,14 +385,18 @@ def test_status_lists_groups_leaders_and_members(lab: Lab, watch: Watch) -> None
     table = observer.run(cli("status"), check=False)
     assert table.returncode == 0, table.stderr
     rows = table.stdout.splitlines()
-    assert rows[0].split() == ["GROUP", "LEADER", "TERM", "MEMBERS"]
+    assert rows[0].split() == ["GROUP", "LEADER", "TERM", "TOKEN", "MEMBERS"]
     ours = next(row for row in rows if row.startswith(group + " "))
     n0, n1 = lab.hosts["n0"].address, lab.hosts["n1"].address
+    short = f"1/0/c-stat/{FencingToken.from_key(key).boot & 0xFFFFFF:06x}"
     assert f"c-stat@{n0}:9001" in ours and f"b-stat@{n1}:9001 follower" in ours and " 1 " in ours, ours
+    assert ours.split()[3] == short, ours
     assert any(row.startswith(other + " ") and "lonely@" in row for row in rows), table.stdout
 
     unchecked = observer.run(cli("status", other, "--no-ping"), check=False)
     assert unchecked.returncode == 0 and "(not checked)" in unchecked.stdout, unchecked.stdout
+    from_record = json.loads(observer.run(cli("status", other, "--no-ping", "--json"), check=False).stdout)
+    assert from_record["groups"][0]["fencing_token"] == lonely_key  # from the leader's TXT record
 
     # The probe neither disturbed the group nor stays in its member list.
     again = json.loads(observer.run(cli("status", group, "--json"), check=False).stdout)["groups"][0]
@@ -398,7 +410,7 @@ def test_status_of_a_group_without_leader_exits_1(lab: Lab) -> None:
     group = unique_group()
     result = lab.hosts["n5"].run(cli("status", group, "--timeout", "0.5"), check=False)
     assert result.returncode == 1
-    assert result.stdout.splitlines()[1].split() == [group, "none", "-", "-"]
+    assert result.stdout.splitlines()[1].split() == [group, "none", "-", "-", "-"]
     result = lab.hosts["n5"].run(cli("status", group, "--timeout", "0.5", "--json"), check=False)
     assert result.returncode == 1
     assert json.loads(result.stdout)["groups"] == [
@@ -406,6 +418,7 @@ def test_status_of_a_group_without_leader_exits_1(lab: Lab) -> None:
             "group": group,
             "leader": None,
             "term": None,
+            "fencing_token": None,
             "confirmed": False,
             "authenticated": False,
             "unanswered": [],
@@ -423,11 +436,11 @@ def test_status_after_the_leader_stopped_names_the_new_leader(lab: Lab, watch: W
     second.record("to follow", event="follower")
     first.popen.send_signal(signal.SIGTERM)
     assert first.exit_code() == 0
-    second.record("to lead", event="leader", term=2)
+    key = second.record("to lead", event="leader", term=2)["fencing_token"]
     result = lab.hosts["n5"].run(cli("status", group, "--json"), check=False)
     assert result.returncode == 0, result.stdout
     view = json.loads(result.stdout)["groups"][0]
-    assert view["leader"]["node_id"] == "a-next" and view["term"] == 2
+    assert view["leader"]["node_id"] == "a-next" and view["term"] == 2 and view["fencing_token"] == key
     assert [m["node_id"] for m in view["members"]] == ["a-next"]
 
 
@@ -436,12 +449,12 @@ def test_status_lists_an_authenticated_group_without_probing_it(lab: Lab, watch:
     group = unique_group()
     env = {**os.environ, "FOLLOWTHELEADER_SECRET": "correct horse battery staple"}
     leader = watch.spawn(lab.hosts["n0"], ["elect", group, "--node-id", "signed", "--json"], "signed", env)
-    leader.record("to lead", event="leader")
+    key = leader.record("to lead", event="leader")["fencing_token"]
     result = lab.hosts["n5"].run(cli("status", group, "--json"), check=False)
     assert result.returncode == 0, result.stdout
     view = json.loads(result.stdout)["groups"][0]
     assert view["authenticated"] is True and view["confirmed"] is False and view["unanswered"] == []
-    assert view["leader"]["node_id"] == "signed" and view["term"] == 1
+    assert view["leader"]["node_id"] == "signed" and view["term"] == 1 and view["fencing_token"] == key
     table = lab.hosts["n5"].run(cli("status", group), check=False).stdout
     assert "signed@" in table and "(authenticated group: not checked)" in table, table
 
@@ -459,8 +472,11 @@ def test_run_starts_cmd_with_its_environment_and_stops_it_on_sigint(
     node.record("to join", event="joined")
     started = node.record("CMD to start", event="command", action="started")
     assert started["term"] == 1
+    token = FencingToken.from_key(started["fencing_token"])
+    assert (token.term, token.node_id) == (1, "solo-run")
+    assert watch.records(node, event="leader")[0]["fencing_token"] == token.key
     start = watch.wait(lambda _: cmd_lines(watch, "start"), "CMD's start line")[0]
-    assert start[1:3] == ["solo-run", str(started["pid"])] and start[4:7] == ["1", group, "no-secret"]
+    assert start[1:3] == ["solo-run", str(started["pid"])] and start[4:8] == ["1", group, "no-secret", token.key]
     watch.wait(lambda _: cmd_lines(watch, "check"), "CMD's check line")
     node.popen.send_signal(signal.SIGINT)
     assert node.exit_code() == 0
@@ -540,6 +556,8 @@ def test_run_keeps_one_cmd_in_the_group_through_handover_and_sigkill(
     assert [s[2] for s in starts] == [str(line.record["pid"]) for line in (first, second, third)]
     assert [s[1] for s in starts] == [line.proc.name for line in (first, second, third)]
     assert [int(s[4]) for s in starts] == sorted({int(s[4]) for s in starts}), "terms must grow"
+    assert [s[7] for s in starts] == sorted({s[7] for s in starts}), "fencing tokens must grow"
+    assert [FencingToken.from_key(s[7]).node_id for s in starts] == [s[1] for s in starts]
     assert [c[3] for c in checks] == ["-", "-", "-"], f"another CMD was alive when one started: {checks}"
     # The first and the third CMD stopped on SIGTERM; the second was killed (no stop line).
     assert [s[2] for s in stops] == [starts[0][2], starts[2][2]]
@@ -608,6 +626,7 @@ def test_run_on_exit_restart_starts_cmd_again_in_the_same_term(
 
     first, second = watch.wait(two_starts, "CMD to start twice")[:2]
     assert first.record["term"] == second.record["term"] == 1
+    assert first.record["fencing_token"] == second.record["fencing_token"]  # one leadership
     assert first.record["pid"] != second.record["pid"]
     node.popen.send_signal(signal.SIGTERM)
     assert node.exit_code() == 0

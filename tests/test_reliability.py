@@ -72,8 +72,10 @@ def test_leader_outlives_the_crash_of_every_follower(cluster: Cluster, hosts: li
         assert status["is_leader"] and status["term"] == first.term and status["token"] == token, status
     assert [e["kind"] for e in leader.events()] == ["leader"]
     newcomer = cluster.spawn(hosts[size])
-    later = cluster.wait_agreement()
-    assert (later.leader, later.term) == (first.leader, first.term)
+    followed = cluster.wait(
+        lambda: next((e for e in newcomer.records if e["kind"] == "follower"), None), 10, "the newcomer following"
+    )
+    assert (followed["leader"], followed["term"], followed["token"]) == (first.leader, first.term, token)
     assert cluster.status(newcomer)["token"] == token
     assert [e["kind"] for e in leader.events()] == ["leader"]
 

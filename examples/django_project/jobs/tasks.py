@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import logging
 
+from followtheleader import FencingToken
+
 log = logging.getLogger(__name__)
 
 
-def send_daily_digest(term: int) -> None:
+def send_daily_digest(token: FencingToken) -> None:
     """One periodic job.
 
-    ``term`` grows with every new leadership. Where a job writes shared state, store the term
-    with the write and refuse writes with a lower term, so that a former leader that has not
-    noticed yet that it lost its role cannot overwrite the new leader's work::
+    ``token`` is this leadership's fencing token: unique to it, and greater for a newer one.
+    Where a job writes shared state, store its key with the write and refuse writes with a
+    lesser key, so that a former leader that has not noticed yet that it lost its role cannot
+    overwrite the new leader's work (``fence_key``: a ``CharField(max_length=104)`` whose
+    column compares bytes, ``db_collation="C"`` on PostgreSQL; see examples/fencing.py)::
 
-        Digest.objects.filter(pk=1, term__lte=term).update(term=term, sent_at=timezone.now())
+        Digest.objects.filter(pk=1, fence_key__lte=token.key).update(fence_key=token.key, sent_at=timezone.now())
     """
-    log.info("job: sending the daily digest (term %d)", term)
+    log.info("job: sending the daily digest (term %d)", token.term)
 
 
 PERIODIC_JOBS = [send_daily_digest]

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 
-from followtheleader import Event, State, elect
+from followtheleader import Event, FencingToken, State, elect
 from jobs.tasks import PERIODIC_JOBS
 
 log = logging.getLogger("jobs")
@@ -45,15 +45,15 @@ class Command(BaseCommand):
         with elector:  # start() here; stop() however the block is left
             log.info("joined group %r as node %s", elector.name, elector.node_id)
             while not elector.join(timeout=options["period"]):  # True once the elector has stopped
-                term = elector.term  # read first: never newer than the leadership checked next
-                if elector.is_leader:
-                    self.run_jobs(term)
+                token = elector.fencing_token  # read first: never newer than the leadership checked next
+                if token is not None and elector.is_leader:
+                    self.run_jobs(token)
 
-    def run_jobs(self, term: int) -> None:
+    def run_jobs(self, token: FencingToken) -> None:
         close_old_connections()  # a long-running command must not keep stale connections
         for job in PERIODIC_JOBS:
             try:
-                job(term)
+                job(token)
             except Exception:
                 log.exception("job %s failed", job.__name__)
         close_old_connections()

@@ -1,0 +1,420 @@
+"""The fencing recipe (``examples/fencing.py``), run for real: SQLite, a real Redis, a file.
+
+Each guard is run against its real resource: an SQLite database in a temporary directory, a
+``redis-server`` that this module starts itself (on a Unix socket only, no TCP port; skipped
+when ``redis-server`` or the ``redis`` package is missing) and a file. The tests check that
+each guard accepts a write exactly when the writer's token is not less than the greatest one
+that wrote (the order of :class:`FencingToken`), with real electors too: in-process ones in
+the lab's ``local`` namespace, and the example's own command line in two lab hosts, where the
+leader is paused in the middle of its work while another node takes over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from followtheleader import Elector, Event, FencingToken, State, elect
+
+from conftest import Local
+from netlab import Lab
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 20.0
+GUARDS = ("sqlite", "redis", "file")
+
+
+def _load_recipe() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("fencing_recipe", ROOT / "examples" / "fencing.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+recipe = _load_recipe()
+
+
+def unique(prefix: str) -> str:
+    return prefix + os.urandom(4).hex()
+
+
+# --------------------------------------------------------------------- resources
+
+
+class RedisServer:
+    """A ``redis-server`` of this test session, on a Unix socket only (``--port 0``: no TCP)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.socket = directory / "redis.sock"
+        self.url = f"unix://{self.socket}"
+        argv = ["redis-server", "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700"]
+        argv += ["--save", "", "--appendonly", "no", "--dir", str(directory), "--logfile", ""]
+        self.popen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.output: list[str] = []
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, name="redis-server-output", daemon=True)
+        self._reader.start()
+        if not self._ready.wait(TIMEOUT) or self.popen.poll() is not None:
+            self.stop()
+            raise RuntimeError("redis-server did not start:\n" + "\n".join(self.output))
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self.output.append(line.rstrip("\n"))
+            if "ready to accept connections" in line:
+                self._ready.set()
+        self._ready.set()  # it exited: do not keep the starter waiting
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(TIMEOUT)
+        self._reader.join(TIMEOUT)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
+    if importlib.util.find_spec("redis") is None:
+        pytest.skip("the redis package is not installed (pip install -e '.[test]')")
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[Any]:
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    yield client
+    client.close()
+    client.connection_pool.disconnect()
+
+
+@pytest.fixture(params=GUARDS)
+def new_guard(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Any]:
+    """``new_guard()``: a guard of the kind the test is parametrised with, on a fresh resource."""
+    kind: str = request.param
+    client = request.getfixturevalue("redis_client") if kind == "redis" else None
+
+    def make() -> Any:
+        if kind == "sqlite":
+            return recipe.SqliteGuard(tmp_path / "fencing.db", name=unique("row-"))
+        if kind == "redis":
+            return recipe.RedisGuard(client, name=unique("fenced:"))
+        return recipe.FileGuard(tmp_path / unique("fenced-"))
+
+    return make
+
+
+# --------------------------------------------------------------------- the guards alone
+
+
+def test_each_guard_refuses_a_lesser_token_and_accepts_an_equal_or_greater_one(new_guard: Callable[[], Any]) -> None:
+    guard = new_guard()
+    assert guard.read() is None
+    current = FencingToken(3, 0, "b-node", 1_700_000_000_000_000)
+    assert guard.write(current, "first")
+    assert guard.write(current, "again")  # the same leadership writes again
+    assert guard.read() == (current.key, "again")
+    older = FencingToken(2, 100, "z-node", 2**63 - 1)  # a former term, whatever the rest
+    rival = FencingToken(3, 0, "a-node", 2**63 - 1)  # same term, the rival that gives way
+    restarted = FencingToken(3, 0, "b-node", 1_699_999_999_999_999)  # an earlier run of the same node
+    for stale in (older, rival, restarted):
+        assert stale < current
+        assert not guard.write(stale, "stale"), stale
+    assert guard.read() == (current.key, "again")
+    newer_ones = (
+        FencingToken(3, 0, "b-node", 1_700_000_000_000_001),
+        FencingToken(3, 1, "a"),
+        FencingToken(4, -5, "a"),
+    )
+    for newer in newer_ones:
+        assert newer > current
+        assert guard.write(newer, f"by {newer.node_id}"), newer
+        current = newer
+    assert guard.read() == (current.key, "by a")
+
+
+_node_ids = st.sampled_from(["a", "A", "b", "a-1", "a_1", "Z", "0", "9" * 32, "a" * 32, "node-" + "x" * 27])
+_tokens = st.builds(
+    FencingToken,
+    term=st.integers(0, 4) | st.sampled_from([2**53 - 1]),
+    priority=st.sampled_from([-(2**31), -1, 0, 1, 2**31 - 1]),
+    node_id=_node_ids,
+    boot=st.sampled_from([0, 1, 255, 256, 1_764_683_000_000_000, 2**63 - 1]),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tokens=st.lists(_tokens, min_size=1, max_size=12))
+def test_each_guard_accepts_exactly_what_the_token_order_accepts(
+    new_guard: Callable[[], Any], tokens: list[FencingToken]
+) -> None:
+    guard = new_guard()
+    greatest: FencingToken | None = None
+    for index, token in enumerate(tokens):
+        expected = greatest is None or token >= greatest
+        assert guard.write(token, str(index)) is expected, (token, greatest)
+        if expected:
+            greatest = token
+    assert greatest is not None
+    assert guard.read() == (greatest.key, str(max(i for i, t in enumerate(tokens) if t == greatest)))
+
+
+def test_concurrent_writers_never_leave_a_lesser_key_behind(new_guard: Callable[[], Any]) -> None:
+    """Four threads write shuffled tokens at once; the key that remains is the greatest accepted.
+
+    A guard whose compare and write were not atomic (no lock around them for the file) could
+    accept a greater key and then let a lesser one, compared before, overwrite it.
+    """
+    guard = new_guard()
+    tokens = [FencingToken(term, 0, f"n{writer}", 1) for writer in range(4) for term in range(1, 31)]
+    shares = [tokens[i::4] for i in range(4)]
+    accepted: list[FencingToken] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    start = threading.Barrier(4)
+
+    def writer(mine: list[FencingToken], seed: int) -> None:
+        random.Random(seed).shuffle(mine)
+        try:
+            start.wait(TIMEOUT)
+            for token in mine:
+                if guard.write(token, token.node_id):
+                    with lock:
+                        accepted.append(token)
+        except BaseException as exc:  # noqa: BLE001 - reported below, on the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(share, seed)) for seed, share in enumerate(shares)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    assert not errors, errors
+    assert not any(thread.is_alive() for thread in threads)
+    assert guard.read()[0] == max(accepted).key
+    assert max(tokens) in accepted  # nothing can refuse the greatest token
+
+
+def test_the_resources_themselves_refuse_what_is_not_a_key(tmp_path: Path, redis_client: Any) -> None:
+    """The guards check keys before they send them, and the resources check them again."""
+    import sqlite3
+
+    import redis
+
+    key = FencingToken(1, 0, "n").key
+    sql = recipe.SqliteGuard(tmp_path / "fencing.db")
+    with pytest.raises(sqlite3.IntegrityError), contextlib.closing(sqlite3.connect(sql.path)) as db:
+        db.execute(recipe.SqliteGuard.WRITE, {"name": "x", "key": key[:-1], "value": "garbage"})
+    for bad in (key[:-1], key.upper(), key[:-1] + "g"):
+        with pytest.raises(redis.ResponseError, match="not a fencing token key"):
+            redis_client.eval(recipe.RedisGuard.SCRIPT, 1, unique("fenced:"), bad, "garbage")
+    path = tmp_path / "not-fenced.txt"
+    path.write_text("a file that some other program wrote\n")
+    with pytest.raises(ValueError, match="not a fencing token key"):
+        recipe.FileGuard(path).write(FencingToken(1, 0, "n"), "overwrite?")
+    assert path.read_text() == "a file that some other program wrote\n"
+
+
+# --------------------------------------------------------------------- with real electors
+
+
+class Recorder:
+    """Events of one elector, from its callback thread; waited for with a deadline."""
+
+    def __init__(self, elector: Elector) -> None:
+        self.events: list[Event] = []
+        self.changed = threading.Condition()
+        for kind in ("leader", "follower", "reelection", "error"):
+            elector.on(kind, self._add)
+
+    def _add(self, event: Event) -> None:
+        with self.changed:
+            self.events.append(event)
+            self.changed.notify_all()
+
+    def wait(self, kind: str, after: int = 0) -> Event:
+        """The first ``kind`` event from index ``after`` on."""
+        deadline = time.monotonic() + TIMEOUT
+        with self.changed:
+            while True:
+                found = next((e for e in self.events[after:] if e.kind == kind), None)
+                if found is not None:
+                    return found
+                remaining = deadline - time.monotonic()
+                assert remaining > 0, f"no {kind} event within {TIMEOUT}s: {self.events}"
+                self.changed.wait(remaining)
+
+
+@pytest.mark.lab
+def test_a_former_leaders_token_is_refused_after_the_new_leader_wrote(
+    local: Local, new_guard: Callable[[], Any]
+) -> None:
+    guard = new_guard()
+    group = unique("fence")
+    first, second = elect(group, node_id="z-first"), elect(group, node_id="a-second")
+    first_events, second_events = Recorder(first), Recorder(second)
+    try:
+        local(first.start)
+        led = first_events.wait("leader")
+        old = first.fencing_token
+        assert old is not None and old == led.fencing_token
+        assert old == FencingToken(led.term, 0, "z-first", old.boot) and old.boot > 0
+        assert guard.write(old, "first leadership")
+
+        local(second.start)
+        assert second_events.wait("follower").fencing_token == old  # a follower holds its leader's token
+        assert first.resign()
+        new = second_events.wait("leader").fencing_token
+        assert new is not None and new == second.fencing_token
+        assert new > old and new.term > old.term and new.node_id == "a-second"
+        assert guard.write(new, "second leadership")
+
+        # The first leader, late with work it began while leading, is refused.
+        assert not guard.write(old, "stale work of the first leadership")
+        assert guard.read() == (new.key, "second leadership")
+        following = first_events.wait("follower", after=first_events.events.index(led) + 1)
+        assert following.fencing_token == new and first.fencing_token == new
+        assert first.state is State.FOLLOWER
+    finally:
+        first.stop()
+        second.stop()
+
+
+# --------------------------------------------------------------------- the example's command line
+
+WORKING = re.compile(r"fencing \[(?P<pid>\d+)\]: job: working \(term (?P<term>\d+), token (?P<key>[0-9a-f]{104})\)")
+WROTE = re.compile(r"fencing \[(?P<pid>\d+)\]: job: wrote \(term (?P<term>\d+), token (?P<key>[0-9a-f]{104})\)")
+REFUSED = re.compile(r"fencing \[(?P<pid>\d+)\]: job: refused \(term (?P<term>\d+), token (?P<key>[0-9a-f]{104})\)")
+LEADING = re.compile(r"fencing \[(?P<pid>\d+)\]: leading now, term (?P<term>\d+)")
+FOLLOWING = re.compile(r"fencing \[(?P<pid>\d+)\]: following (?P<leader>\S+), term (?P<term>\d+)")
+
+
+class Output:
+    """Lines of the example processes, read by threads, waited for with a deadline."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.changed = threading.Condition()
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def start(self, popen: subprocess.Popen[str]) -> subprocess.Popen[str]:
+        self.procs.append(popen)
+        threading.Thread(target=self._read, args=(popen,), daemon=True).start()
+        return popen
+
+    def _read(self, popen: subprocess.Popen[str]) -> None:
+        assert popen.stdout is not None
+        for line in popen.stdout:
+            with self.changed:
+                self.lines.append(line.rstrip("\n"))
+                self.changed.notify_all()
+
+    def wait(self, pattern: re.Pattern[str], what: str, after: int = 0, **groups: str) -> re.Match[str]:
+        """The first line from index ``after`` on that matches, with these values of its groups."""
+        deadline = time.monotonic() + TIMEOUT
+        with self.changed:
+            while True:
+                for line in self.lines[after:]:
+                    found = pattern.search(line)
+                    if found and all(found[k] == v for k, v in groups.items()):
+                        return found
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no line for {what} within {TIMEOUT}s:\n" + "\n".join(self.lines))
+                self.changed.wait(remaining)
+
+    def finish(self) -> None:
+        for popen in self.procs:
+            if popen.poll() is None:
+                popen.kill()
+            popen.wait(TIMEOUT)
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("kind", GUARDS)
+def test_the_example_refuses_a_paused_leader_that_resumes(
+    lab: Lab, tmp_path: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
+    """Two copies of the example in two lab hosts, one resource; the leader is paused mid-work."""
+    if kind == "redis":
+        target: str = request.getfixturevalue("redis_server").url
+    else:
+        target = str(tmp_path / ("fencing.db" if kind == "sqlite" else "fencing.txt"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOLLOWTHELEADER_")}
+    env.update(FTL_GROUP=unique("fence"), JOB_PERIOD="0.1", WORK_SECONDS="2", PYTHONUNBUFFERED="1")
+    argv = [sys.executable, str(ROOT / "examples" / "fencing.py"), kind, target]
+    output = Output()
+
+    def start(host: str) -> subprocess.Popen[str]:
+        popen = lab.hosts[host].popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        return output.start(popen)
+
+    try:
+        first = start("n0")
+        led = output.wait(LEADING, "the first copy to lead", pid=str(first.pid))
+        second = start("n1")
+        output.wait(FOLLOWING, "the second copy to follow the first", pid=str(second.pid), term=led["term"])
+        mark = len(output.lines)
+        working = output.wait(WORKING, "the first leader's next work", after=mark, pid=str(first.pid))
+        first.send_signal(signal.SIGSTOP)  # in the middle of its work (2 s), before it writes
+        try:
+            output.wait(LEADING, "the second copy to lead", pid=str(second.pid))
+            wrote = output.wait(WROTE, "the second leader's write", pid=str(second.pid))
+        finally:
+            first.send_signal(signal.SIGCONT)
+        refused = output.wait(REFUSED, "the resumed first leader's write to be refused", mark, pid=str(first.pid))
+        assert refused["key"] == working["key"] and int(refused["term"]) < int(wrote["term"])
+        assert wrote["key"] > working["key"]
+        with output.changed:
+            paused_at = output.lines.index(working.string, mark)
+            later = [line for line in output.lines[paused_at:] if f"[{first.pid}]" in line]
+        assert not any(WROTE.search(line) for line in later), later  # nothing of its own got through
+        for popen in (first, second):
+            popen.send_signal(signal.SIGTERM)
+            assert popen.wait(TIMEOUT) == 0
+    finally:
+        output.finish()
+    stored = _read(kind, target)
+    assert stored is not None and stored[0] >= wrote["key"]
+
+
+def _read(kind: str, target: str) -> tuple[str, str] | None:
+    if kind == "redis":
+        import redis
+
+        client = redis.Redis.from_url(target)
+        try:
+            return recipe.RedisGuard(client).read()  # type: ignore[no-any-return]
+        finally:
+            client.close()
+            client.connection_pool.disconnect()
+    guard = recipe.SqliteGuard(target) if kind == "sqlite" else recipe.FileGuard(target)
+    return guard.read()  # type: ignore[no-any-return]
