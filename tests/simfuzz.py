@@ -282,7 +282,22 @@ class _Track:
 
 
 class Checker:
-    """The invariants, checked after every step (see the module docstring of guarantees)."""
+    """The invariants, checked after every step of the simulation:
+
+    * ``quorum-one-leader``: in quorum mode, never two nodes with ``is_leader`` True at once
+      (paused ones included: their role ends by the clock);
+    * ``one-leader-per-component``: without quorum, never two in one connected component
+      (links working both ways, loss at most :data:`LOSS_WITHOUT_ROLE_CHANGE`) for longer than
+      :func:`merge_window` after the component formed or their own link healed;
+    * ``token-unique`` / ``token-increasing``: the fencing tokens of ``leader`` events never
+      repeat in the whole run, and increase within each incarnation;
+    * ``leader-paired`` and ``is_leader-agrees-with-events``: a ``leader`` event is followed by
+      a demotion before the next one, and ``is_leader`` True means the last event is ``leader``;
+    * ``convergence``: :func:`convergence_bound` after the last fault, one leader per component
+      (none in a component without a majority in quorum mode; none when all follow an npm
+      leader), followed by all, until the end of the run;
+    * ``deadline-progress``: the clock never gets stuck (a tick at a machine's deadline moves it).
+    """
 
     def __init__(self, net: SimNet, schedule: Schedule, start: float, log: Callable[[str], None] | None) -> None:
         self.net = net
