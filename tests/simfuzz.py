@@ -315,6 +315,8 @@ class Checker:
         """Pair -> (since when their own link works both ways, the window for rival leaders)."""
         self.unlinked_since: dict[frozenset[str], float] = {}
         self.partial_overlaps = 0
+        self.paused_at: dict[str, float] = {}
+        """Paused nodes -> since when."""
         """Steps at which two leaders shared a component without a link of their own."""
         self.converge_after: float | None = None
         self.npm_alive = False
@@ -363,6 +365,16 @@ class Checker:
         self.component_of = {n: i for i, g in enumerate(self.components) for n in g}
         now = self.net.now
         paused = {n.node_id for n in self.net.nodes.values() if n.paused}
+        for node_id in paused:
+            self.paused_at.setdefault(node_id, now)
+        for node_id in [n for n in self.paused_at if n not in paused]:
+            # Resumed: a merge it could not take part in (it was paused before its window
+            # ran out) starts again now.
+            began = self.paused_at.pop(node_id)
+            for table in (self.together_since, self.linked_since):
+                for pair, (since, window) in list(table.items()):
+                    if node_id in pair and since + window > began:
+                        table[pair] = (now, window)
         for a, b in itertools.combinations(sorted(self.net.nodes), 2):
             pair = frozenset((a, b))
             together = a in self.component_of and self.component_of.get(a) == self.component_of.get(b)
@@ -472,6 +484,8 @@ class Checker:
             joined = self.together_since.get(pair)
             if joined is None or now <= joined[0] + joined[1]:
                 continue
+            if any(joined[0] + joined[1] > self.paused_at.get(n.node_id, float("inf")) for n in (a, b)):
+                continue  # one of them was paused before they could meet: the window waits for it
             linked = self.linked_since.get(pair)
             if linked is not None and now <= linked[0] + linked[1]:
                 continue  # their own link just healed: they meet within the merge window
