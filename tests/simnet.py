@@ -1,9 +1,22 @@
 """A deterministic simulation of several state machines on a fake network with a fake clock.
 
 No sockets, no threads, no sleeps: :class:`SimNet` delivers the machines' ``Send`` actions
-after a fixed latency and runs their ticks at the deadlines they ask for, advancing a fake
-clock from one due item to the next. Nodes can be crashed, paused (SIGSTOP: no input at all
-until resumed), cut off from others, or stopped cleanly.
+after a latency and runs their ticks at the deadlines they ask for, advancing a fake clock
+from one due item to the next. Nodes can be crashed and restarted (a fresh machine with a new
+boot: each incarnation keeps its own events), paused (SIGSTOP: no input at all until
+resumed, while the clock runs on), cut off from others both ways or one way, or stopped
+cleanly. Datagrams can be delayed at random (which reorders them), duplicated and lost, for
+the whole network or per direction of a link.
+
+By default DNS-SD is simulated the simple way the unit tests need: a started node and the
+running nodes see each other's records 20 ms later, whatever the links. With ``mdns=True``
+(the fault simulator, ``tests/simfuzz.py``) it follows the elector more closely: a node's
+record changes with its ``Publish`` actions, a clean stop sends a goodbye, records cross
+only links that are not cut and wait for the heal otherwise, and the delays are those
+measured with python-zeroconf (see ``docs/how-it-works.rst`` and the design notes).
+
+Every random draw comes from one :class:`random.Random` (``seed``, or ``rng``), so a run is
+reproduced exactly by the same seed and the same calls.
 """
 
 from __future__ import annotations
@@ -11,13 +24,35 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, cast
 
-from followtheleader._machine import Action, Machine, Notify, NpmPing, Send, Timing
+from followtheleader._machine import Action, Machine, Notify, NpmPing, Publish, Send, Timing
 from followtheleader._model import Event, Member, State
 from followtheleader._wire import ANYONE, Message, PeerRecord, decode_message, encode_message
 
 TIMING = Timing(interval=0.2, max_failed=3)
+
+FRESH_BROWSER = (0.02, 0.1)
+"""A fresh browser sees the existing records after this many seconds (about 0.08 s measured)."""
+NEW_SERVICE = (0.1, 1.2)
+"""A running browser sees a new record after this long (about 1.2 s measured)."""
+RECORD_UPDATE = (0.005, 0.05)
+"""A running browser sees a changed TXT record or a goodbye (about 2 ms measured) after this."""
+REDISCOVERY = (0.02, 1.2)
+"""After a cut heals, a record (or goodbye) that could not cross it arrives after this."""
+
+
+@dataclass
+class Incarnation:
+    """One run of a node: from a start to its crash, restart or the end of the simulation."""
+
+    boot: int
+    started_at: float
+    events: list[Event] = field(default_factory=list)
+    ended_at: float | None = None
+    """When it crashed or was replaced by a restart (a clean stop leaves it None: its events say so)."""
 
 
 @dataclass
@@ -25,17 +60,35 @@ class SimNode:
     machine: Machine
     address: tuple[str, int]
     events: list[Event] = field(default_factory=list)
+    """The events of the current incarnation (the same list as ``incarnations[-1].events``)."""
     crashed: bool = False
     paused: bool = False
     inbox_while_paused: list[tuple[Message, tuple[str, int]]] = field(default_factory=list)
+    hints_while_paused: list[Callable[[], list[Action]]] = field(default_factory=list)
+    """With ``mdns``: records and npm pongs that arrived during a pause, handled on resume."""
+    incarnations: list[Incarnation] = field(default_factory=list)
 
     @property
     def node_id(self) -> str:
         return self.machine.me.node_id
 
+    @property
+    def up(self) -> bool:
+        """Running: started, not stopped and not crashed (maybe paused)."""
+        return not self.crashed and self.machine.state is not State.STOPPED
+
 
 class SimNet:
-    """Machines exchanging messages with ``latency`` seconds of delay, on a fake clock."""
+    """Machines exchanging messages with ``latency`` seconds of delay, on a fake clock.
+
+    :param latency: the least one-way delay of a datagram.
+    :param jitter: each datagram takes up to this much longer, at random (so they reorder).
+    :param loss: probability that any datagram is lost.
+    :param duplicate: probability that a datagram arrives twice (each copy with its own delay).
+    :param seed: seed of the one random generator, unless ``rng`` is given.
+    :param quorum: quorum mode's group size for every machine, or None.
+    :param mdns: simulate DNS-SD records closely (see the module's docstring).
+    """
 
     def __init__(
         self,
@@ -44,36 +97,59 @@ class SimNet:
         loss: float = 0.0,
         seed: int = 1,
         quorum: int | None = None,
+        *,
+        jitter: float = 0.0,
+        duplicate: float = 0.0,
+        mdns: bool = False,
+        rng: random.Random | None = None,
     ) -> None:
         self.loss = loss
         self.quorum = quorum
-        self.random = random.Random(seed)
+        self.random = rng if rng is not None else random.Random(seed)
         self.now = 100.0
         self.latency = latency
+        self.jitter = jitter
+        self.duplicate = duplicate
+        self.mdns = mdns
         self.timing = timing
         self.nodes: dict[str, SimNode] = {}
         self.by_address: dict[tuple[str, int], SimNode] = {}
         self._queue: list[tuple[float, int, str, object]] = []
         self._seq = itertools.count()
+        self._boots = itertools.count(1)
         self.cut: set[frozenset[str]] = set()
         self.one_way_cut: set[tuple[str, str]] = set()  # (from, to)
+        self.link_loss: dict[tuple[str, str], float] = {}
+        """Probability of loss per direction (from, to), on top of ``loss``."""
         self.sent = 0
         self.lost = 0
+        self.duplicated = 0
         self.npm_leaders: dict[tuple[str, int], bool] = {}
         """Simulated npm leaders by address: True while alive (they answer every PING)."""
         self.npm_pings = 0
+        self.records: dict[str, PeerRecord] = {}
+        """With ``mdns``: the record each running node publishes."""
+        self._pending: dict[tuple[str, str], tuple[str, object]] = {}
+        """With ``mdns``: (subject, observer) -> the record or goodbye waiting for a cut to heal."""
+        self.observer: Callable[[], None] | None = None
+        """Called after every step of :meth:`run` (the fault simulator checks invariants there)."""
 
     # ----------------------------------------------------------------- setup
 
     def add(self, node_id: str, priority: int = 0, npm_compat: bool = True) -> SimNode:
         address = (f"198.18.0.{len(self.nodes) + 1}", 9001)
-        machine = Machine(
-            "group", Member(node_id, priority, "", 9001), self.timing, quorum=self.quorum, npm_compat=npm_compat
-        )
-        node = SimNode(machine, address)
+        node = SimNode(self._machine(node_id, priority, npm_compat), address)
+        node.incarnations.append(Incarnation(node.machine.boot, self.now, node.events))
         self.nodes[node_id] = node
         self.by_address[address] = node
         return node
+
+    def _machine(self, node_id: str, priority: int, npm_compat: bool) -> Machine:
+        machine = Machine(
+            "group", Member(node_id, priority, "", 9001), self.timing, quorum=self.quorum, npm_compat=npm_compat
+        )
+        machine.boot = next(self._boots)
+        return machine
 
     def start(self, node_id: str, discover: bool = True) -> None:
         """Start a node; with ``discover``, it and the running nodes see each other's records."""
@@ -82,20 +158,43 @@ class SimNet:
         for address in self.npm_leaders:  # their records stay (npm nodes send no goodbye)
             if node.machine.npm_compat:  # else the elector would not pass them on
                 self._schedule(self.now + 0.02, node_id, ("npm-record", address))
-        if discover:
+        if discover and self.mdns:
+            self.records[node_id] = self._record(node)
+            for other in self.nodes.values():
+                if other is not node and other.up:
+                    self._send_record(other.node_id, node_id, ("record", self.records[other.node_id]), FRESH_BROWSER)
+                    self._send_record(node_id, other.node_id, ("record", self.records[node_id]), NEW_SERVICE)
+        elif discover:
             for other in self.nodes.values():
                 if other is not node and other.machine.state is not State.STOPPED and not other.crashed:
                     self._discover(node, other)
                     self._discover(other, node)
 
-    def _discover(self, observer: SimNode, subject: SimNode) -> None:
-        record = PeerRecord(
+    def restart(self, node_id: str) -> SimNode:
+        """Crash the node if it runs, then start a fresh machine with the same id and a new boot."""
+        node = self.nodes[node_id]
+        if not node.crashed:
+            self.crash(node_id)
+        old = node.machine
+        node.machine = self._machine(node_id, old.me.priority, old.npm_compat)
+        node.events = []
+        node.incarnations.append(Incarnation(node.machine.boot, self.now, node.events))
+        node.crashed = node.paused = False
+        node.inbox_while_paused = []
+        node.hints_while_paused = []
+        self.start(node_id)
+        return node
+
+    def _record(self, node: SimNode) -> PeerRecord:
+        return PeerRecord(
             "group",
-            Member(subject.node_id, subject.machine.me.priority, *subject.address),
-            subject.machine.state,
-            subject.machine.term,
+            Member(node.node_id, node.machine.me.priority, *node.address),
+            node.machine.state,
+            node.machine.term,
         )
-        self._schedule(self.now + 0.02, observer.node_id, ("record", record))
+
+    def _discover(self, observer: SimNode, subject: SimNode) -> None:
+        self._schedule(self.now + 0.02, observer.node_id, ("record", self._record(subject)))
 
     def list_addresses(self, node_id: str, addresses: list[tuple[str, int]] | None = None) -> None:
         """Unicast mode: give the node a peer list (by default, the address of every node)."""
@@ -117,7 +216,13 @@ class SimNet:
     # ----------------------------------------------------------------- faults
 
     def crash(self, node_id: str) -> None:
-        self.nodes[node_id].crashed = True
+        node = self.nodes[node_id]
+        node.crashed = True
+        node.incarnations[-1].ended_at = self.now
+        if self.mdns:  # nobody announces for it any more, and its own cache is gone
+            self.records.pop(node_id, None)
+            for key in [k for k in self._pending if node_id in k]:
+                del self._pending[key]
 
     def pause(self, node_id: str) -> None:
         self.nodes[node_id].paused = True
@@ -126,8 +231,11 @@ class SimNet:
         node = self.nodes[node_id]
         node.paused = False
         waiting, node.inbox_while_paused = node.inbox_while_paused, []
+        hints, node.hints_while_paused = node.hints_while_paused, []
         for message, source in waiting:
             self._apply(node, node.machine.on_message(message, source, self.now))
+        for hint in hints:
+            self._apply(node, hint())
         self._apply(node, node.machine.tick(self.now))
 
     def partition(self, side_a: list[str], side_b: list[str]) -> None:
@@ -137,10 +245,26 @@ class SimNet:
 
     def heal(self) -> None:
         self.cut.clear()
+        self.links_changed()
+
+    def blocked(self, sender: str, target: str) -> bool:
+        """Nothing gets from ``sender`` to ``target`` (a cut, or a one-way cut that way)."""
+        return frozenset((sender, target)) in self.cut or (sender, target) in self.one_way_cut
+
+    def links_changed(self) -> None:
+        """After cuts were removed: records and goodbyes that waited for them cross now."""
+        for (subject, observer), item in list(self._pending.items()):
+            if not self.blocked(subject, observer):
+                del self._pending[(subject, observer)]
+                self._send_record(subject, observer, item, REDISCOVERY)
 
     def stop(self, node_id: str) -> None:
         node = self.nodes[node_id]
         self._apply(node, node.machine.stop(self.now))
+        if self.mdns and self.records.pop(node_id, None) is not None:
+            for other in self.nodes.values():
+                if other is not node and other.up:
+                    self._send_record(node_id, other.node_id, ("goodbye", node_id), RECORD_UPDATE)
 
     def resign(self, node_id: str) -> None:
         node = self.nodes[node_id]
@@ -157,6 +281,8 @@ class SimNet:
                 break
             self.now = max(self.now, due)
             self._step()
+            if self.observer is not None:
+                self.observer()
         self.now = end
 
     def _next_due(self) -> float | None:
@@ -175,40 +301,49 @@ class SimNet:
             node = self.nodes[node_id]
             if node.crashed:
                 return
-            kind, payload = item  # type: ignore[misc]
-            if kind in ("npm-record", "npm-pong"):
-                if not node.paused:
-                    host, port = payload
-                    if kind == "npm-record":
-                        self._apply(node, node.machine.on_npm_record(host, port, self.now))
-                    else:
-                        self._apply(node, node.machine.on_npm_pong((host, port), self.now))
+            kind, payload = cast("tuple[str, Any]", item)
+            if kind == "message":
+                message, source = payload
+                if node.paused:
+                    node.inbox_while_paused.append((message, source))
+                else:
+                    self._apply(node, node.machine.on_message(message, source, self.now))
                 return
-            if kind == "record":
-                if not node.paused:
-                    self._apply(node, node.machine.on_discovered(payload, self.now))
-                return
-            if kind == "addresses":
-                if not node.paused:
-                    self._apply(node, node.machine.on_addresses(payload, self.now))
-                return
-            if kind == "address-ping":
-                if not node.paused:
-                    self._apply(node, node.machine.on_address_ping(*payload, self.now))
-                return
-            message, source = payload
-            if node.paused:
-                node.inbox_while_paused.append((message, source))
-            else:
-                self._apply(node, node.machine.on_message(message, source, self.now))
+            hint = self._hint(node, kind, payload)
+            if not node.paused:
+                self._apply(node, hint())
+            elif self.mdns:
+                node.hints_while_paused.append(hint)
             return
         for node in self.nodes.values():
             deadline = node.machine.next_deadline()
             if not node.crashed and not node.paused and deadline is not None and deadline <= self.now:
                 self._apply(node, node.machine.tick(self.now))
 
+    def _hint(self, node: SimNode, kind: str, payload: object) -> Callable[[], list[Action]]:
+        """The input a DNS-SD record, a goodbye or an npm pong makes (at the time it is handled)."""
+        machine = node.machine
+        if kind == "npm-record":
+            host, port = cast("tuple[str, int]", payload)
+            return lambda: machine.on_npm_record(host, port, self.now)
+        if kind == "npm-pong":
+            return lambda: machine.on_npm_pong(payload, self.now)  # type: ignore[arg-type]
+        if kind == "addresses":
+            return lambda: machine.on_addresses(payload, self.now)  # type: ignore[arg-type]
+        if kind == "address-ping":
+            message, source = cast("tuple[Message, tuple[str, int]]", payload)
+            return lambda: machine.on_address_ping(message, source, self.now)
+        if kind == "goodbye":
+            return lambda: machine.on_goodbye(payload, self.now)  # type: ignore[arg-type]
+        assert kind == "record", kind
+        return lambda: machine.on_discovered(payload, self.now)  # type: ignore[arg-type]
+
     def _apply(self, node: SimNode, actions: list[Action]) -> None:
-        for action in actions:
+        # The datagrams of one step go out sorted by receiver (keeping their order per
+        # receiver), so that the random delays drawn for them do not depend on the order of
+        # iteration of a set in the machine (which changes with PYTHONHASHSEED).
+        sends = sorted((a for a in actions if isinstance(a, Send)), key=lambda a: a.to)
+        for action in [*sends, *(a for a in actions if not isinstance(a, Send))]:
             if isinstance(action, Notify):
                 node.events.append(action.event)
             elif isinstance(action, Send):
@@ -217,6 +352,21 @@ class SimNet:
                 self.npm_pings += 1
                 if self.npm_leaders.get(action.address):
                     self._schedule(self.now + 2 * self.latency, node.node_id, ("npm-pong", action.address))
+            elif isinstance(action, Publish) and self.mdns and node.node_id in self.records:
+                old = self.records[node.node_id]
+                self.records[node.node_id] = PeerRecord(old.group, old.member, action.role, action.term)
+                for other in self.nodes.values():
+                    if other is not node and other.up:
+                        record = self.records[node.node_id]
+                        self._send_record(node.node_id, other.node_id, ("record", record), RECORD_UPDATE)
+
+    def _send_record(self, subject: str, observer: str, item: tuple[str, object], delay: tuple[float, float]) -> None:
+        """With ``mdns``: ``observer`` sees ``item`` about ``subject`` after ``delay``, or once the
+        cut between them heals (only the latest item waits)."""
+        if self.blocked(subject, observer):
+            self._pending[(subject, observer)] = item
+        else:
+            self._schedule(self.now + self.random.uniform(*delay), observer, item)
 
     def _deliver(self, sender: SimNode, send: Send) -> None:
         target = self.by_address.get(send.address)
@@ -225,7 +375,11 @@ class SimNet:
             return
         if (sender.node_id, target.node_id) in self.one_way_cut:
             return
-        if self.loss and self.random.random() < self.loss:
+        loss = self.loss
+        link_loss = self.link_loss.get((sender.node_id, target.node_id))
+        if link_loss:
+            loss = 1.0 - (1.0 - loss) * (1.0 - link_loss)
+        if loss and self.random.random() < loss:
             self.lost += 1
             return
         # Through the real encoder and decoder, so the simulation checks the wire format too.
@@ -234,7 +388,13 @@ class SimNet:
         # As the elector routes them: a ping to ANYONE (an address whose node is not known),
         # or a datagram of the node's own, is answered and never taken as proof of life.
         kind = "address-ping" if send.to == ANYONE or target is sender else "message"
-        self._schedule(self.now + self.latency, target.node_id, (kind, (message, sender.address)))
+        copies = 1
+        if self.duplicate and self.random.random() < self.duplicate:
+            copies = 2
+            self.duplicated += 1
+        for _ in range(copies):
+            delay = self.latency + (self.random.random() * self.jitter if self.jitter else 0.0)
+            self._schedule(self.now + delay, target.node_id, (kind, (message, sender.address)))
 
     def _schedule(self, at: float, node_id: str, item: object) -> None:
         heapq.heappush(self._queue, (at, next(self._seq), node_id, item))

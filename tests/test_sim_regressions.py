@@ -1,0 +1,265 @@
+"""Plain regression tests for the bugs the fault simulator (``tests/simfuzz.py``) found.
+
+Each test replays, on :class:`simnet.SimNet` with a fixed seed, the shortest schedule of a
+failing seed, and asserts the guarantee the simulator saw broken. Tests of bugs that today's
+machine still has are marked ``xfail(strict=True)``: they pass (and the mark must go) once
+the machine is fixed.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from followtheleader._model import State
+
+from simnet import TIMING, SimNet
+
+W = TIMING.failure_window
+
+
+def leaders(net: SimNet) -> list[str]:
+    return sorted(n.node_id for n in net.nodes.values() if not n.crashed and n.machine.is_leader(net.now))
+
+
+def run_until(net: SimNet, condition: object, limit: float, step: float = 0.001) -> None:
+    waited = 0.0
+    while not condition():  # type: ignore[operator]
+        assert waited <= limit, f"not reached within {limit} s"
+        net.run(step)
+        waited += step
+
+
+@pytest.mark.xfail(
+    strict=True, raises=AssertionError, reason="quorum: a group whose every side lost the majority never elects again"
+)
+def test_quorum_group_elects_again_after_a_partition_without_majority() -> None:
+    """Simulator seed 205 (8 nodes, quorum 8, partition 2|4|2 for 1.4 s, then heal).
+
+    Every node ends ELECTING with all its peers found dead; candidates ping only live
+    candidates and nobody leads (so nobody probes), so nobody ever hears anybody again.
+    """
+    net = SimNet(quorum=3)
+    for node_id in ("a", "b", "c"):
+        net.add(node_id)
+    for node_id in ("a", "b", "c"):
+        net.start(node_id)
+    assert net.run_until_agreed() == ("c", 1)
+    net.partition(["a"], ["b", "c"])
+    net.partition(["b"], ["c"])
+    net.run(3.0)
+    assert leaders(net) == []
+    net.heal()
+    leader, _ = net.run_until_agreed(limit=5.0)
+    assert leader == "c"
+
+
+@pytest.mark.xfail(
+    strict=True, raises=AssertionError, reason="quorum: an unconfirmed claim's tick leaves next_deadline in the past"
+)
+def test_unconfirmed_quorum_claim_moves_its_deadline_on() -> None:
+    """Simulator seeds 9, 27, 49, 53, 98, 143, 175, 191 (quorum mode, "deadline-progress").
+
+    A quorum claim that no majority follows has a lease (from peers heard recently), and
+    :meth:`Machine.next_deadline` returns its end; but while unconfirmed, :meth:`Machine.tick`
+    looks only at the claim's own deadline (claim + failure window), so from the lease's end
+    until then every tick changes nothing and the deadline stays in the past: the elector's
+    ticker spins for that time, and the simulation cannot advance its clock.
+    """
+    net = SimNet(quorum=3)
+    for node_id in ("a", "b", "c"):
+        net.add(node_id)
+    # c hears a and b, who never hear c: c claims, and nobody follows.
+    net.one_way_cut.update({("c", "a"), ("c", "b")})
+    for node_id in ("a", "b", "c"):
+        net.start(node_id)
+    machine = net.nodes["c"].machine
+    run_until(net, lambda: machine.state is State.LEADER, limit=2.0)
+    assert not machine.confirmed and machine.lease_until is not None
+    now = machine.lease_until
+    machine.tick(now)
+    deadline = machine.next_deadline()
+    assert deadline is not None and deadline > now, (deadline, now)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="quorum: followers switch to a new leader before the old one's lease ends",
+)
+def test_quorum_paused_leader_is_never_outlived_by_a_new_one() -> None:
+    """Simulator seed 241 (4 nodes, quorum 4; the leader paused right after its claim).
+
+    The followers of the paused leader switch to a better leader once theirs has been silent
+    for ``Timing.suspect`` (0.4 s), and their echoes give the new one its majority; but the
+    paused leader's majority, renewed by the same followers' echoes of its claim, lasts
+    ``Timing.lease`` (0.66 s): both read is_leader True for about 0.15 s. Here the better
+    leader is a node that joins during the pause (in the seed, the old leader of the other
+    side of a healed partition).
+    """
+    net = SimNet(quorum=4)
+    for node_id in ("n1", "n2", "n3"):
+        net.add(node_id)
+    for node_id in ("n1", "n2", "n3"):
+        net.start(node_id)
+    run_until(net, lambda: net.nodes["n3"].machine.is_leader(net.now), limit=3.0)
+    net.run(0.003)
+    net.pause("n3")  # SIGSTOP: its is_leader ends by the clock, when its majority's echoes run out
+    net.add("n4", priority=5)
+    net.start("n4")
+    for _ in range(2000):
+        net.run(0.001)
+        assert len(leaders(net)) <= 1, f"at {net.now - 100.0:.3f}: {leaders(net)}"
+
+
+@pytest.mark.xfail(
+    strict=True, raises=AssertionError, reason="a resumed node claims at once on a stale resign from its inbox"
+)
+def test_resumed_node_does_not_claim_on_a_stale_resign() -> None:
+    """Simulator seed 240 (4 nodes; pause of the leader; its successor resigns during the pause).
+
+    On resume the old leader handles the datagrams that waited: its lease ran out, it
+    follows the successor, then handles the successor's resign and, best-ranked, claims at
+    once; meanwhile another node had claimed on that same resign. Two leaders with the same
+    term in one connected group until the claims cross.
+    """
+    net = SimNet()
+    net.add("a")
+    net.add("b", priority=1)
+    net.add("c", priority=5)
+    for node_id in ("a", "b", "c"):
+        net.start(node_id)
+    assert net.run_until_agreed() == ("c", 1)
+    net.run(1.0)
+    net.pause("c")
+    assert net.run_until_agreed(other_than="c") == ("b", 2)
+    net.run(0.5)
+    net.resign("b")
+    net.run(0.01)
+    assert [n.node_id for n in net.leaders()] == ["a"]
+    net.resume("c")
+    assert len(leaders(net)) <= 1, leaders(net)
+    terms = [e.term for n in net.nodes.values() for e in n.events if e.kind == "leader"]
+    assert len(terms) == len(set(terms)), terms
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="a node cut off from the leader claims when its witness's answers are lost",
+)
+def test_cut_link_with_twenty_percent_loss_gives_no_second_leader() -> None:
+    """Simulator seed 41 (3 nodes; the link leader-follower cut both ways; 20 % loss).
+
+    The follower cut off from the leader keeps out while the third node tells it that it
+    hears the leader (guarantees.rst, section 2); but it asks only once an interval, with no
+    retry, and the answer counts for two intervals: with 20 % loss (which "changes no
+    leadership" on a whole network) two answers lost in a row let it claim, and the two
+    leaders stay until the cut heals.
+    """
+    net = SimNet(loss=0.2, seed=41)
+    for node_id in ("a", "b", "c"):
+        net.add(node_id)
+    for node_id in ("a", "b", "c"):
+        net.start(node_id)
+    assert net.run_until_agreed() == ("c", 1)
+    net.partition(["b"], ["c"])
+    for _ in range(100):
+        net.run(0.05)
+        assert leaders(net) == ["c"], f"at {net.now - 100.0:.2f}: {leaders(net)}"
+
+
+@pytest.mark.xfail(
+    strict=True, raises=AssertionError, reason="a resigned node's own datagrams revive it as the best candidate"
+)
+def test_resign_hands_over_when_the_resigners_ping_overtakes_its_resign() -> None:
+    """Simulator seed 0 (replayed verbosely: no leader for 0.7 s after a resign, then the
+    resigned node leads again with term 2).
+
+    A resigning leader sends ``resign`` and, electing now, pings its peers at the same
+    instant. When the ping arrives first (10 microseconds of jitter reorder them half the
+    time), a follower sees its leader "step down", waits the confirmation time and pings it;
+    the resign then marks it departed, but its answer to that ping revives it as a live,
+    best-ranked candidate. Everybody waits for it, and it stands back for a failure window.
+    """
+    net = SimNet(jitter=0.00001, seed=1)
+    for node_id in ("a", "b", "c"):
+        net.add(node_id)
+    for node_id in ("a", "b", "c"):
+        net.start(node_id)
+    assert net.run_until_agreed() == ("c", 1)
+    net.run(1.0)
+    net.resign("c")
+    leader, term = net.run_until_agreed(limit=0.2, step=0.001)
+    assert (leader, term) == ("b", 2)
+
+
+@pytest.mark.xfail(
+    strict=True, raises=AssertionError, reason="a leader that came back as follower is left out of the member list"
+)
+def test_old_leader_back_as_follower_is_a_member_and_a_resign_gives_one_leader() -> None:
+    """Simulator seed 81 without quorum, on the machine with leader-driven heartbeats (main's
+    9f6f84a; the earlier machine passes this test).
+
+    The leader's outgoing datagrams are lost for 2 s: the others elect a new leader, and once
+    the cut heals the old leader follows it. It never appears in the new leader's member list
+    (nor in the followers' lists): when the new leader resigns, the old one, which knows it is
+    the best candidate, and the best node of the lists both claim the same term.
+    """
+    ids = ["n1", "n2", "n3"]
+    net = SimNet()
+    for node_id in ids:
+        net.add(node_id)
+    for node_id in ids:
+        net.start(node_id)
+    assert net.run_until_agreed() == ("n3", 1)
+    net.run(0.5)
+    net.one_way_cut.update({("n3", "n1"), ("n3", "n2")})
+    net.run(2.1)
+    net.one_way_cut.clear()
+    net.run(3.0)
+    assert net.agreed() == ("n2", 2)
+    assert [m.node_id for m in net.nodes["n2"].machine.members(net.now)] == ["n3", "n2", "n1"]
+    net.resign("n2")
+    for _ in range(300):
+        net.run(0.001)
+        assert len(leaders(net)) <= 1, leaders(net)
+    assert net.agreed() == ("n3", 3)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="after a heal, rivals elected during the partition do not know each other",
+)
+def test_leaders_elected_during_a_partition_meet_soon_after_the_heal() -> None:
+    """Simulator seed 20554 without quorum (8 nodes: a partition, both sides' leaders crash
+    during it, then the heal).
+
+    A follower replaces the peers it knows with its leader's member list, so during a
+    partition each side forgets the other. A leader elected there knows only its own side,
+    and probes nobody on the other; after the heal the two sides meet only through a DNS-SD
+    record (up to 1.2 s later), not "within about one interval" (guarantees.rst, section 3).
+    Here the other side's leader crashes just before the heal, and its old followers elect a
+    second leader 0.6 s after the heal, knowing nothing of the first.
+    """
+    ids = [f"n{i}" for i in range(1, 7)]
+    net = SimNet(mdns=True)
+    for node_id in ids:
+        net.add(node_id)
+    for node_id in ids:
+        net.start(node_id)
+    assert net.run_until_agreed() == ("n6", 1)
+    net.run(1.0)
+    net.partition(["n1", "n2", "n3"], ["n4", "n5", "n6"])
+    net.run(3.0)
+    net.crash("n6")
+    net.run(3.0)
+    assert sorted(n.node_id for n in net.leaders()) == ["n3", "n5"]
+    net.crash("n3")
+    net.run(0.2)
+    net.heal()
+    healed = net.now
+    for _ in range(3000):
+        net.run(0.001)
+        if net.now - healed > 1.5 * TIMING.interval:
+            assert len(leaders(net)) <= 1, f"{net.now - healed:.3f} s after the heal: {leaders(net)}"
