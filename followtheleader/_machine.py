@@ -449,9 +449,13 @@ class Machine:
         if self.state is State.STOPPED:
             return None
         deadlines = [self.next_ping_at]
-        if self.state is State.LEADER:
-            quorum_due = self._quorum_until() if self.confirmed else self.claimed_at + self.timing.failure_window
-            deadlines.extend(t for t in (self._lease_end(self._last_now), quorum_due) if t is not None)
+        if self.state is State.LEADER and not self.confirmed:
+            # An unconfirmed claim is never is_leader, so its lease does not matter yet (tick
+            # acts on it only once confirmed, and a confirmation renews it): only the claim's
+            # own deadline does.
+            deadlines.append(self.claimed_at + self.timing.failure_window)
+        elif self.state is State.LEADER:
+            deadlines.extend(t for t in (self._lease_end(self._last_now), self._quorum_until()) if t is not None)
         elif self.state is State.FOLLOWER and self.leader is not None:
             deadlines = [self._follower_ping_due()]
             heard = self._leader_peer().last_heard
@@ -912,11 +916,15 @@ class Machine:
     # ----------------------------------------------------------------- output
 
     def _send_pings(self, now: float) -> None:
-        """Every interval: a candidate pings every live candidate, a leader probes lost peers."""
+        """Every interval: a candidate pings every live candidate, and probes the peers it found
+        dead as a leader probes lost peers; a leader sends beats and probes lost peers."""
         if self.state is State.ELECTING:
             for peer in self.peers.values():
                 if not peer.dead:
                     self._ping(peer, now)
+            # Without the probes, a group where nobody leads (in quorum mode, after a partition
+            # that left no side a majority) would never hear from its dead peers again.
+            self._probe_lost_peers(now)
         elif self.state is State.LEADER:
             self._send_beats(now)
             self._probe_lost_peers(now)
@@ -937,14 +945,18 @@ class Machine:
                 self._send(full, peer.member)
 
     def _probe_lost_peers(self, now: float) -> None:
-        """As leader: ping peers that are not live members, so that rival leaders meet.
+        """As leader: ping peers that are not live members, so that rival leaders meet; as
+        candidate: ping the peers found dead, so that a candidate hears of them when they are
+        back.
 
         After a partition heals, the first probe that crosses makes the two leaders (or a
-        leader and the other's followers) compare claims. Peers that stopped cleanly are
-        never probed; a peer silent for long is probed less often, then forgotten.
+        leader and the other's followers) compare claims, or the candidates count each other
+        again. Peers that stopped cleanly are never probed; a peer silent for long is probed
+        less often, then forgotten.
         """
         for node_id, peer in list(self.peers.items()):
-            if peer.departed or peer.live_until >= now:
+            lost = peer.dead if self.state is State.ELECTING else peer.live_until < now
+            if peer.departed or not lost:
                 continue
             if peer.last_heard is None and peer.probed_since is None:
                 peer.probed_since = now

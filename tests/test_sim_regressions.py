@@ -29,9 +29,6 @@ def run_until(net: SimNet, condition: object, limit: float, step: float = 0.001)
         waited += step
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="quorum: a group whose every side lost the majority never elects again"
-)
 def test_quorum_group_elects_again_after_a_partition_without_majority() -> None:
     """Simulator seed 205 (8 nodes, quorum 8, partition 2|4|2 for 1.4 s, then heal).
 
@@ -53,9 +50,6 @@ def test_quorum_group_elects_again_after_a_partition_without_majority() -> None:
     assert leader == "c"
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="quorum: an unconfirmed claim's tick leaves next_deadline in the past"
-)
 def test_unconfirmed_quorum_claim_moves_its_deadline_on() -> None:
     """Simulator seeds 9, 27, 49, 53, 98, 143, 175, 191 (quorum mode, "deadline-progress").
 
