@@ -100,7 +100,8 @@ class Timing:
         claims first has waited a whole failure window (and the confirmation), and the others
         have not heard from the dead leader for at least an interval less than that; while a
         leader lives, its followers hear from it every interval. So a node that lost only its
-        own link to the leader cannot take the others over.
+        own link to the leader cannot take the others over. (In quorum mode the lease is
+        used instead: see ``Machine._leader_alive``.)
         """
         return self.failure_window - 1.5 * self.interval
 
@@ -591,8 +592,15 @@ class Machine:
         return now - heard if heard is not None else self.timing.failure_window
 
     def _leader_alive(self, now: float) -> bool:
-        """As follower: the leader spoke as leader less than :attr:`Timing.suspect` ago."""
-        return self._leader_age(now) < self.timing.suspect
+        """As follower: the leader spoke as leader less than :attr:`Timing.suspect` ago.
+
+        In quorum mode, less than :attr:`Timing.lease` ago: this node's echoes may still
+        hold up the old leader's majority until then (every mark it echoed came in a datagram
+        it received by its last word from the leader, and a mark renews for the lease from
+        when it was sent), so its acks must not make up a new leader's majority before.
+        """
+        limit = self.timing.suspect if self.quorum is None else self.timing.lease
+        return self._leader_age(now) < limit
 
     def _note_live_leader(self, message: Message, now: float) -> None:
         """A follower says it heard its leader recently: do not claim while that holds.

@@ -75,11 +75,6 @@ def test_unconfirmed_quorum_claim_moves_its_deadline_on() -> None:
     assert deadline is not None and deadline > now, (deadline, now)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="quorum: followers switch to a new leader before the old one's lease ends",
-)
 def test_quorum_paused_leader_is_never_outlived_by_a_new_one() -> None:
     """Simulator seed 241 (4 nodes, quorum 4; the leader paused right after its claim).
 
