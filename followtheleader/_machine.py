@@ -100,7 +100,8 @@ class Timing:
         claims first has waited a whole failure window (and the confirmation), and the others
         have not heard from the dead leader for at least an interval less than that; while a
         leader lives, its followers hear from it every interval. So a node that lost only its
-        own link to the leader cannot take the others over.
+        own link to the leader cannot take the others over. (In quorum mode the lease is
+        used instead: see ``Machine._leader_alive``.)
         """
         return self.failure_window - 1.5 * self.interval
 
@@ -449,9 +450,13 @@ class Machine:
         if self.state is State.STOPPED:
             return None
         deadlines = [self.next_ping_at]
-        if self.state is State.LEADER:
-            quorum_due = self._quorum_until() if self.confirmed else self.claimed_at + self.timing.failure_window
-            deadlines.extend(t for t in (self._lease_end(self._last_now), quorum_due) if t is not None)
+        if self.state is State.LEADER and not self.confirmed:
+            # An unconfirmed claim is never is_leader, so its lease does not matter yet (tick
+            # acts on it only once confirmed, and a confirmation renews it): only the claim's
+            # own deadline does.
+            deadlines.append(self.claimed_at + self.timing.failure_window)
+        elif self.state is State.LEADER:
+            deadlines.extend(t for t in (self._lease_end(self._last_now), self._quorum_until()) if t is not None)
         elif self.state is State.FOLLOWER and self.leader is not None:
             deadlines = [self._follower_ping_due()]
             heard = self._leader_peer().last_heard
@@ -587,8 +592,15 @@ class Machine:
         return now - heard if heard is not None else self.timing.failure_window
 
     def _leader_alive(self, now: float) -> bool:
-        """As follower: the leader spoke as leader less than :attr:`Timing.suspect` ago."""
-        return self._leader_age(now) < self.timing.suspect
+        """As follower: the leader spoke as leader less than :attr:`Timing.suspect` ago.
+
+        In quorum mode, less than :attr:`Timing.lease` ago: this node's echoes may still
+        hold up the old leader's majority until then (every mark it echoed came in a datagram
+        it received by its last word from the leader, and a mark renews for the lease from
+        when it was sent), so its acks must not make up a new leader's majority before.
+        """
+        limit = self.timing.suspect if self.quorum is None else self.timing.lease
+        return self._leader_age(now) < limit
 
     def _note_live_leader(self, message: Message, now: float) -> None:
         """A follower says it heard its leader recently: do not claim while that holds.
@@ -912,11 +924,15 @@ class Machine:
     # ----------------------------------------------------------------- output
 
     def _send_pings(self, now: float) -> None:
-        """Every interval: a candidate pings every live candidate, a leader probes lost peers."""
+        """Every interval: a candidate pings every live candidate, and probes the peers it found
+        dead as a leader probes lost peers; a leader sends beats and probes lost peers."""
         if self.state is State.ELECTING:
             for peer in self.peers.values():
                 if not peer.dead:
                     self._ping(peer, now)
+            # Without the probes, a group where nobody leads (in quorum mode, after a partition
+            # that left no side a majority) would never hear from its dead peers again.
+            self._probe_lost_peers(now)
         elif self.state is State.LEADER:
             self._send_beats(now)
             self._probe_lost_peers(now)
@@ -937,14 +953,18 @@ class Machine:
                 self._send(full, peer.member)
 
     def _probe_lost_peers(self, now: float) -> None:
-        """As leader: ping peers that are not live members, so that rival leaders meet.
+        """As leader: ping peers that are not live members, so that rival leaders meet; as
+        candidate: ping the peers found dead, so that a candidate hears of them when they are
+        back.
 
         After a partition heals, the first probe that crosses makes the two leaders (or a
-        leader and the other's followers) compare claims. Peers that stopped cleanly are
-        never probed; a peer silent for long is probed less often, then forgotten.
+        leader and the other's followers) compare claims, or the candidates count each other
+        again. Peers that stopped cleanly are never probed; a peer silent for long is probed
+        less often, then forgotten.
         """
         for node_id, peer in list(self.peers.items()):
-            if peer.departed or peer.live_until >= now:
+            lost = peer.dead if self.state is State.ELECTING else peer.live_until < now
+            if peer.departed or not lost:
                 continue
             if peer.last_heard is None and peer.probed_since is None:
                 peer.probed_since = now

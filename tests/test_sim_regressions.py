@@ -29,9 +29,6 @@ def run_until(net: SimNet, condition: object, limit: float, step: float = 0.001)
         waited += step
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="quorum: a group whose every side lost the majority never elects again"
-)
 def test_quorum_group_elects_again_after_a_partition_without_majority() -> None:
     """Simulator seed 205 (8 nodes, quorum 8, partition 2|4|2 for 1.4 s, then heal).
 
@@ -53,9 +50,6 @@ def test_quorum_group_elects_again_after_a_partition_without_majority() -> None:
     assert leader == "c"
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="quorum: an unconfirmed claim's tick leaves next_deadline in the past"
-)
 def test_unconfirmed_quorum_claim_moves_its_deadline_on() -> None:
     """Simulator seeds 9, 27, 49, 53, 98, 143, 175, 191 (quorum mode, "deadline-progress").
 
@@ -81,11 +75,6 @@ def test_unconfirmed_quorum_claim_moves_its_deadline_on() -> None:
     assert deadline is not None and deadline > now, (deadline, now)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="quorum: followers switch to a new leader before the old one's lease ends",
-)
 def test_quorum_paused_leader_is_never_outlived_by_a_new_one() -> None:
     """Simulator seed 241 (4 nodes, quorum 4; the leader paused right after its claim).
 
