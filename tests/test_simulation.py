@@ -15,6 +15,9 @@ from typing import Any
 
 import pytest
 
+from followtheleader._machine import Machine
+from followtheleader._model import State
+
 from simfuzz import Fault, Result, faults_of, generate, run_schedule, shrink
 
 CI_SEEDS = {False: range(0, 400), True: range(0, 200)}
@@ -75,17 +78,32 @@ def test_a_seed_gives_the_same_schedule_and_the_same_run() -> None:
     assert generate(1) != generate(2)
 
 
-def test_the_shrinker_drops_faults_that_do_not_matter_and_the_replay_fails_alike() -> None:
-    """A schedule known to break an invariant (seed 205 with quorum: a partition that leaves no
-    majority, which today's machine never recovers from) is padded with faults that do not
-    matter; the shrinker drops them, and the kept faults replay to the same violation."""
-    schedule = generate(205, True)
-    result = run_schedule(schedule)
-    if result.ok:
-        pytest.skip("seed 205 no longer fails: pick another failing seed for this test")
-    assert result.violation is not None
+@pytest.fixture
+def planted_bug(monkeypatch: pytest.MonkeyPatch) -> int:
+    """A bug planted in the machine for the simulator to find: followers never give up on a
+    silent leader (every leader crash leaves its group without one). Returns the first CI seed
+    without quorum that breaks an invariant with it (so these tests do not depend on a real
+    bug staying unfixed)."""
+    expire = Machine._expire
+
+    def never_give_up(self: Machine, now: float) -> None:
+        if self.state is State.FOLLOWER and self.leader is not None and not self.leader.npm:
+            self._leader_peer().last_heard = now
+        expire(self, now)
+
+    monkeypatch.setattr(Machine, "_expire", never_give_up)
+    for seed in CI_SEEDS[False]:
+        if not run_schedule(generate(seed, False)).ok:
+            return seed
+    raise AssertionError("no CI seed finds the planted bug")
+
+
+def test_the_shrinker_drops_faults_that_do_not_matter_and_the_replay_fails_alike(planted_bug: int) -> None:
+    """A schedule that breaks an invariant is padded with faults that do not matter; the
+    shrinker drops them, and the kept faults replay to the same violation."""
+    schedule = generate(planted_bug, False)
     padded = schedule.keep(range(len(schedule.faults)))
-    extra = tuple(Fault(0.9 + i * 0.01, "resign", ("n1",)) for i in range(6))  # n1 does not lead
+    extra = tuple(Fault(0.9 + i * 0.01, "resign", ("n1",)) for i in range(6))  # before anyone leads
     padded = type(schedule)(**{**padded.__dict__, "faults": tuple(sorted(padded.faults + extra, key=lambda f: f.at))})
     padded_result = run_schedule(padded)
     assert padded_result.violation is not None
@@ -100,16 +118,13 @@ def test_the_shrinker_drops_faults_that_do_not_matter_and_the_replay_fails_alike
     assert replayed.violation is not None and str(replayed.violation) == str(shrunk.violation)
 
 
-def test_simulate_replays_a_seed_from_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+def test_simulate_replays_a_seed_from_the_command_line(planted_bug: int, capsys: pytest.CaptureFixture[str]) -> None:
     """``benchmarks/simulate.py --seed N --keep ...`` replays the printed shrunk schedule."""
     simulate = load_simulate()
-    original = generate(205, True)
-    result = run_schedule(original)
-    if result.ok:
-        pytest.skip("seed 205 no longer fails")
-    shrunk = shrink(result)
+    original = generate(planted_bug, False)
+    shrunk = shrink(run_schedule(original))
     keep = ",".join(str(i) for i in faults_of(original, shrunk.schedule))
-    assert simulate.main(["--seed", "205", "--quorum", "--keep", keep]) == 1
+    assert simulate.main(["--seed", str(planted_bug), "--no-quorum", "--keep", keep]) == 1
     out = capsys.readouterr().out
     assert f"FAIL: {shrunk.violation}" in out
     assert simulate.main(["--seeds", "3", "--start", "0", "--no-quorum", "--no-shrink"]) in (0, 1)
