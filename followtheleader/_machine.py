@@ -346,7 +346,11 @@ class Machine:
             and message.role is not State.LEADER
         ):
             self._start_electing(now, "leader stepped down", wait=self.timing.confirm)  # it says so itself
+        known = self.peers.get(sender.node_id)
+        revived = known is not None and known.dead
         self._heard(sender, now)
+        if revived and self.state is State.LEADER:
+            self._refresh_live_members(now)  # no longer dead: it may be a live member again
         getattr(self, _HANDLERS[message.kind])(message, sender, now)
         if self.state is State.ELECTING:
             self._claim_if_best(now)
@@ -511,6 +515,11 @@ class Machine:
     def _on_pong(self, message: Message, sender: Member, now: float) -> None:
         if message.role is State.LEADER:
             self._from_leader(message, sender, now, measure=True)
+        elif self.state is State.LEADER and message.leader == self.me.node_id and message.term == self.term:
+            # A follower of this leadership answers a probe: a follower that heard this node's
+            # probes (not its beats) takes them for heartbeats and neither pings nor acks, so
+            # this answer is what makes it a live member again (it then gets beats).
+            self._from_follower(message, sender, now)
         else:
             if message.leader_member is not None and message.leader is not None:
                 self._note_live_leader(message, now)

@@ -193,9 +193,6 @@ def test_resign_hands_over_when_the_resigners_ping_overtakes_its_resign() -> Non
     assert (leader, term) == ("b", 2)
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="a leader that came back as follower is left out of the member list"
-)
 def test_old_leader_back_as_follower_is_a_member_and_a_resign_gives_one_leader() -> None:
     """Simulator seed 81 without quorum, on the machine with leader-driven heartbeats (main's
     9f6f84a; the earlier machine passes this test).

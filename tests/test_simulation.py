@@ -26,9 +26,8 @@ CI_SEEDS = {False: range(0, 400), True: range(0, 200)}
 STUCK = "test_quorum_group_elects_again_after_a_partition_without_majority"
 DEADLINE = "test_unconfirmed_quorum_claim_moves_its_deadline_on"
 STALE = "test_resumed_node_does_not_claim_on_a_stale_resign"
-MEMBERS = "test_old_leader_back_as_follower_is_a_member_and_a_resign_gives_one_leader"
 KNOWN_FAILING: dict[bool, dict[int, tuple[str, str]]] = {
-    False: {81: ("one-leader-per-component", MEMBERS), 240: ("one-leader-per-component", STALE)},
+    False: {240: ("one-leader-per-component", STALE)},
     True: {
         **{s: ("deadline-progress", DEADLINE) for s in (9, 49, 53, 58, 62, 67, 87, 100, 158, 163, 164, 170, 175)},
         **{s: ("convergence", STUCK) for s in (17, 21, 27, 43, 47, 48, 52, 61, 64, 83, 95, 98, 103, 105, 129, 160)},
