@@ -223,11 +223,6 @@ def test_old_leader_back_as_follower_is_a_member_and_a_resign_gives_one_leader()
     assert net.agreed() == ("n3", 3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="after a heal, rivals elected during the partition do not know each other",
-)
 def test_leaders_elected_during_a_partition_meet_soon_after_the_heal() -> None:
     """Simulator seed 20554 without quorum (8 nodes: a partition, both sides' leaders crash
     during it, then the heal).
