@@ -192,7 +192,7 @@ class _Peer:
     live_until: float = 0.0
     """(As leader) it counts as a live member until then."""
     dead: bool = False
-    """Silent for the failure window, or departed: no candidate."""
+    """Silent for the failure window, departed, or dropped: no candidate."""
     departed: bool = False
     """It stopped cleanly (leave, resign or DNS-SD goodbye): never probed."""
     dropped: bool = False
@@ -767,7 +767,7 @@ class Machine:
         forgotten: if this node becomes leader, it probes it (:meth:`_probe_lost_peers`).
         During a partition each side's list drops the other side; a leader elected there
         then still pings the other side, and the two meet within an interval of the heal
-        instead of waiting for a DNS-SD record. Peers that stopped cleanly are dropped, and
+        instead of waiting for a DNS-SD record. Peers that stopped cleanly are deleted, and
         lost peers are forgotten after :data:`FORGET_AFTER`, as a leader forgets them.
         """
         if message.members is None:
