@@ -193,9 +193,12 @@ class _Peer:
     live_until: float = 0.0
     """(As leader) it counts as a live member until then."""
     dead: bool = False
-    """Silent for the failure window, or departed: no candidate."""
+    """Silent for the failure window, departed, or dropped: no candidate."""
     departed: bool = False
     """It stopped cleanly (leave, resign or DNS-SD goodbye): never probed."""
+    dropped: bool = False
+    """(As follower) dead only because the leader's member list dropped it: kept to be probed
+    if this node leads, and taken as a candidate again from anybody's list."""
     renewed_at: float | None = None
     """(As leader) the greatest lease mark it echoed as this node's follower."""
     echoed_at: float | None = None
@@ -206,7 +209,9 @@ class _Peer:
     acked_version: int = -1
     """(As leader) the member-list version it holds, from its latest ack or ping."""
     probed_since: float | None = None
-    """(As leader) when it started probing this peer, which it has never heard from."""
+    """(As leader) when it started probing this peer, which it has never heard from; or, for
+    a peer that the leader's member list dropped, when it was dropped. Its silence counts
+    from then, or from its last word if later (see ``Machine._silent_since``)."""
 
 
 @dataclass
@@ -347,7 +352,11 @@ class Machine:
             and message.role is not State.LEADER
         ):
             self._start_electing(now, "leader stepped down", wait=self.timing.confirm)  # it says so itself
+        known = self.peers.get(sender.node_id)
+        revived = known is not None and known.dead
         self._heard(sender, now)
+        if revived and self.state is State.LEADER:
+            self._refresh_live_members(now)  # no longer dead: it may be a live member again
         getattr(self, _HANDLERS[message.kind])(message, sender, now)
         if self.state is State.ELECTING:
             self._claim_if_best(now)
@@ -363,7 +372,7 @@ class Machine:
         # leader (which sends none) keeps track of its peers itself, for the election to come.
         if self.state is not State.FOLLOWER or self._follows_npm():
             peer = self.peers.get(record.member.node_id)
-            if peer is None:
+            if peer is None or peer.dropped:  # a peer only dropped from a member list is new
                 peer = self.peers[record.member.node_id] = _Peer(record.member)
             elif peer.dead or peer.last_heard is None:
                 peer.member = record.member  # it may have come back elsewhere
@@ -516,6 +525,11 @@ class Machine:
     def _on_pong(self, message: Message, sender: Member, now: float) -> None:
         if message.role is State.LEADER:
             self._from_leader(message, sender, now, measure=True)
+        elif self.state is State.LEADER and message.leader == self.me.node_id and message.term == self.term:
+            # A follower of this leadership answers a probe: a follower that heard this node's
+            # probes (not its beats) takes them for heartbeats and neither pings nor acks, so
+            # this answer is what makes it a live member again (it then gets beats).
+            self._from_follower(message, sender, now)
         else:
             if message.leader_member is not None and message.leader is not None:
                 self._note_live_leader(message, now)
@@ -755,11 +769,19 @@ class Machine:
         peer.member = member
         peer.last_heard = now
         peer.pinged_since = None
-        peer.dead = peer.departed = False
+        peer.dead = peer.departed = peer.dropped = False
         return peer
 
     def _take_members(self, message: Message, leader: Member, now: float) -> None:
-        """As follower: the leader's member list replaces what this node knew."""
+        """As follower: the leader's member list replaces what this node knew.
+
+        A peer the list drops is kept as a lost peer (dead: no candidate, no member), not
+        forgotten: if this node becomes leader, it probes it (:meth:`_probe_lost_peers`).
+        During a partition each side's list drops the other side; a leader elected there
+        then still pings the other side, and the two meet within an interval of the heal
+        instead of waiting for a DNS-SD record. Peers that stopped cleanly are deleted, and
+        lost peers are forgotten after :data:`FORGET_AFTER`, as a leader forgets them.
+        """
         if message.members is None:
             return
         listed = {leader.node_id}
@@ -772,18 +794,26 @@ class Machine:
                 self.peers[member.node_id] = _Peer(member)
             else:
                 peer.member = member
-                peer.dead = False
-        for node_id in list(self.peers):
-            if node_id not in listed:
+                peer.dead = peer.dropped = False
+                peer.probed_since = None
+        for node_id, peer in list(self.peers.items()):
+            if node_id in listed:
+                continue
+            if not peer.dropped:
+                peer.dead = peer.dropped = True
+                peer.probed_since = now  # lost from now on (the list is newer than its last word)
+            if peer.departed or now - self._silent_since(peer, now) >= FORGET_AFTER:
                 del self.peers[node_id]
         self.members_version = message.members_version
 
     def _merge_candidates(self, members: tuple[Member, ...], sender: Member, now: float) -> None:
-        """Add candidates another node knows of (never revives a peer found dead)."""
+        """Add candidates another node knows of (never revives a peer found dead; one only
+        dropped from a member list is taken as new)."""
         for member in members:
             if member.node_id in (self.me.node_id, sender.node_id) or not member.host:
                 continue
-            if member.node_id not in self.peers:
+            known = self.peers.get(member.node_id)
+            if known is None or known.dropped:
                 peer = self.peers[member.node_id] = _Peer(member)
                 if self.state is State.ELECTING:
                     self._ping_now(peer, now)
@@ -988,8 +1018,9 @@ class Machine:
 
     @staticmethod
     def _silent_since(peer: _Peer, now: float) -> float:
-        """Since when ``peer`` has been silent: its last word, or when it was first probed."""
-        return peer.last_heard if peer.last_heard is not None else peer.probed_since or now
+        """Since when ``peer`` has been silent: its last word, or when it was first probed or
+        dropped from the leader's list, whichever is later."""
+        return max((t for t in (peer.last_heard, peer.probed_since) if t is not None), default=now)
 
     def _measure_round_trip(self, now: float) -> None:
         """As follower: a pong from the leader answers the last ping; keep a smoothed round trip."""

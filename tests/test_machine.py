@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from followtheleader._machine import Machine, Notify, Send, Timing
+from followtheleader._machine import FORGET_AFTER, Machine, Notify, Send, Timing, _Peer
 from followtheleader._model import Event, Member, State
 from followtheleader._wire import Message
 
@@ -394,6 +394,32 @@ def test_partition_heals_into_one_leader_within_about_one_interval() -> None:
     net.run(5.0)
     assert net.agreed() == (leader, term)
     assert_paired(net)
+
+
+def test_peers_dropped_from_the_member_list_are_lost_peers_and_forgotten_in_time() -> None:
+    """A follower keeps the peers its leader's list drops: no candidates, no members, probed
+    if it leads, forgotten after FORGET_AFTER (see test_sim_regressions for the heal)."""
+    net = SimNet()
+    start_group(net, ["a", "b", "c", "d"])
+    assert net.run_until_agreed() == ("d", 1)
+    net.run(1.0)
+    net.partition(["a", "b", "c"], ["d"])
+    net.run(3 * W)
+    assert net.agreed() is None and [n.node_id for n in net.leaders()] == ["c", "d"]
+    a = net.nodes["a"].machine
+    assert a.peers["d"].dead and a.peers["d"].dropped
+    assert [m.node_id for m in a.members(net.now)] == ["c", "b", "a"]
+    net.heal()
+    assert net.run_until_agreed(limit=1.5 * TIMING.interval, step=0.005) == ("c", 2)
+    # A list change forgets a dropped peer silent for FORGET_AFTER.
+    net.stop("d")
+    net.run(W)
+    assert a.peers["d"].dropped and a._best_candidate(net.now) != a.peers["d"].member
+    stale = _Peer(Member("zz", 9, "198.18.0.99", 1), dead=True, dropped=True, probed_since=net.now - FORGET_AFTER)
+    a.peers["zz"] = stale
+    net.stop("b")
+    net.run(W)
+    assert "zz" not in a.peers and "d" in a.peers  # silent for FORGET_AFTER: forgotten
 
 
 @pytest.mark.parametrize("loss", [0.10, 0.20])

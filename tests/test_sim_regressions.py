@@ -182,9 +182,6 @@ def test_resign_hands_over_when_the_resigners_ping_overtakes_its_resign() -> Non
     assert (leader, term) == ("b", 2)
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="a leader that came back as follower is left out of the member list"
-)
 def test_old_leader_back_as_follower_is_a_member_and_a_resign_gives_one_leader() -> None:
     """Simulator seed 81 without quorum, on the machine with leader-driven heartbeats (main's
     9f6f84a; the earlier machine passes this test).
@@ -215,11 +212,6 @@ def test_old_leader_back_as_follower_is_a_member_and_a_resign_gives_one_leader()
     assert net.agreed() == ("n3", 3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="after a heal, rivals elected during the partition do not know each other",
-)
 def test_leaders_elected_during_a_partition_meet_soon_after_the_heal() -> None:
     """Simulator seed 20554 without quorum (8 nodes: a partition, both sides' leaders crash
     during it, then the heal).

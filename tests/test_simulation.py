@@ -27,9 +27,8 @@ CI_SEEDS = {False: range(0, 400), True: range(0, 200)}
 # (tests/test_sim_regressions.py). The rest must pass; these must still fail the same way, so
 # that the list is emptied as the bugs are fixed.
 STALE = "test_resumed_node_does_not_claim_on_a_stale_resign"
-MEMBERS = "test_old_leader_back_as_follower_is_a_member_and_a_resign_gives_one_leader"
 KNOWN_FAILING: dict[bool, dict[int, tuple[str, str]]] = {
-    False: {81: ("one-leader-per-component", MEMBERS), 240: ("one-leader-per-component", STALE)},
+    False: {240: ("one-leader-per-component", STALE)},
     True: {},
 }
 
