@@ -199,6 +199,8 @@ class _Peer:
     dropped: bool = False
     """(As follower) dead only because the leader's member list dropped it: kept to be probed
     if this node leads, and taken as a candidate again from anybody's list."""
+    stands_back_until: float = 0.0
+    """It resigned: no candidate until then, even if it speaks (it stands back that long)."""
     renewed_at: float | None = None
     """(As leader) the greatest lease mark it echoed as this node's follower."""
     echoed_at: float | None = None
@@ -273,6 +275,8 @@ class Machine:
     (:data:`NPM_HOLD` after the announcement); None once published, or when not to be."""
     _last_now: float = 0.0
     """The time of the latest input, so that passed deadlines are not asked for again."""
+    _resumed_until: float = 0.0
+    """After a time jump (this node was paused or starved): no claim before then."""
     _lagging: set[str] = field(default_factory=set)
     """As leader: the followers whose latest echo was of a mark over two intervals old."""
     _live_ids: frozenset[str] = frozenset()
@@ -331,6 +335,11 @@ class Machine:
         elif self.state is not State.STOPPED and now >= self.next_ping_at:
             self.next_ping_at = now + self.timing.interval
             self._send_pings(now)
+        if self.state is State.ELECTING:
+            for peer in self.peers.values():
+                due = self._candidate_retry_due(peer)
+                if due is not None and now >= due:
+                    self._ping(peer, now)
         self._probe_npm(now)
         due = self._npm_serve_due()
         if due is not None and now >= due:
@@ -473,13 +482,14 @@ class Machine:
                 deadlines.append(heard + self.timing.failure_window)
         elif self.state is State.ELECTING:
             # Settle and resign holds matter only until they pass (then the ping timer rules).
-            holds = (self.settle_until, self.resigned_until, self.leader_alive_until)
+            holds = (self.settle_until, self._resumed_until, self.resigned_until, self.leader_alive_until)
             deadlines.extend(t for t in holds if t > self._last_now)
             deadlines.extend(
                 p.pinged_since + self.timing.failure_window
                 for p in self.peers.values()
                 if p.pinged_since is not None and not p.dead
             )
+            deadlines.extend(t for t in map(self._candidate_retry_due, self.peers.values()) if t is not None)
         npm_due = self._npm_probe_due()
         if npm_due is not None:
             deadlines.append(npm_due)
@@ -554,6 +564,11 @@ class Machine:
     def _on_resign(self, message: Message, sender: Member, now: float) -> None:
         peer = self.peers[sender.node_id]
         peer.dead = peer.departed = True
+        # Its next datagram revives it (its ping may even overtake this resign), but it stands
+        # back for a failure window: waiting for its claim would leave the group leaderless.
+        # It counts again an interval before that ends here, so that nobody claims in the
+        # instant it does (its claim may still be on its way).
+        peer.stands_back_until = now + self.timing.failure_window - self.timing.interval
         if self.state is State.LEADER:
             self._refresh_live_members(now)
         if message.members is not None:
@@ -620,12 +635,17 @@ class Machine:
         """A follower says it heard its leader recently: do not claim while that holds.
 
         Like a pre-vote: a node that lost only its own link to a live leader sees the others
-        still hear from it, and keeps out of the way instead of claiming (and flapping).
+        still hear from it, and keeps out of the way instead of claiming (and flapping). The
+        hold lasts until that follower itself gives up on its leader (the failure window after
+        it last heard it): a shorter one ends while the leader may still hold its lease, and a
+        few lost answers would then let a node cut off from a live leader claim.
         """
         known = self.peers.get(message.leader or "")
-        if message.leader_age is None or message.leader == self.me.node_id or (known and known.departed):
+        if message.leader_age is None or message.leader == self.me.node_id:
             return
-        remaining = self.timing.suspect - message.leader_age
+        if known is not None and (known.departed or now < known.stands_back_until):
+            return  # it resigned or stopped: the follower has not heard of it yet
+        remaining = self.timing.failure_window - message.leader_age
         if remaining > 0:
             self.leader_alive_until = max(self.leader_alive_until, now + remaining)
 
@@ -648,7 +668,7 @@ class Machine:
 
     def _claim_if_best(self, now: float) -> None:
         """While electing and settled: claim if this node is the best live candidate."""
-        if now < self.settle_until:
+        if now < self.settle_until or now < self._resumed_until:
             return
         if now < self.leader_alive_until:
             return  # a peer still hears from its leader
@@ -659,7 +679,7 @@ class Machine:
     def _best_candidate(self, now: float) -> Member | None:
         if self.npm is not None and not self.npm.dead:
             return self.npm.member  # it never steps down: nobody of ours claims while it may live
-        candidates = [p.member for p in self.peers.values() if not p.dead]
+        candidates = [p.member for p in self.peers.values() if not p.dead and now >= p.stands_back_until]
         if now >= self.resigned_until:
             candidates.append(self.me)
         return max(candidates, key=lambda m: m.rank, default=None)
@@ -727,6 +747,12 @@ class Machine:
 
     def _expire(self, now: float) -> None:
         """Apply every timeout that has passed, before anything else is decided."""
+        if now - self._last_now > 2 * self.timing.interval:
+            # No input for over two intervals (a node awake has one every interval and a half
+            # at most): this node was paused or starved. What waited in its inbox, and the
+            # timers that ran out meanwhile, are stale: the group may have elected without it.
+            # It claims only after a whole settle window, time to hear of the current leader.
+            self._resumed_until = now + self.timing.settle
         self._last_now = max(self._last_now, now)
         window = self.timing.failure_window
         if self.state is State.LEADER:
@@ -1044,6 +1070,17 @@ class Machine:
         # Our leader sends a heartbeat every interval; ping it only when one is overdue.
         heard = peer.last_heard if peer.last_heard is not None else peer.last_ping
         return max(heard + self.timing.overdue, peer.last_ping + retry)
+
+    def _candidate_retry_due(self, peer: _Peer) -> float | None:
+        """While electing: when to ping again a live candidate whose last ping got no answer.
+
+        As a follower retries its leader (:attr:`Timing.retry`): an answer may be the one that
+        says a peer still hears the leader (:meth:`_note_live_leader`), and with a few
+        datagrams lost a node cut off from a live leader would claim for lack of it.
+        """
+        if peer.dead or peer.pinged_since is None or peer.last_ping is None:
+            return None
+        return peer.last_ping + self.timing.retry
 
     def _sees_majority(self, now: float) -> bool:
         """Quorum mode: this node and the peers heard within the failure window are a majority."""

@@ -1,14 +1,11 @@
 """Plain regression tests for the bugs the fault simulator (``tests/simfuzz.py``) found.
 
 Each test replays, on :class:`simnet.SimNet` with a fixed seed, the shortest schedule of a
-failing seed, and asserts the guarantee the simulator saw broken. Tests of bugs that today's
-machine still has are marked ``xfail(strict=True)``: they pass (and the mark must go) once
-the machine is fixed.
+failing seed, and asserts the guarantee the simulator saw broken. Every one of them failed
+on the machine of the day the simulator found its bug, and passes since its fix.
 """
 
 from __future__ import annotations
-
-import pytest
 
 from followtheleader._model import State
 
@@ -100,9 +97,6 @@ def test_quorum_paused_leader_is_never_outlived_by_a_new_one() -> None:
         assert len(leaders(net)) <= 1, f"at {net.now - 100.0:.3f}: {leaders(net)}"
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="a resumed node claims at once on a stale resign from its inbox"
-)
 def test_resumed_node_does_not_claim_on_a_stale_resign() -> None:
     """Simulator seed 240 (4 nodes; pause of the leader; its successor resigns during the pause).
 
@@ -131,11 +125,6 @@ def test_resumed_node_does_not_claim_on_a_stale_resign() -> None:
     assert len(terms) == len(set(terms)), terms
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a node cut off from the leader claims when its witness's answers are lost",
-)
 def test_cut_link_with_twenty_percent_loss_gives_no_second_leader() -> None:
     """Simulator seed 41 (3 nodes; the link leader-follower cut both ways; 20 % loss).
 
@@ -157,9 +146,6 @@ def test_cut_link_with_twenty_percent_loss_gives_no_second_leader() -> None:
         assert leaders(net) == ["c"], f"at {net.now - 100.0:.2f}: {leaders(net)}"
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="a resigned node's own datagrams revive it as the best candidate"
-)
 def test_resign_hands_over_when_the_resigners_ping_overtakes_its_resign() -> None:
     """Simulator seed 0 (replayed verbosely: no leader for 0.7 s after a resign, then the
     resigned node leads again with term 2).

@@ -24,11 +24,10 @@ CI_SEEDS = {False: range(0, 400), True: range(0, 200)}
 """Seeds per mode (without quorum, with quorum): about 35 + 25 s on this 2-core machine."""
 
 # Seeds that break an invariant on today's machine, each with the regression test of its bug
-# (tests/test_sim_regressions.py). The rest must pass; these must still fail the same way, so
-# that the list is emptied as the bugs are fixed.
-STALE = "test_resumed_node_does_not_claim_on_a_stale_resign"
+# (tests/test_sim_regressions.py): none since the eight bugs found so far were fixed. A seed
+# listed here must still fail the same way, so that the list empties as bugs are fixed.
 KNOWN_FAILING: dict[bool, dict[int, tuple[str, str]]] = {
-    False: {240: ("one-leader-per-component", STALE)},
+    False: {},
     True: {},
 }
 
