@@ -54,8 +54,8 @@ __all__ = ["Machine", "Notify", "NpmPing", "Publish", "Send", "Timing", "npm_mem
 class Timing:
     """The timing parameters, all derived from ``interval`` and ``max_failed_responses``.
 
-    :ivar interval: seconds between two pings.
-    :ivar max_failed: pings without answer after which a peer counts as lost (at least 2).
+    :ivar interval: seconds between two heartbeats (a leader's beats, a candidate's pings).
+    :ivar max_failed: heartbeats missed in a row after which a peer counts as lost (at least 2).
     """
 
     interval: float
@@ -116,8 +116,9 @@ class Timing:
         """A follower whose last ping got no answer pings again this soon (an eighth interval).
 
         A lost datagram then costs one retry, not an interval: the failure window holds
-        ``max_failed`` pings when all goes well, and some eight times as many when datagrams
-        get lost, so a few lost in a row are not taken for a crash.
+        ``max_failed`` beats of the leader when all goes well, and once one is overdue, some
+        eight pings an interval until an answer comes, so a few lost in a row are not taken
+        for a crash.
         """
         return self.interval / 8
 
@@ -260,7 +261,8 @@ class Machine:
     confirmed: bool = True
     """As leader: announced (always, unless quorum mode waits for a majority to follow)."""
     leader_mark: float = 0.0
-    """As follower: the lease mark of the last pong from the leader, echoed in each ping."""
+    """As follower: the greatest lease mark of the leader's beats, pongs and claims, echoed in
+    each ack and ping."""
     npm: _Peer | None = None
     """The npm leader this node knows of (its DNS-SD record was seen), if any."""
     boot: int = 0
@@ -273,6 +275,9 @@ class Machine:
     npm_serve_at: float | None = None
     """As announced leader with ``npm_compat``: when to publish the records npm nodes look for
     (:data:`NPM_HOLD` after the announcement); None once published, or when not to be."""
+    _leader_told: bool = False
+    """As leader: the callbacks were told (a ``leader`` event); not yet for a quorum claim
+    that waits for its majority."""
     _last_now: float = 0.0
     """The time of the latest input, so that passed deadlines are not asked for again."""
     _resumed_until: float = 0.0
@@ -323,10 +328,6 @@ class Machine:
     def tick(self, now: float) -> list[Action]:
         """Timers: failure detection, lease, claims, heartbeats and periodic pings."""
         self._expire(now)
-        if self.state is State.LEADER:
-            # Still leading after _expire: the lease has not lapsed, so this node has been
-            # awake since its last tick; only a tick renews this part of the lease.
-            self.awake_until = now + self.timing.lease
         if self.state is State.ELECTING:
             self._claim_if_best(now)
         if self.state is State.FOLLOWER and self.leader is not None:
@@ -334,6 +335,11 @@ class Machine:
                 self._ping(self._leader_peer(), now)
         elif self.state is not State.STOPPED and now >= self.next_ping_at:
             self.next_ping_at = now + self.timing.interval
+            if self.state is State.LEADER:
+                # Still leading after _expire: the lease has not lapsed, so this node has been
+                # awake all along. Only the tick that sends the beats renews this part of the
+                # lease: the lease argument counts from a renewal that came with heartbeats.
+                self.awake_until = now + self.timing.lease
             self._send_pings(now)
         if self.state is State.ELECTING:
             for peer in self.peers.values():
@@ -820,7 +826,7 @@ class Machine:
                 self.peers[member.node_id] = _Peer(member)
             else:
                 peer.member = member
-                peer.dead = peer.dropped = False
+                peer.dead = peer.dropped = peer.departed = False  # the leader hears from it
                 peer.probed_since = None
         for node_id, peer in list(self.peers.items()):
             if node_id in listed:
@@ -1093,7 +1099,7 @@ class Machine:
         return visible >= self.quorum // 2 + 1
 
     def _renew_lease(self, peer: _Peer, mark: float, now: float) -> None:
-        """As leader: a follower echoed ``mark``, the time this node sent a pong it received."""
+        """As leader: a follower echoed ``mark``, the time this node sent a heartbeat it received."""
         if mark <= 0.0:
             return
         self.lease_until = max(self.lease_until or 0.0, mark + self.timing.lease)
@@ -1135,7 +1141,7 @@ class Machine:
         return False
 
     def _quorum_until(self) -> float | None:
-        """Quorum mode, as leader: when the majority renewed by follower pings runs out."""
+        """Quorum mode, as leader: when the majority renewed by followers' echoes runs out."""
         needed = 0 if self.quorum is None else self.quorum // 2  # followers besides this node
         if needed == 0:
             return None
@@ -1188,7 +1194,7 @@ class Machine:
         if term is None:
             term = self._told_term()
         if self.state is State.LEADER:
-            mark = now  # a follower echoes it back; only that renews the lease
+            mark = now  # a follower echoes it back: the echoed lease (see _lease_end)
         elif self.state is State.FOLLOWER and kind in ("ping", "ack"):
             mark = self.leader_mark
         else:
@@ -1236,13 +1242,17 @@ class Machine:
             self.token = FencingToken(self.term, self.me.priority, self.me.node_id, self.boot)
         elif new is State.FOLLOWER and self.leader is not None:
             self.token = FencingToken(self.term, self.leader.priority, self.leader.node_id, self.leader_boot)
+        # A claim not announced yet (quorum mode waits for a majority) was never told to the
+        # callbacks: to them this node was electing, and leaving it is no reelection.
+        told = State.ELECTING if previous is State.LEADER and not self._leader_told else previous
         kind = {State.LEADER: "leader", State.FOLLOWER: "follower"}.get(new)
-        if kind is None and previous in (State.LEADER, State.FOLLOWER):
+        if kind is None and told in (State.LEADER, State.FOLLOWER):
             kind = "reelection"
         if kind is not None and not quiet:
             leader = self.leader if new in (State.LEADER, State.FOLLOWER) else None
-            event = Event(kind, self.me.node_id, new, previous, self.term, leader, reason, now, None, self.token)
+            event = Event(kind, self.me.node_id, new, told, self.term, leader, reason, now, None, self.token)
             self._actions.append(Notify(event))
+        self._leader_told = new is State.LEADER and (not quiet or (previous is State.LEADER and self._leader_told))
         # The records for npm nodes come later, from tick (see NPM_HOLD).
         announced = new is State.LEADER and self.confirmed and self.npm_compat
         self.npm_serve_at = now + NPM_HOLD if announced else None

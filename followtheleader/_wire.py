@@ -62,7 +62,8 @@ ANYONE = "*"
 an authenticated group it is answered, never taken as proof that its sender lives."""
 
 _MAX_TERM = 2**53
-_MAX_BOOT = 2**63 - 1
+_MAX_BOOT = 10**16 - 1
+"""Microseconds of the wall clock fit 16 digits until the year 2286 (the TXT parser's limit)."""
 _NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _ROLE_BY_NAME = {"leader": State.LEADER, "follower": State.FOLLOWER, "electing": State.ELECTING}
 _ROLE_NAME = {state: name for name, state in _ROLE_BY_NAME.items()}
@@ -80,12 +81,13 @@ class Message:
     :ivar term: for a leader its own term, for a follower its leader's, else the greatest seen.
     :ivar leader: the leader the sender follows or is, or None.
     :ivar leader_member: where that leader can be reached, for peers that do not know it yet.
-    :ivar members_version: version of the sender's member list (pong, claim) or of the one the
-        sender holds (ping).
+    :ivar members_version: from a leader, the version of its member list; from anyone else,
+        the version of the list the sender holds (so that the answer includes the list only
+        when that one is out of date).
     :ivar members: the member list, when included.
-    :ivar lease_mark: from a leader, its clock when it sent this; in a follower's ping, the
-        mark of the last datagram it received from its leader (the leader renews its lease
-        from it). 0 when there is none.
+    :ivar lease_mark: from a leader, its clock when it sent this; in a follower's ack or ping,
+        the greatest mark it received from its leader (the echoed lease runs from it). 0 when
+        there is none.
     :ivar leader_age: in a follower's pong, seconds since it last heard from its leader.
     :ivar boot: the sender's run (see :attr:`FencingToken.boot`); 0 when not sent.
     """

@@ -279,6 +279,8 @@ class _Track:
     seen: int = 0
     leading: bool = False
     last_token: FencingToken | None = None
+    told: State = State.ELECTING
+    """The state the latest event announced (a node starts electing, with no event)."""
 
 
 class Checker:
@@ -292,7 +294,8 @@ class Checker:
     * ``token-unique`` / ``token-increasing``: the fencing tokens of ``leader`` events never
       repeat in the whole run, and increase within each incarnation;
     * ``leader-paired`` and ``is_leader-agrees-with-events``: a ``leader`` event is followed by
-      a demotion before the next one, and ``is_leader`` True means the last event is ``leader``;
+      a demotion before the next one, each event's previous state is the state the event before
+      it announced, and ``is_leader`` True means the last event is ``leader``;
     * ``convergence``: :func:`convergence_bound` after the last fault, one leader per component
       (none in a component without a majority in quorum mode; none when all follow an npm
       leader), followed by all, until the end of the run;
@@ -458,6 +461,9 @@ class Checker:
                 f"{event.time - self.start:9.4f} {node_id}#{boot} {event.kind} term={event.term}"
                 f" leader={leader}{shown} ({event.reason})"
             )
+        if event.previous_state is not track.told:
+            self.fail("leader-paired", f"{node_id}#{boot}: {event.kind} from {event.previous_state}, told {track.told}")
+        track.told = event.state
         if event.kind == "leader":
             if track.leading:
                 self.fail("leader-paired", f"{node_id}#{boot}: a second leader event without a demotion between")

@@ -230,3 +230,49 @@ def test_leaders_elected_during_a_partition_meet_soon_after_the_heal() -> None:
         net.run(0.001)
         if net.now - healed > 1.5 * TIMING.interval:
             assert len(leaders(net)) <= 1, f"{net.now - healed:.3f} s after the heal: {leaders(net)}"
+
+
+def test_a_tick_between_beats_renews_no_lease() -> None:
+    """Found in review: a tick of the leader's between two beats (an npm probe, a wake-up)
+    renewed its lease without sending a heartbeat, so a leader paused right after it read
+    ``is_leader`` True after its followers, who count from its last beat, had elected."""
+    net = SimNet()
+    leader = net.add("a", priority=5)
+    for node_id in ("b", "c"):
+        net.add(node_id)
+    for node_id in ("a", "b", "c"):
+        net.start(node_id)
+    assert net.run_until_agreed() == ("a", 1)
+    net.run(1.0)
+    net.run(leader.machine.next_ping_at - 0.005 - net.now)
+    net._apply(leader, leader.machine.tick(net.now))  # an extra tick, 5 ms before the beat
+    net.pause("a")
+    end = net.now + 2.0
+    while net.now < end:
+        net.run(0.002)
+        leading = [n.node_id for n in net.nodes.values() if n.machine.is_leader(net.now)]
+        assert len(leading) <= 1, f"{leading} at {net.now}"
+
+
+def test_an_unannounced_quorum_claim_ends_without_a_reelection() -> None:
+    """Found in review: a claim that waits for its majority (quorum mode) emits no ``leader``
+    event; resigning before the majority came emitted a ``reelection`` that no ``leader``
+    preceded, and a later ``follower`` event named LEADER as the previous state. Each event's
+    previous state must be the state the event before it announced."""
+    net = SimNet(quorum=3)
+    net.add("a", priority=5)
+    net.add("b")
+    net.start("a")
+    net.start("b")
+    machine = net.nodes["a"].machine
+    net.run(TIMING.settle)
+    while machine.state is not State.LEADER:
+        net.run(0.0005)
+    assert not machine.confirmed  # its claim is on its way to b, whose ack is not back yet
+    net.resign("a")
+    net.run(3.0)
+    for node in net.nodes.values():
+        told = State.ELECTING
+        for event in node.events:
+            assert event.previous_state is told, node.events
+            told = event.state
