@@ -254,8 +254,9 @@ class Machine:
     """As leader: version of the live member list. Otherwise: version of the list held."""
     round_trip: float = 0.0
     """As follower: smoothed round trip of a ping to the leader, in seconds."""
-    leader_alive_until: float = 0.0
-    """While electing: some peer heard from a live leader recently; no claim before then."""
+    heard_alive: dict[str, float] = field(default_factory=dict)
+    """Leaders some peer heard from recently, each with when that stops holding claims back
+    (see :meth:`_note_live_leader` and :meth:`_live_leader_hold`)."""
     claimed_at: float = 0.0
     """As leader: when this node claimed."""
     confirmed: bool = True
@@ -488,7 +489,8 @@ class Machine:
                 deadlines.append(heard + self.timing.failure_window)
         elif self.state is State.ELECTING:
             # Settle and resign holds matter only until they pass (then the ping timer rules).
-            holds = (self.settle_until, self._resumed_until, self.resigned_until, self.leader_alive_until)
+            hold = self._live_leader_hold(self._last_now)
+            holds = (self.settle_until, self._resumed_until, self.resigned_until, hold)
             deadlines.extend(t for t in holds if t > self._last_now)
             deadlines.extend(
                 p.pinged_since + self.timing.failure_window
@@ -652,8 +654,23 @@ class Machine:
         if known is not None and (known.departed or now < known.stands_back_until):
             return  # it resigned or stopped: the follower has not heard of it yet
         remaining = self.timing.failure_window - message.leader_age
-        if remaining > 0:
-            self.leader_alive_until = max(self.leader_alive_until, now + remaining)
+        if remaining > 0 and message.leader is not None:
+            self.heard_alive = {k: t for k, t in self.heard_alive.items() if t > now}
+            until = now + remaining
+            self.heard_alive[message.leader] = max(self.heard_alive.get(message.leader, 0.0), until)
+
+    def _live_leader_hold(self, now: float) -> float:
+        """Until when claims wait for a leader that some peer still hears (0.0: none).
+
+        A hold is for one leader: heard while this node still followed that same leader, it
+        must not outlast the leader's own resign or goodbye (a claim would then wait a
+        failure window for nothing: seen in handovers of 30 nodes)."""
+        hold = 0.0
+        for leader, until in self.heard_alive.items():
+            known = self.peers.get(leader)
+            if until > now and not (known is not None and (known.departed or now < known.stands_back_until)):
+                hold = max(hold, until)
+        return hold
 
     def _hearsay_of_leader(self, leader: Member, term: int, now: float) -> None:
         """A peer names ``leader``: ping it, unless it is known and no better than ours."""
@@ -676,7 +693,7 @@ class Machine:
         """While electing and settled: claim if this node is the best live candidate."""
         if now < self.settle_until or now < self._resumed_until:
             return
-        if now < self.leader_alive_until:
+        if now < self._live_leader_hold(now):
             return  # a peer still hears from its leader
         best = self._best_candidate(now)
         if best is self.me and self._sees_majority(now):
