@@ -8,6 +8,7 @@ lab's ``local`` namespace (see :func:`local`).
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -33,6 +34,15 @@ def lab() -> Iterator[Lab]:
             made.add_host(f"n{index}")
         made.add_host("local")
         yield made
+
+
+@pytest.fixture
+def faults(lab: Lab) -> Iterator[Lab]:
+    """The lab, with every fault rule removed afterwards (skipped without nftables)."""
+    if shutil.which("nft") is None:
+        pytest.skip("fault injection needs nftables (apt-get install nftables)")
+    yield lab
+    lab.set_faults()
 
 
 @pytest.fixture

@@ -182,14 +182,6 @@ def trio(request: Any, lab: Lab) -> ServerSet:
     return _servers(lab, request.param, 3)
 
 
-@pytest.fixture
-def faults(lab: Lab) -> Iterator[Lab]:
-    if shutil.which("nft") is None:
-        pytest.skip("fault injection needs nftables (apt-get install nftables)")
-    yield lab
-    lab.set_faults()
-
-
 def _options(servers: ServerSet, **extra: Any) -> dict[str, Any]:
     return {"coordinator": servers.url, "coordinator_ttl": TTL, **extra}
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,15 +20,6 @@ from netlab import Host, Lab, _ip
 pytestmark = pytest.mark.lab
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-@pytest.fixture
-def faults(lab: Lab) -> Iterator[Lab]:
-    """The lab, with every fault rule removed afterwards."""
-    if shutil.which("nft") is None:
-        pytest.skip("fault injection needs nftables (apt-get install nftables)")
-    yield lab
-    lab.set_faults()
 
 
 def start(cluster: Cluster, hosts: list[Host], count: int, **options: Any) -> Agreement:

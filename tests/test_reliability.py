@@ -7,9 +7,7 @@ nodes' event streams (and asking the leader for its status) until the 5 s are ov
 
 from __future__ import annotations
 
-import shutil
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,15 +16,6 @@ from cluster import Cluster, NodeProcess, check_pairing
 from netlab import Host, Lab
 
 pytestmark = pytest.mark.lab
-
-
-@pytest.fixture
-def faults(lab: Lab) -> Iterator[Lab]:
-    """The lab, with every fault rule removed afterwards."""
-    if shutil.which("nft") is None:
-        pytest.skip("fault injection needs nftables (apt-get install nftables)")
-    yield lab
-    lab.set_faults()
 
 
 def leader_tokens(cluster: Cluster) -> list[tuple[str, str]]:
