@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
+from npm_node import NpmNode, npm_unavailable_reason
 
 from cluster import Cluster
 from netlab import Host, Lab, lab_unavailable_reason
@@ -43,6 +44,18 @@ def faults(lab: Lab) -> Iterator[Lab]:
         pytest.skip("fault injection needs nftables (apt-get install nftables)")
     yield lab
     lab.set_faults()
+
+
+@pytest.fixture
+def npm_nodes() -> Iterator[list[NpmNode]]:
+    """npm package nodes a test starts; all finished afterwards (skipped without node/npm)."""
+    reason = npm_unavailable_reason()
+    if reason:
+        pytest.skip(f"npm interoperability tests need the npm package: {reason}")
+    nodes: list[NpmNode] = []
+    yield nodes
+    for node in nodes:
+        node.finish()
 
 
 @pytest.fixture

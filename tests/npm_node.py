@@ -27,6 +27,11 @@ _install_lock = threading.Lock()
 _install_result: list[str | None] = []
 
 
+def npm_id(host: Host, port: int = 9001) -> str:
+    """The node id our electors give the npm leader on ``host`` (see ``npm_member``)."""
+    return f"npm-{host.address.replace('.', '-')}-{port}"
+
+
 def npm_unavailable_reason() -> str | None:
     """None when npm nodes can run; else why not (no node/npm, or the registry unreachable)."""
     with _install_lock:

@@ -8,11 +8,10 @@ every 5 seconds, so these tests take a while.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from npm_node import NpmNode, npm_unavailable_reason
+from npm_node import NpmNode, npm_id
 
 from cluster import Cluster, check_pairing
 from netlab import Host
@@ -22,21 +21,6 @@ pytestmark = pytest.mark.lab
 BROWSE_WINDOW = 30.0
 """An npm node browses this long at most before it follows or leads."""
 PING_EVERY = 5.0
-
-
-@pytest.fixture
-def npm_nodes() -> Iterator[list[NpmNode]]:
-    reason = npm_unavailable_reason()
-    if reason:
-        pytest.skip(f"npm interoperability tests need the npm package: {reason}")
-    nodes: list[NpmNode] = []
-    yield nodes
-    for node in nodes:
-        node.finish()
-
-
-def npm_id(host: Host, port: int = 9001) -> str:
-    return f"npm-{host.address.replace('.', '-')}-{port}"
 
 
 def follower_events(cluster: Cluster) -> list[dict[str, Any]]:

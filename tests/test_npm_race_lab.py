@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from npm_node import NpmNode, npm_unavailable_reason
+from npm_node import NpmNode, npm_id
 
 from followtheleader._machine import NPM_HOLD
 
@@ -29,21 +28,6 @@ BROWSE_WINDOW = 30.0
 """An npm node browses this long at most before it follows or leads."""
 OFFSETS = (0.0, 0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 1.0)
 """Seconds after the npm node's ``leader`` event at which our nodes start."""
-
-
-@pytest.fixture
-def npm_nodes() -> Iterator[list[NpmNode]]:
-    reason = npm_unavailable_reason()
-    if reason:
-        pytest.skip(f"npm interoperability tests need the npm package: {reason}")
-    nodes: list[NpmNode] = []
-    yield nodes
-    for node in nodes:
-        node.finish()
-
-
-def npm_id(host: Host, port: int = 9001) -> str:
-    return f"npm-{host.address.replace('.', '-')}-{port}"
 
 
 def wait_until(deadline: float) -> None:
