@@ -304,6 +304,44 @@ class Cluster:
             records = [r for p in self.processes for r in p.records if r["kind"] in (*ROLE_KINDS, "killed")]
         return sorted(records, key=lambda r: r["t"])
 
+    def diagnosis(self, status_timeout: float = 3.0) -> str:
+        """What a failed test needs to be understood from its log alone.
+
+        Asks every live elector for its status (counters, members) first, then lists every
+        record of every process on the shared clock (seconds since the first process was
+        spawned), and the last lines each process wrote to stderr (its warnings).
+        """
+
+        def answers(process: NodeProcess) -> int:
+            return sum(r["kind"] == "status" for r in process.records)
+
+        with self.changed:
+            expected = {p: answers(p) + len(p.node_ids) for p in self.processes if p.alive and p.proc.poll() is None}
+        for process in expected:
+            for index in range(len(process.node_ids)):
+                with contextlib.suppress(OSError, ValueError):
+                    process.send(f"status {index}")
+        deadline = time.monotonic() + status_timeout
+        with self.changed:
+            while any(p.alive and answers(p) < n for p, n in expected.items()) and time.monotonic() < deadline:
+                self.changed.wait(max(0.0, deadline - time.monotonic()))
+            records = sorted((r for p in self.processes for r in p.records), key=lambda r: r.get("t", 0.0))
+        origin = min((p.spawned for p in self.processes), default=0.0)
+        lines = [f"group {self.group}: {len(self.processes)} process(es); times in s since the first was spawned"]
+        for process in self.processes:
+            state = "running" if process.proc.poll() is None else f"exit code {process.proc.returncode}"
+            lines.append(f"  {process.host.name} ({process.host.address}) {process.node_ids}: {state}")
+        lines.append("records:")
+        for record in records:
+            fields = {k: v for k, v in record.items() if k not in ("t", "threads", "fds") and v is not None}
+            lines.append(f"  {record.get('t', origin) - origin:9.4f} {json.dumps(fields, sort_keys=True)}")
+        for process in self.processes:
+            tail = process.stderr.splitlines()[-40:]
+            if tail:
+                lines.append(f"stderr of {process.host.name} {process.node_ids} (last {len(tail)} lines):")
+                lines.extend(f"  {line}" for line in tail)
+        return "\n".join(lines)
+
     def leader_overlap(self, since: float = 0.0) -> float:
         """Seconds during which two or more electors held the leader role at once."""
         return leader_overlap(self.all_events(), since)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any, TypeVar
 
 import pytest
@@ -56,6 +56,23 @@ def npm_nodes() -> Iterator[list[NpmNode]]:
     yield nodes
     for node in nodes:
         node.finish()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test that ran node processes gets their whole story in its report: every
+    event of every node on the shared clock, their counters and their warnings, so that one
+    CI log is enough to understand it."""
+    report: pytest.TestReport = yield
+    made = getattr(item, "funcargs", {}).get("cluster")
+    if report.failed and isinstance(made, Cluster):
+        try:
+            report.sections.append(("node processes", made.diagnosis()))
+        except Exception as error:  # noqa: BLE001 - the report must not hide the failure
+            report.sections.append(("node processes", f"no diagnosis: {error!r}"))
+    return report
 
 
 @pytest.fixture

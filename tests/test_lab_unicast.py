@@ -338,12 +338,19 @@ def test_own_ping_replayed_from_elsewhere_is_dropped(lab: Lab, local: Any) -> No
         [sys.executable, script, "own", SECRET, me, "47131"], stdout=subprocess.PIPE, text=True
     )
     try:
-        local(elector.start)
+        assert replayer.stdout is not None
+        assert replayer.stdout.readline().strip() == "listening"
+        local(elector.start)  # its first ping goes to the replayer, during the election
         output, _ = replayer.communicate(timeout=20)
         assert output.strip() == "pong"  # the probe after the replay was answered
         assert elector.counters.get("replayed") == 1, elector.counters
         assert (other, 9001) not in elector._machine.own_addresses
-        assert elector.is_leader  # alone (nobody at the listed address), and unmoved
+        # The replay came during the settle window; the election goes on unmoved: alone
+        # (nobody at the listed address), the node leads.
+        leader = elector.wait_for_leader(5)
+        assert leader is not None and leader.node_id == elector.node_id, leader
+        assert elector.is_leader and elector.term == 1
+        assert (other, 9001) not in elector._machine.own_addresses
     finally:
         assert elector.stop()
 

@@ -2,10 +2,11 @@
 
 python tests/unicast_replay.py GROUP SECRET NODE_HOST NODE_PORT
 
-Listens on UDP 9001 (an address the node lists), takes the first datagram the node sends
-there (its ping to ANYONE), sends that very datagram back to the node, then a fresh ping to
-ANYONE of its own (``prober``), and prints the kind of the first pong for ``prober``: the
-node handles datagrams from one source in order, so by then it has handled the replay.
+Listens on UDP 9001 (an address the node lists) and prints ``listening`` once bound, takes
+the first datagram the node sends there (its ping to ANYONE), sends that very datagram back to
+the node, then a fresh ping to ANYONE of its own (``prober``), and prints the kind of the first
+pong for ``prober``: the node handles datagrams from one source in order, so by then it has
+handled the replay.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ def main() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("", 9001))
         sock.settimeout(10)
+        print("listening", flush=True)
         captured, source = sock.recvfrom(65536)
         sock.sendto(captured, source)  # the node's own ping, back from the address it was sent to
         probe = Message("ping", group, "prober", 0, State.ELECTING, 0)
