@@ -17,6 +17,11 @@ measured with python-zeroconf (see ``docs/how-it-works.rst`` and the design note
 
 Every random draw comes from one :class:`random.Random` (``seed``, or ``rng``), so a run is
 reproduced exactly by the same seed and the same calls.
+
+An optional trace sink (:attr:`SimNet.trace`) sees every input to a machine, every action it
+returns, every datagram with its fate, every queued item and every fault, with the fake
+clock's time: ``tests/simtrace.py`` records them to prove that a refactoring of the machine
+keeps its behaviour. It only observes: a run gives the same events with or without it.
 """
 
 from __future__ import annotations
@@ -133,6 +138,12 @@ class SimNet:
         """With ``mdns``: (subject, observer) -> the record or goodbye waiting for a cut to heal."""
         self.observer: Callable[[], None] | None = None
         """Called after every step of :meth:`run` (the fault simulator checks invariants there)."""
+        self.trace: Callable[..., None] | None = None
+        """If set, called as ``trace(now, what, *details)`` for every input to a machine
+        (``start``, ``stop``, ``resign``, ``pop`` of a queued item, ``tick``, ``held``), every
+        action (``action``, and ``send`` with the encoded datagram, then ``drop`` or ``queue``),
+        every item queued or ``pending`` behind a cut, and every fault (``crash``, ``pause``,
+        ``resume``, ``links``, ...). Used by ``tests/simtrace.py``; it must not change anything."""
 
     # ----------------------------------------------------------------- setup
 
@@ -142,6 +153,8 @@ class SimNet:
         node.incarnations.append(Incarnation(node.machine.boot, self.now, node.events))
         self.nodes[node_id] = node
         self.by_address[address] = node
+        if self.trace is not None:
+            self.trace(self.now, "add", node_id, priority, npm_compat, address)
         return node
 
     def _machine(self, node_id: str, priority: int, npm_compat: bool) -> Machine:
@@ -154,6 +167,8 @@ class SimNet:
     def start(self, node_id: str, discover: bool = True) -> None:
         """Start a node; with ``discover``, it and the running nodes see each other's records."""
         node = self.nodes[node_id]
+        if self.trace is not None:
+            self.trace(self.now, "start", node_id, node.machine.boot, discover)
         self._apply(node, node.machine.start(self.now))
         for address in self.npm_leaders:  # their records stay (npm nodes send no goodbye)
             if node.machine.npm_compat:  # else the elector would not pass them on
@@ -173,6 +188,8 @@ class SimNet:
     def restart(self, node_id: str) -> SimNode:
         """Crash the node if it runs, then start a fresh machine with the same id and a new boot."""
         node = self.nodes[node_id]
+        if self.trace is not None:
+            self.trace(self.now, "restart", node_id)
         if not node.crashed:
             self.crash(node_id)
         old = node.machine
@@ -204,6 +221,8 @@ class SimNet:
     def add_npm_leader(self, address: tuple[str, int] = ("198.18.1.1", 9001)) -> tuple[str, int]:
         """An npm leader appears: alive, and every running node sees its DNS-SD record."""
         self.npm_leaders[address] = True
+        if self.trace is not None:
+            self.trace(self.now, "npm-leader", address)
         for node in self.live():
             if node.machine.npm_compat:
                 self._schedule(self.now + 0.02, node.node_id, ("npm-record", address))
@@ -212,11 +231,15 @@ class SimNet:
     def kill_npm_leader(self, address: tuple[str, int]) -> None:
         """It stops answering (npm nodes send no goodbye)."""
         self.npm_leaders[address] = False
+        if self.trace is not None:
+            self.trace(self.now, "npm-leader-dies", address)
 
     # ----------------------------------------------------------------- faults
 
     def crash(self, node_id: str) -> None:
         node = self.nodes[node_id]
+        if self.trace is not None:
+            self.trace(self.now, "crash", node_id)
         node.crashed = True
         node.incarnations[-1].ended_at = self.now
         if self.mdns:  # nobody announces for it any more, and its own cache is gone
@@ -225,6 +248,8 @@ class SimNet:
                 del self._pending[key]
 
     def pause(self, node_id: str) -> None:
+        if self.trace is not None:
+            self.trace(self.now, "pause", node_id)
         self.nodes[node_id].paused = True
 
     def resume(self, node_id: str) -> None:
@@ -232,16 +257,26 @@ class SimNet:
         node.paused = False
         waiting, node.inbox_while_paused = node.inbox_while_paused, []
         hints, node.hints_while_paused = node.hints_while_paused, []
-        for message, source in waiting:
+        if self.trace is not None:
+            self.trace(self.now, "resume", node_id, len(waiting), len(hints))
+        for index, (message, source) in enumerate(waiting):
+            if self.trace is not None:
+                self.trace(self.now, "held", node_id, "message", index)
             self._apply(node, node.machine.on_message(message, source, self.now))
-        for hint in hints:
+        for index, hint in enumerate(hints):
+            if self.trace is not None:
+                self.trace(self.now, "held", node_id, "hint", index)
             self._apply(node, hint())
+        if self.trace is not None:
+            self.trace(self.now, "tick", node_id)
         self._apply(node, node.machine.tick(self.now))
 
     def partition(self, side_a: list[str], side_b: list[str]) -> None:
         for a in side_a:
             for b in side_b:
                 self.cut.add(frozenset((a, b)))
+        if self.trace is not None:
+            self.trace(self.now, "partition", side_a, side_b)
 
     def heal(self) -> None:
         self.cut.clear()
@@ -253,6 +288,8 @@ class SimNet:
 
     def links_changed(self) -> None:
         """After cuts were removed: records and goodbyes that waited for them cross now."""
+        if self.trace is not None:
+            self.trace(self.now, "links", self.cut, self.one_way_cut, self.link_loss)
         for (subject, observer), item in list(self._pending.items()):
             if not self.blocked(subject, observer):
                 del self._pending[(subject, observer)]
@@ -260,6 +297,8 @@ class SimNet:
 
     def stop(self, node_id: str) -> None:
         node = self.nodes[node_id]
+        if self.trace is not None:
+            self.trace(self.now, "stop", node_id)
         self._apply(node, node.machine.stop(self.now))
         if self.mdns and self.records.pop(node_id, None) is not None:
             for other in self.nodes.values():
@@ -268,6 +307,8 @@ class SimNet:
 
     def resign(self, node_id: str) -> None:
         node = self.nodes[node_id]
+        if self.trace is not None:
+            self.trace(self.now, "resign", node_id)
         self._apply(node, node.machine.resign(self.now))
 
     # ----------------------------------------------------------------- running
@@ -297,11 +338,19 @@ class SimNet:
 
     def _step(self) -> None:
         if self._queue and self._queue[0][0] <= self.now:
-            _, _, node_id, item = heapq.heappop(self._queue)
+            _, seq, node_id, item = heapq.heappop(self._queue)
             node = self.nodes[node_id]
+            kind, payload = cast("tuple[str, Any]", item)
+            if self.trace is not None:
+                if node.crashed:
+                    fate = "crashed"
+                elif not node.paused:
+                    fate = "handled"
+                else:
+                    fate = "held" if kind == "message" or self.mdns else "dropped"
+                self.trace(self.now, "pop", seq, node_id, kind, fate)
             if node.crashed:
                 return
-            kind, payload = cast("tuple[str, Any]", item)
             if kind == "message":
                 message, source = payload
                 if node.paused:
@@ -318,6 +367,8 @@ class SimNet:
         for node in self.nodes.values():
             deadline = node.machine.next_deadline()
             if not node.crashed and not node.paused and deadline is not None and deadline <= self.now:
+                if self.trace is not None:
+                    self.trace(self.now, "tick", node.node_id)
                 self._apply(node, node.machine.tick(self.now))
 
     def _hint(self, node: SimNode, kind: str, payload: object) -> Callable[[], list[Action]]:
@@ -344,6 +395,8 @@ class SimNet:
         # iteration of a set in the machine (which changes with PYTHONHASHSEED).
         sends = sorted((a for a in actions if isinstance(a, Send)), key=lambda a: a.to)
         for action in [*sends, *(a for a in actions if not isinstance(a, Send))]:
+            if self.trace is not None and not isinstance(action, Send):  # a Send is traced by _deliver
+                self.trace(self.now, "action", node.node_id, action)
             if isinstance(action, Notify):
                 node.events.append(action.event)
             elif isinstance(action, Send):
@@ -364,6 +417,8 @@ class SimNet:
         """With ``mdns``: ``observer`` sees ``item`` about ``subject`` after ``delay``, or once the
         cut between them heals (only the latest item waits)."""
         if self.blocked(subject, observer):
+            if self.trace is not None:
+                self.trace(self.now, "pending", subject, observer, item)
             self._pending[(subject, observer)] = item
         else:
             self._schedule(self.now + self.random.uniform(*delay), observer, item)
@@ -371,9 +426,16 @@ class SimNet:
     def _deliver(self, sender: SimNode, send: Send) -> None:
         target = self.by_address.get(send.address)
         self.sent += 1
+        data = encode_message(send.message)
+        if self.trace is not None:
+            self.trace(self.now, "send", sender.node_id, send.to, send.address, data)
         if target is None or frozenset((sender.node_id, target.node_id)) in self.cut:
+            if self.trace is not None:
+                self.trace(self.now, "drop", "nowhere" if target is None else "cut")
             return
         if (sender.node_id, target.node_id) in self.one_way_cut:
+            if self.trace is not None:
+                self.trace(self.now, "drop", "one-way cut")
             return
         loss = self.loss
         link_loss = self.link_loss.get((sender.node_id, target.node_id))
@@ -381,9 +443,11 @@ class SimNet:
             loss = 1.0 - (1.0 - loss) * (1.0 - link_loss)
         if loss and self.random.random() < loss:
             self.lost += 1
+            if self.trace is not None:
+                self.trace(self.now, "drop", "lost")
             return
         # Through the real encoder and decoder, so the simulation checks the wire format too.
-        message = decode_message(encode_message(send.message))
+        message = decode_message(data)
         assert message is not None, send.message
         # As the elector routes them: a ping to ANYONE (an address whose node is not known),
         # or a datagram of the node's own, is answered and never taken as proof of life.
@@ -397,7 +461,10 @@ class SimNet:
             self._schedule(self.now + delay, target.node_id, (kind, (message, sender.address)))
 
     def _schedule(self, at: float, node_id: str, item: object) -> None:
-        heapq.heappush(self._queue, (at, next(self._seq), node_id, item))
+        seq = next(self._seq)
+        if self.trace is not None:
+            self.trace(self.now, "queue", seq, at, node_id, item)
+        heapq.heappush(self._queue, (at, seq, node_id, item))
 
     # ----------------------------------------------------------------- queries
 
