@@ -145,6 +145,11 @@ class SimNet:
         every item queued or ``pending`` behind a cut, and every fault (``crash``, ``pause``,
         ``resume``, ``links``, ...). Used by ``tests/simtrace.py``; it must not change anything."""
 
+    def _note(self, what: str, *details: Any) -> None:
+        """Tell the trace sink, if there is one, what happens now."""
+        if self.trace is not None:
+            self.trace(self.now, what, *details)
+
     # ----------------------------------------------------------------- setup
 
     def add(self, node_id: str, priority: int = 0, npm_compat: bool = True) -> SimNode:
@@ -153,8 +158,7 @@ class SimNet:
         node.incarnations.append(Incarnation(node.machine.boot, self.now, node.events))
         self.nodes[node_id] = node
         self.by_address[address] = node
-        if self.trace is not None:
-            self.trace(self.now, "add", node_id, priority, npm_compat, address)
+        self._note("add", node_id, priority, npm_compat, address)
         return node
 
     def _machine(self, node_id: str, priority: int, npm_compat: bool) -> Machine:
@@ -167,8 +171,7 @@ class SimNet:
     def start(self, node_id: str, discover: bool = True) -> None:
         """Start a node; with ``discover``, it and the running nodes see each other's records."""
         node = self.nodes[node_id]
-        if self.trace is not None:
-            self.trace(self.now, "start", node_id, node.machine.boot, discover)
+        self._note("start", node_id, node.machine.boot, discover)
         self._apply(node, node.machine.start(self.now))
         for address in self.npm_leaders:  # their records stay (npm nodes send no goodbye)
             if node.machine.npm_compat:  # else the elector would not pass them on
@@ -188,8 +191,7 @@ class SimNet:
     def restart(self, node_id: str) -> SimNode:
         """Crash the node if it runs, then start a fresh machine with the same id and a new boot."""
         node = self.nodes[node_id]
-        if self.trace is not None:
-            self.trace(self.now, "restart", node_id)
+        self._note("restart", node_id)
         if not node.crashed:
             self.crash(node_id)
         old = node.machine
@@ -221,8 +223,7 @@ class SimNet:
     def add_npm_leader(self, address: tuple[str, int] = ("198.18.1.1", 9001)) -> tuple[str, int]:
         """An npm leader appears: alive, and every running node sees its DNS-SD record."""
         self.npm_leaders[address] = True
-        if self.trace is not None:
-            self.trace(self.now, "npm-leader", address)
+        self._note("npm-leader", address)
         for node in self.live():
             if node.machine.npm_compat:
                 self._schedule(self.now + 0.02, node.node_id, ("npm-record", address))
@@ -231,15 +232,13 @@ class SimNet:
     def kill_npm_leader(self, address: tuple[str, int]) -> None:
         """It stops answering (npm nodes send no goodbye)."""
         self.npm_leaders[address] = False
-        if self.trace is not None:
-            self.trace(self.now, "npm-leader-dies", address)
+        self._note("npm-leader-dies", address)
 
     # ----------------------------------------------------------------- faults
 
     def crash(self, node_id: str) -> None:
         node = self.nodes[node_id]
-        if self.trace is not None:
-            self.trace(self.now, "crash", node_id)
+        self._note("crash", node_id)
         node.crashed = True
         node.incarnations[-1].ended_at = self.now
         if self.mdns:  # nobody announces for it any more, and its own cache is gone
@@ -248,8 +247,7 @@ class SimNet:
                 del self._pending[key]
 
     def pause(self, node_id: str) -> None:
-        if self.trace is not None:
-            self.trace(self.now, "pause", node_id)
+        self._note("pause", node_id)
         self.nodes[node_id].paused = True
 
     def resume(self, node_id: str) -> None:
@@ -257,26 +255,21 @@ class SimNet:
         node.paused = False
         waiting, node.inbox_while_paused = node.inbox_while_paused, []
         hints, node.hints_while_paused = node.hints_while_paused, []
-        if self.trace is not None:
-            self.trace(self.now, "resume", node_id, len(waiting), len(hints))
+        self._note("resume", node_id, len(waiting), len(hints))
         for index, (message, source) in enumerate(waiting):
-            if self.trace is not None:
-                self.trace(self.now, "held", node_id, "message", index)
+            self._note("held", node_id, "message", index)
             self._apply(node, node.machine.on_message(message, source, self.now))
         for index, hint in enumerate(hints):
-            if self.trace is not None:
-                self.trace(self.now, "held", node_id, "hint", index)
+            self._note("held", node_id, "hint", index)
             self._apply(node, hint())
-        if self.trace is not None:
-            self.trace(self.now, "tick", node_id)
+        self._note("tick", node_id)
         self._apply(node, node.machine.tick(self.now))
 
     def partition(self, side_a: list[str], side_b: list[str]) -> None:
         for a in side_a:
             for b in side_b:
                 self.cut.add(frozenset((a, b)))
-        if self.trace is not None:
-            self.trace(self.now, "partition", side_a, side_b)
+        self._note("partition", side_a, side_b)
 
     def heal(self) -> None:
         self.cut.clear()
@@ -288,8 +281,7 @@ class SimNet:
 
     def links_changed(self) -> None:
         """After cuts were removed: records and goodbyes that waited for them cross now."""
-        if self.trace is not None:
-            self.trace(self.now, "links", self.cut, self.one_way_cut, self.link_loss)
+        self._note("links", self.cut, self.one_way_cut, self.link_loss)
         for (subject, observer), item in list(self._pending.items()):
             if not self.blocked(subject, observer):
                 del self._pending[(subject, observer)]
@@ -297,8 +289,7 @@ class SimNet:
 
     def stop(self, node_id: str) -> None:
         node = self.nodes[node_id]
-        if self.trace is not None:
-            self.trace(self.now, "stop", node_id)
+        self._note("stop", node_id)
         self._apply(node, node.machine.stop(self.now))
         if self.mdns and self.records.pop(node_id, None) is not None:
             for other in self.nodes.values():
@@ -307,8 +298,7 @@ class SimNet:
 
     def resign(self, node_id: str) -> None:
         node = self.nodes[node_id]
-        if self.trace is not None:
-            self.trace(self.now, "resign", node_id)
+        self._note("resign", node_id)
         self._apply(node, node.machine.resign(self.now))
 
     # ----------------------------------------------------------------- running
@@ -348,7 +338,7 @@ class SimNet:
                     fate = "handled"
                 else:
                     fate = "held" if kind == "message" or self.mdns else "dropped"
-                self.trace(self.now, "pop", seq, node_id, kind, fate)
+                self._note("pop", seq, node_id, kind, fate)
             if node.crashed:
                 return
             if kind == "message":
@@ -367,8 +357,7 @@ class SimNet:
         for node in self.nodes.values():
             deadline = node.machine.next_deadline()
             if not node.crashed and not node.paused and deadline is not None and deadline <= self.now:
-                if self.trace is not None:
-                    self.trace(self.now, "tick", node.node_id)
+                self._note("tick", node.node_id)
                 self._apply(node, node.machine.tick(self.now))
 
     def _hint(self, node: SimNode, kind: str, payload: object) -> Callable[[], list[Action]]:
@@ -395,8 +384,8 @@ class SimNet:
         # iteration of a set in the machine (which changes with PYTHONHASHSEED).
         sends = sorted((a for a in actions if isinstance(a, Send)), key=lambda a: a.to)
         for action in [*sends, *(a for a in actions if not isinstance(a, Send))]:
-            if self.trace is not None and not isinstance(action, Send):  # a Send is traced by _deliver
-                self.trace(self.now, "action", node.node_id, action)
+            if not isinstance(action, Send):  # a Send is traced by _deliver
+                self._note("action", node.node_id, action)
             if isinstance(action, Notify):
                 node.events.append(action.event)
             elif isinstance(action, Send):
@@ -417,8 +406,7 @@ class SimNet:
         """With ``mdns``: ``observer`` sees ``item`` about ``subject`` after ``delay``, or once the
         cut between them heals (only the latest item waits)."""
         if self.blocked(subject, observer):
-            if self.trace is not None:
-                self.trace(self.now, "pending", subject, observer, item)
+            self._note("pending", subject, observer, item)
             self._pending[(subject, observer)] = item
         else:
             self._schedule(self.now + self.random.uniform(*delay), observer, item)
@@ -427,15 +415,12 @@ class SimNet:
         target = self.by_address.get(send.address)
         self.sent += 1
         data = encode_message(send.message)
-        if self.trace is not None:
-            self.trace(self.now, "send", sender.node_id, send.to, send.address, data)
+        self._note("send", sender.node_id, send.to, send.address, data)
         if target is None or frozenset((sender.node_id, target.node_id)) in self.cut:
-            if self.trace is not None:
-                self.trace(self.now, "drop", "nowhere" if target is None else "cut")
+            self._note("drop", "nowhere" if target is None else "cut")
             return
         if (sender.node_id, target.node_id) in self.one_way_cut:
-            if self.trace is not None:
-                self.trace(self.now, "drop", "one-way cut")
+            self._note("drop", "one-way cut")
             return
         loss = self.loss
         link_loss = self.link_loss.get((sender.node_id, target.node_id))
@@ -443,8 +428,7 @@ class SimNet:
             loss = 1.0 - (1.0 - loss) * (1.0 - link_loss)
         if loss and self.random.random() < loss:
             self.lost += 1
-            if self.trace is not None:
-                self.trace(self.now, "drop", "lost")
+            self._note("drop", "lost")
             return
         # Through the real encoder and decoder, so the simulation checks the wire format too.
         message = decode_message(data)
@@ -462,8 +446,7 @@ class SimNet:
 
     def _schedule(self, at: float, node_id: str, item: object) -> None:
         seq = next(self._seq)
-        if self.trace is not None:
-            self.trace(self.now, "queue", seq, at, node_id, item)
+        self._note("queue", seq, at, node_id, item)
         heapq.heappush(self._queue, (at, seq, node_id, item))
 
     # ----------------------------------------------------------------- queries
