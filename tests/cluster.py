@@ -226,7 +226,13 @@ class Cluster:
         return {node: role for node, role in roles.items() if node not in self.stopped}
 
     def agreement_locked(self) -> Agreement | None:
-        """The leader all live electors agree on, or None (call with ``changed`` held)."""
+        """The leader all live electors agree on, or None (call with ``changed`` held).
+
+        None while a live process has not created its electors yet: they are electors of the
+        group too, and a process spawned last may start well after the first has led alone.
+        """
+        if any(p.alive and not p.node_ids for p in self.processes):
+            return None
         roles = self.roles_locked()
         if not roles:
             return None
