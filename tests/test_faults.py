@@ -98,8 +98,9 @@ def test_garbage_on_every_port_and_malformed_records_are_ignored(cluster: Cluste
     result = hosts[5].run([sys.executable, script, cluster.group, json.dumps(targets)], timeout=60)
     assert "sent" in result.stdout, result.stdout + result.stderr
     for process in cluster.processes:
-        found = cluster.wait_counter(process, "bad-datagram", 20)
-        assert found["counters"].get("bad-txt", 0) >= 1, found["counters"]
+        cluster.wait_counter(process, "bad-datagram", 20)
+        # The records are handled on zeroconf's threads, not in the order of the datagrams.
+        found = cluster.wait_counter(process, "bad-txt", 1)
         assert (found["leader"], found["term"]) == (first.leader, first.term)
     assert all(len(p.events()) == 1 for p in cluster.processes)
 

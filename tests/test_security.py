@@ -166,8 +166,9 @@ def test_rogue_nodes_and_forged_claims_change_nothing(lab: Lab, cluster: Cluster
         GROUP[0] = cluster.group
         forge(hosts[5], [(host.address, 9001) for host in hosts[:3]])
         for process in secure:
-            found = cluster.wait_counter(process, "unauthenticated", 8)
-            assert found["counters"].get("unauthenticated-record", 0) >= 1, found["counters"]
+            cluster.wait_counter(process, "unauthenticated", 8)
+            # The rogues' records come on zeroconf's threads, whenever their announcements do.
+            found = cluster.wait_counter(process, "unauthenticated-record", 1)
             assert (found["leader"], found["term"]) == ("s-c", 1)
             assert sorted(found["members"]) == ["s-a", "s-b", "s-c"]
             assert len(process.events()) == 1  # the one role event of the election, nothing since
