@@ -592,8 +592,18 @@ def test_zookeeper_digest_authentication_keeps_other_clients_out(cluster: Cluste
     servers = _servers(lab, "zookeeper", 1)
     scheme, _, rest = servers.url.partition("://")
     private = f"{scheme}://ftl:s3cret@{rest.split('/')[0]}/private{os.urandom(3).hex()}"
-    for i, host in enumerate(hosts[:2]):
-        cluster.spawn(host, node_ids=[f"c{i}"], options={"coordinator": private, "coordinator_ttl": TTL, "priority": i})
+    processes = [
+        cluster.spawn(
+            host,
+            wait_go=True,
+            node_ids=[f"c{i}"],
+            options={"coordinator": private, "coordinator_ttl": TTL, "priority": i},
+        )
+        for i, host in enumerate(hosts[:2])
+    ]
+    cluster.wait_ready()  # started at once: the best-ranked one leads (not whichever imported first)
+    for process in processes:
+        process.send("go")
     agreed = cluster.wait_agreement(timeout=20)
     assert agreed.leader == "c1"
     argv = [sys.executable, "-m", "followtheleader", "status", cluster.group, "--coordinator"]
