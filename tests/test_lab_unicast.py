@@ -315,6 +315,8 @@ def test_cli_elect_and_status_with_peers(no_multicast: Lab, cluster: Cluster, ho
     try:
         first = json.loads(lines.get(timeout=15))
         assert (first["event"], first["leader"]["node_id"]) == ("follower", "node-1"), first
+        # The probe gets the leader's member list: it counts a-cli once a-cli's first ack arrived.
+        cluster.wait_members(cluster.process_of("node-1"), ["a-cli", "node-0", "node-1"])
         result = hosts[5].run(cli("status", cluster.group, "--peers", f"{hosts[2].address}", "--json"), timeout=30)
         (view,) = json.loads(result.stdout)["groups"]
         assert view["confirmed"] and view["leader"]["node_id"] == "node-1" and view["term"] == 1, result.stdout
