@@ -152,7 +152,7 @@ def test_leader_link_down_and_up(lab: Lab, cluster: Cluster, hosts: list[Host]) 
 
 def test_no_multicast_route_still_works(lab: Lab, cluster: Cluster) -> None:
     """python-zeroconf sends on each interface explicitly, so a missing multicast route is harmless."""
-    bare = [lab.add_host(f"nr{i}{os.urandom(1).hex()[:1]}") for i in range(2)]
+    bare = [lab.add_host(f"nr{i}{os.urandom(2).hex()[:3]}") for i in range(2)]  # unique in a session
     for host in bare:
         _ip("-n", host.ns, "route", "del", "224.0.0.0/4")
     for host in bare:
