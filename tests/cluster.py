@@ -226,7 +226,13 @@ class Cluster:
         return {node: role for node, role in roles.items() if node not in self.stopped}
 
     def agreement_locked(self) -> Agreement | None:
-        """The leader all live electors agree on, or None (call with ``changed`` held)."""
+        """The leader all live electors agree on, or None (call with ``changed`` held).
+
+        None while a live process has not created its electors yet: they are electors of the
+        group too, and a process spawned last may start well after the first has led alone.
+        """
+        if any(p.alive and not p.node_ids for p in self.processes):
+            return None
         roles = self.roles_locked()
         if not roles:
             return None
@@ -277,6 +283,19 @@ class Cluster:
         while sorted(found := self.status(process)["members"]) != sorted(expected):
             if time.monotonic() > deadline:
                 raise AssertionError(f"members of {process.node_ids}: {found}, expected {expected}")
+
+    def wait_stopped(self, process: NodeProcess, index: int = 0, timeout: float = 10.0) -> dict[str, Any]:
+        """Wait for the ``stopped`` record of elector ``index`` (after a ``stop`` command).
+
+        stop() returns once the callback thread has delivered every event, so by then the
+        stopped elector's own ``reelection`` is among the records too: a wait for the others
+        to agree does not cover it (a stopping elector no longer counts for agreement).
+        """
+        return self.wait(  # type: ignore[no-any-return]
+            lambda: next((r for r in process.records if r["kind"] == "stopped" and r.get("i") == index), None),
+            timeout,
+            f"stop() of elector {index} of {process.node_ids} to return",
+        )
 
     def wait_quiet(self, seconds: float) -> list[dict[str, Any]]:
         """Wait ``seconds`` for any new role event; return the ones that came (none expected)."""

@@ -431,8 +431,9 @@ def test_status_of_a_group_without_leader_exits_1(lab: Lab) -> None:
 def test_status_after_the_leader_stopped_names_the_new_leader(lab: Lab, watch: Watch) -> None:
     group = unique_group()
     first = watch.spawn(lab.hosts["n0"], ["elect", group, "--node-id", "z-gone", "--json"], "z-gone")
-    second = watch.spawn(lab.hosts["n1"], ["elect", group, "--node-id", "a-next", "--json"], "a-next")
     first.record("to lead", event="leader")
+    # Only now: started at once, a-next could claim before z-gone's process is up.
+    second = watch.spawn(lab.hosts["n1"], ["elect", group, "--node-id", "a-next", "--json"], "a-next")
     second.record("to follow", event="follower")
     first.popen.send_signal(signal.SIGTERM)
     assert first.exit_code() == 0

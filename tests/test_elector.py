@@ -242,7 +242,6 @@ def test_join_times_out_while_running(local: Local) -> None:
 
 def test_atexit_hands_leadership_over(lab, cluster) -> None:  # type: ignore[no-untyped-def]
     """A process that exits without stop() still resigns (guarantee 6)."""
-    follower = cluster.spawn(lab.hosts["n1"], node_ids=["a-follower"])
     script = (
         "import sys, followtheleader as f\n"
         f"e = f.elect({cluster.group!r}, node_id='z-leader').start()\n"
@@ -255,6 +254,8 @@ def test_atexit_hands_leadership_over(lab, cluster) -> None:  # type: ignore[no-
     )
     try:
         assert leader.stdout.readline().strip() == "True"
+        # Only now: started at once, the follower could claim before the leader's process is up.
+        follower = cluster.spawn(lab.hosts["n1"], node_ids=["a-follower"])
         cluster.wait(lambda: any(e["kind"] == "follower" for e in follower.events()), TIMEOUT, "follower")
         leader.stdin.close()  # the script returns: interpreter exit runs atexit
         assert leader.wait(TIMEOUT) == 0

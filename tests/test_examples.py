@@ -298,7 +298,10 @@ def run_one_per_host(
     check_takeover(apps, leader, successor, handed_over=stop == signal.SIGTERM)
     with apps.changed:
         nodes = {node.app: node for node in apps.live()}
-    for app in others:
+    for index, app in enumerate(others):
+        # The remaining copies agree first: one just handed over to is electing for a moment,
+        # and an elector stopped while electing logs no "reelection (stopped)".
+        apps.wait_agreement(len(others) - index)
         check_stopped_cleanly(apps, app, nodes[app])
 
 

@@ -98,8 +98,9 @@ def test_garbage_on_every_port_and_malformed_records_are_ignored(cluster: Cluste
     result = hosts[5].run([sys.executable, script, cluster.group, json.dumps(targets)], timeout=60)
     assert "sent" in result.stdout, result.stdout + result.stderr
     for process in cluster.processes:
-        found = cluster.wait_counter(process, "bad-datagram", 20)
-        assert found["counters"].get("bad-txt", 0) >= 1, found["counters"]
+        cluster.wait_counter(process, "bad-datagram", 20)
+        # The records are handled on zeroconf's threads, not in the order of the datagrams.
+        found = cluster.wait_counter(process, "bad-txt", 1)
         assert (found["leader"], found["term"]) == (first.leader, first.term)
     assert all(len(p.events()) == 1 for p in cluster.processes)
 
@@ -151,7 +152,7 @@ def test_leader_link_down_and_up(lab: Lab, cluster: Cluster, hosts: list[Host]) 
 
 def test_no_multicast_route_still_works(lab: Lab, cluster: Cluster) -> None:
     """python-zeroconf sends on each interface explicitly, so a missing multicast route is harmless."""
-    bare = [lab.add_host(f"nr{i}{os.urandom(1).hex()[:1]}") for i in range(2)]
+    bare = [lab.add_host(f"nr{i}{os.urandom(2).hex()[:3]}") for i in range(2)]  # unique in a session
     for host in bare:
         _ip("-n", host.ns, "route", "del", "224.0.0.0/4")
     for host in bare:

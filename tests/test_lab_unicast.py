@@ -115,6 +115,7 @@ def test_sigkill_failover_and_stop_handover(
     assert third.time - stopped_at < 0.3, third.time - stopped_at  # through the resign message
     reasons = {e["reason"] for e in cluster.all_events() if e["kind"] == "reelection" and e["t"] > stopped_at}
     assert reasons <= {"leader resigned", "stopped"}, reasons
+    cluster.wait_stopped(leader)  # its own demotion is read by then: without it, it would seem to lead on
     assert cluster.leader_overlap() == 0
     check_pairing(cluster.all_events())
 
@@ -220,9 +221,11 @@ def test_mixed_group_of_listed_and_mdns_nodes(lab: Lab, cluster: Cluster, hosts:
     killed_at = cluster.process_of("node-3").kill()
     second = cluster.wait_agreement(other_than="node-3", after_term=1)
     assert second.leader == "node-2" and second.time - killed_at < 1.5
-    cluster.process_of("node-2").send("stop 0")
+    stopped = cluster.process_of("node-2")
+    stopped.send("stop 0")
     third = cluster.wait_agreement(other_than="node-2", after_term=2)
     assert third.leader == "node-1"  # an mDNS node leads the listed ones now
+    cluster.wait_stopped(stopped)  # its own demotion is read by then: without it, it would seem to lead on
     assert cluster.leader_overlap() == 0
 
 
@@ -312,6 +315,8 @@ def test_cli_elect_and_status_with_peers(no_multicast: Lab, cluster: Cluster, ho
     try:
         first = json.loads(lines.get(timeout=15))
         assert (first["event"], first["leader"]["node_id"]) == ("follower", "node-1"), first
+        # The probe gets the leader's member list: it counts a-cli once a-cli's first ack arrived.
+        cluster.wait_members(cluster.process_of("node-1"), ["a-cli", "node-0", "node-1"])
         result = hosts[5].run(cli("status", cluster.group, "--peers", f"{hosts[2].address}", "--json"), timeout=30)
         (view,) = json.loads(result.stdout)["groups"]
         assert view["confirmed"] and view["leader"]["node_id"] == "node-1" and view["term"] == 1, result.stdout
