@@ -82,6 +82,10 @@ def one_round(lab: Lab, hosts: list, options: dict) -> dict[str, float]:
             if r["kind"] == "leader" and r["node"] == third.leader and r["term"] == third.term
         )
         handover = successor - stopping
+        # The stopped leader's own demotion may be read after the others agreed; its runner
+        # prints "stopped" once stop() returned, every event delivered: only then is the
+        # overlap read from complete event streams.
+        cluster.wait(lambda: any(r["kind"] == "stopped" for r in leader_process.records), 30, "stop() to return")
         overlap = cluster.leader_overlap(since=t_go)
         return {"cold": cold, "failover": failover, "handover": handover, "overlap": overlap}
     finally:
