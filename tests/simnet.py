@@ -190,6 +190,8 @@ class SimNet:
         self.nodes[node_id] = node
         self.by_address[address] = node
         self._note("add", node_id, priority, npm_compat, address)
+        if unicast:  # noted apart, so that the trace of a run without unicast nodes stays as it was
+            self._note("unicast", node_id, node.peer_list)
         return node
 
     def _machine(self, node_id: str, priority: int, npm_compat: bool) -> Machine:
@@ -207,8 +209,9 @@ class SimNet:
         self._apply(node, node.machine.start(self.now))
         if node.unicast:
             if discover:
-                listed = node.peer_list or tuple(n.address for n in self.nodes.values())
-                self._apply(node, node.machine.on_addresses(frozenset(listed), self.now))
+                listed = frozenset(node.peer_list or (n.address for n in self.nodes.values()))
+                self._note("addresses", node_id, listed)
+                self._apply(node, node.machine.on_addresses(listed, self.now))
             return
         for address in self.npm_leaders:  # their records stay (npm nodes send no goodbye)
             if node.machine.npm_compat:  # else the elector would not pass them on
@@ -423,8 +426,9 @@ class SimNet:
     def _apply(self, node: SimNode, actions: list[Action]) -> None:
         # The datagrams of one step go out sorted by receiver (keeping their order per
         # receiver), so that the random delays drawn for them do not depend on the order of
-        # iteration of a set in the machine (which changes with PYTHONHASHSEED).
-        sends = sorted((a for a in actions if isinstance(a, Send)), key=lambda a: a.to)
+        # iteration of a set in the machine (which changes with PYTHONHASHSEED): by node id,
+        # then address (the pings to ANYONE of one step go to as many listed addresses).
+        sends = sorted((a for a in actions if isinstance(a, Send)), key=lambda a: (a.to, a.address))
         for action in [*sends, *(a for a in actions if not isinstance(a, Send))]:
             if not isinstance(action, Send):  # a Send is traced by _deliver
                 self._note("action", node.node_id, action)
