@@ -513,8 +513,9 @@ class Elector:
             self._warn("replayed", "dropped a datagram in this node's name from %s:%s", *source)
             return None
         if message.sender == self.node_id or (stamp is not None and stamp.to == ANYONE):
-            # A ping to whoever is at an address (unicast mode), or one of this node's own:
-            # answered, never taken as proof of life (a copy may be replayed to any node).
+            # A ping to whoever is at an address (unicast mode, stamped ANYONE: only in an
+            # authenticated group), or one of this node's own: answered, never taken as proof
+            # of life (a copy may be replayed to any node).
             return functools.partial(self._machine.on_address_ping, message, source)
         return functools.partial(self._machine.on_message, message, source)
 

@@ -942,8 +942,10 @@ class Machine:
     # A peer list or DNS name gives addresses, not node ids. A candidate or leader pings every
     # listed address where no live peer is known, on the lost-peer probing schedule, addressed
     # to ANYONE; whoever is there answers with a pong that names it, and from then on it is an
-    # ordinary peer. A ping addressed to ANYONE is never proof of life (in an authenticated
-    # group a copy of it may be replayed to any node): it only gets a pong back.
+    # ordinary peer. In an authenticated group a ping addressed to ANYONE is never proof of
+    # life (a copy of it may be replayed to any node): the elector hands it to
+    # on_address_ping, which only answers it. Without a secret it carries no stamp, nothing
+    # tells it from a ping to the node itself, and it comes to on_message like any other.
 
     def on_addresses(self, addresses: Iterable[tuple[str, int]], now: float) -> list[Action]:
         """Unicast mode: nodes of the group may be at these addresses (the whole current list).

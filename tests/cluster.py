@@ -362,7 +362,24 @@ class Cluster:
         return "\n".join(lines)
 
     def leader_overlap(self, since: float = 0.0) -> float:
-        """Seconds during which two or more electors held the leader role at once."""
+        """Seconds during which two or more electors held the leader role at once.
+
+        Waits first until every elector told to ``stop`` has returned from ``stop()``. Its own
+        demotion is printed by its callback thread while ``stop()`` still closes its sockets,
+        and may be read after its successor's events: the others agree on the successor
+        without it (a stopping elector no longer counts), and without it the stopped leader
+        would seem to lead on beside its successor.
+        """
+
+        def every_stop_returned() -> bool:
+            for process in self.processes:
+                kinds = [(r["kind"], r.get("i")) for r in process.records]
+                stopping = {i for kind, i in kinds if kind == "stopping"}
+                if process.alive and not stopping <= {i for kind, i in kinds if kind == "stopped"}:
+                    return False
+            return True
+
+        self.wait(every_stop_returned, 15, "every stopped elector's stop() to return")
         return leader_overlap(self.all_events(), since)
 
     def finish(self) -> list[dict[str, Any]]:

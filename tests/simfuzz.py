@@ -2,21 +2,25 @@
 
 In the manner of FoundationDB's simulation and TigerBeetle's VOPR: a seed gives a random
 schedule (a group of 2 to 9 nodes, with or without quorum mode, priorities, sometimes an npm
-leader, and a list of faults: crashes, restarts, pauses, clean stops, resigns, partitions,
-cut links, one-way cuts and loss), :class:`Run` plays it on :class:`simnet.SimNet` (with
-random delay, reordering and duplication of datagrams), and :class:`Checker` asserts the
-invariants after every step of the simulation. A failing seed is shrunk (delta debugging
-over its list of faults) to a shorter schedule that still breaks the same invariant.
+leader, sometimes a mixed group where some nodes or all find their peers from a list of
+every node's address instead of mDNS, with or without a secret, and a list of faults:
+crashes, restarts, pauses, clean stops, resigns, partitions, cut links, one-way cuts and
+loss), :class:`Run` plays it on :class:`simnet.SimNet` (with random delay, reordering and
+duplication of datagrams), and :class:`Checker` asserts the invariants after every step of
+the simulation. A failing seed is shrunk (delta debugging over its list of faults) to a
+shorter schedule that still breaks the same invariant.
 
 Everything is drawn from one ``random.Random(seed)``: the schedule from a generator seeded
 by its first draw, the network from one seeded by its second, so that a shrunk schedule
-keeps the network's randomness of its seed. ``python benchmarks/simulate.py --seed N``
-replays a seed verbosely, ``--keep 0,3`` keeps only those faults of it.
+keeps the network's randomness of its seed; whether the group is mixed, from one seeded by
+its third (so that the schedules of mDNS groups are those drawn before mixed groups were).
+``python benchmarks/simulate.py --seed N`` replays a seed verbosely, ``--keep 0,3`` keeps
+only those faults of it.
 
 The simulator talks to the machines only through their public inputs (start, stop, resign,
-tick, on_message, on_discovered, on_goodbye, on_npm_record, on_npm_pong), their queries
-(is_leader, state, leader, term, next_deadline) and the actions they return; it knows
-nothing of the message kinds.
+tick, on_message, on_discovered, on_goodbye, on_npm_record, on_npm_pong, on_addresses,
+on_address_ping), their queries (is_leader, state, leader, term, next_deadline) and the
+actions they return; it knows nothing of the message kinds.
 
 The windows of the invariants come from ``docs/guarantees.rst``; each is a named constant or
 function below, with the sentence it rests on.
@@ -97,6 +101,12 @@ STABLE_FOR = 2.0
 START_SPREAD = 0.3
 """The nodes of a schedule start at random within this many seconds."""
 
+MIXED_SHARE = 0.35
+"""This share of the seeds draws a mixed group: some nodes (at least one, maybe all) list
+every node's address (the ``peers`` option) instead of using mDNS; half of those groups have
+a secret. Such a group gets no npm leader (npm nodes are found by mDNS only, and not by
+nodes with a secret)."""
+
 # ----------------------------------------------------------------------------- schedules
 
 LEADER = "@leader"
@@ -157,6 +167,10 @@ class Schedule:
     net_seed: int
     start_offsets: tuple[float, ...]
     timing: Timing = TIMING
+    unicast: tuple[str, ...] = ()
+    """The nodes that find their peers from a list of every node's address, not by mDNS."""
+    secret: bool = False
+    """The group is authenticated (see :class:`simnet.SimNet`)."""
 
     def describe(self) -> str:
         nodes = " ".join(f"{n}:{p}" if p else n for n, p in self.nodes)
@@ -164,6 +178,10 @@ class Schedule:
             f"seed {self.seed}: nodes {nodes}; quorum {self.quorum}; latency {self.latency * 1000:.2f} ms"
             f" + jitter {self.jitter * 1000:.1f} ms; duplicate {self.duplicate:g}"
         )
+        if self.unicast:
+            head += f"; listed peers at {','.join(self.unicast)}"
+        if self.secret:
+            head += "; secret"
         return "\n".join([head, *(f"  [{i}] {f}" for i, f in enumerate(self.faults))])
 
     def keep(self, indices: Iterable[int]) -> Schedule:
@@ -198,6 +216,13 @@ def generate(seed: int, quorum: bool | None = None, timing: Timing = TIMING) -> 
             faults.append(Fault(round(fault.at + rng.uniform(0.05, 3.0), 3), "restart", fault.nodes))
     faults.sort(key=lambda f: f.at)
     offsets = tuple(round(rng.uniform(0.0, START_SPREAD), 4) for _ in ids)
+    mix = random.Random(root.getrandbits(64))
+    unicast: tuple[str, ...] = ()
+    secret = False
+    if mix.random() < MIXED_SHARE:
+        unicast = tuple(sorted(mix.sample(ids, mix.randint(1, size))))
+        secret = mix.random() < 0.5
+        faults = [f for f in faults if f.kind != "npm"]
     return Schedule(
         seed,
         tuple(zip(ids, priorities, strict=True)),
@@ -209,6 +234,8 @@ def generate(seed: int, quorum: bool | None = None, timing: Timing = TIMING) -> 
         net_seed,
         offsets,
         timing,
+        unicast,
+        secret,
     )
 
 
@@ -578,6 +605,7 @@ class Run:
             jitter=schedule.jitter,
             duplicate=schedule.duplicate,
             mdns=True,
+            secret=schedule.secret,
             rng=random.Random(schedule.net_seed),
         )
         self.start = self.net.now
@@ -594,7 +622,7 @@ class Run:
     def play(self) -> Result:
         net, schedule = self.net, self.schedule
         for node_id, priority in schedule.nodes:
-            net.add(node_id, priority)
+            net.add(node_id, priority, unicast=node_id in schedule.unicast)
         net.observer = self.checker.check
         todo: list[tuple[float, int, Callable[[], None]]] = []
         seq = itertools.count()

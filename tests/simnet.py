@@ -15,6 +15,15 @@ record changes with its ``Publish`` actions, a clean stop sends a goodbye, recor
 only links that are not cut and wait for the heal otherwise, and the delays are those
 measured with python-zeroconf (see ``docs/how-it-works.rst`` and the design notes).
 
+A node added with ``unicast=True`` uses a peer list instead (the ``peers`` option): it has no
+DNS-SD browser and no record, and on start it gets the address of every node (or the list it
+was given) at once, as the elector's ``PeerDirectory`` hands over a list of addresses. Nodes of
+both kinds make a mixed group, as on a network with multicast where some nodes list peers.
+A ping to ANYONE (to a listed address whose node is not known yet) reaches the receiver as
+the elector hands it over: in a group with a ``secret``, its stamp names ANYONE and only
+:meth:`Machine.on_address_ping` sees it; without one the datagram carries no stamp, nothing
+tells it from a ping to the node itself, and it is an ordinary message.
+
 Every random draw comes from one :class:`random.Random` (``seed``, or ``rng``), so a run is
 reproduced exactly by the same seed and the same calls.
 
@@ -72,6 +81,10 @@ class SimNode:
     hints_while_paused: list[Callable[[], list[Action]]] = field(default_factory=list)
     """With ``mdns``: records and npm pongs that arrived during a pause, handled on resume."""
     incarnations: list[Incarnation] = field(default_factory=list)
+    unicast: bool = False
+    """It finds peers from a list of addresses (the ``peers`` option), not by DNS-SD."""
+    peer_list: tuple[tuple[str, int], ...] | None = None
+    """Its list (None: the address of every node of the simulation, itself included)."""
 
     @property
     def node_id(self) -> str:
@@ -93,6 +106,9 @@ class SimNet:
     :param seed: seed of the one random generator, unless ``rng`` is given.
     :param quorum: quorum mode's group size for every machine, or None.
     :param mdns: simulate DNS-SD records closely (see the module's docstring).
+    :param secret: an authenticated group: a ping to ANYONE is only answered (see the module's
+        docstring), DNS-SD goodbyes are not taken (they carry no signature), and no node
+        follows npm leaders (``npm_compat`` is off with a secret).
     """
 
     def __init__(
@@ -106,6 +122,7 @@ class SimNet:
         jitter: float = 0.0,
         duplicate: float = 0.0,
         mdns: bool = False,
+        secret: bool = False,
         rng: random.Random | None = None,
     ) -> None:
         self.loss = loss
@@ -116,6 +133,7 @@ class SimNet:
         self.jitter = jitter
         self.duplicate = duplicate
         self.mdns = mdns
+        self.secret = secret
         self.timing = timing
         self.nodes: dict[str, SimNode] = {}
         self.by_address: dict[tuple[str, int], SimNode] = {}
@@ -152,13 +170,28 @@ class SimNet:
 
     # ----------------------------------------------------------------- setup
 
-    def add(self, node_id: str, priority: int = 0, npm_compat: bool = True) -> SimNode:
+    def add(
+        self,
+        node_id: str,
+        priority: int = 0,
+        npm_compat: bool = True,
+        *,
+        unicast: bool = False,
+        peers: list[tuple[str, int]] | None = None,
+    ) -> SimNode:
+        """A node (not started). With ``unicast``, it finds its peers from ``peers`` (by default
+        the address of every node) instead of DNS-SD; like the elector with ``peers`` or a
+        ``secret``, it then never follows npm leaders."""
         address = (f"198.18.0.{len(self.nodes) + 1}", 9001)
-        node = SimNode(self._machine(node_id, priority, npm_compat), address)
+        npm_compat = npm_compat and not unicast and not self.secret
+        node = SimNode(self._machine(node_id, priority, npm_compat), address, unicast=unicast)
+        node.peer_list = tuple(peers) if peers is not None else None
         node.incarnations.append(Incarnation(node.machine.boot, self.now, node.events))
         self.nodes[node_id] = node
         self.by_address[address] = node
         self._note("add", node_id, priority, npm_compat, address)
+        if unicast:  # noted apart, so that the trace of a run without unicast nodes stays as it was
+            self._note("unicast", node_id, node.peer_list)
         return node
 
     def _machine(self, node_id: str, priority: int, npm_compat: bool) -> Machine:
@@ -169,24 +202,35 @@ class SimNet:
         return machine
 
     def start(self, node_id: str, discover: bool = True) -> None:
-        """Start a node; with ``discover``, it and the running nodes see each other's records."""
+        """Start a node; with ``discover``, it and the running nodes see each other's records
+        (a unicast node gets its peer list instead, at once, and has no record)."""
         node = self.nodes[node_id]
         self._note("start", node_id, node.machine.boot, discover)
         self._apply(node, node.machine.start(self.now))
+        if node.unicast:
+            if discover:
+                listed = frozenset(node.peer_list or (n.address for n in self.nodes.values()))
+                self._note("addresses", node_id, listed)
+                self._apply(node, node.machine.on_addresses(listed, self.now))
+            return
         for address in self.npm_leaders:  # their records stay (npm nodes send no goodbye)
             if node.machine.npm_compat:  # else the elector would not pass them on
                 self._schedule(self.now + 0.02, node_id, ("npm-record", address))
         if discover and self.mdns:
             self.records[node_id] = self._record(node)
-            for other in self.nodes.values():
-                if other is not node and other.up:
+            for other in self.browsers():
+                if other is not node:
                     self._send_record(other.node_id, node_id, ("record", self.records[other.node_id]), FRESH_BROWSER)
                     self._send_record(node_id, other.node_id, ("record", self.records[node_id]), NEW_SERVICE)
         elif discover:
             for other in self.nodes.values():
-                if other is not node and other.machine.state is not State.STOPPED and not other.crashed:
+                if other is not node and not other.unicast and other.up:
                     self._discover(node, other)
                     self._discover(other, node)
+
+    def browsers(self) -> list[SimNode]:
+        """The running nodes that browse DNS-SD (all but the unicast ones)."""
+        return [n for n in self.nodes.values() if n.up and not n.unicast]
 
     def restart(self, node_id: str) -> SimNode:
         """Crash the node if it runs, then start a fresh machine with the same id and a new boot."""
@@ -225,7 +269,7 @@ class SimNet:
         self.npm_leaders[address] = True
         self._note("npm-leader", address)
         for node in self.live():
-            if node.machine.npm_compat:
+            if node.machine.npm_compat and not node.unicast:
                 self._schedule(self.now + 0.02, node.node_id, ("npm-record", address))
         return address
 
@@ -291,9 +335,10 @@ class SimNet:
         node = self.nodes[node_id]
         self._note("stop", node_id)
         self._apply(node, node.machine.stop(self.now))
-        if self.mdns and self.records.pop(node_id, None) is not None:
-            for other in self.nodes.values():
-                if other is not node and other.up:
+        # In an authenticated group the elector ignores goodbyes: they carry no signature.
+        if self.mdns and self.records.pop(node_id, None) is not None and not self.secret:
+            for other in self.browsers():
+                if other is not node:
                     self._send_record(node_id, other.node_id, ("goodbye", node_id), RECORD_UPDATE)
 
     def resign(self, node_id: str) -> None:
@@ -381,8 +426,9 @@ class SimNet:
     def _apply(self, node: SimNode, actions: list[Action]) -> None:
         # The datagrams of one step go out sorted by receiver (keeping their order per
         # receiver), so that the random delays drawn for them do not depend on the order of
-        # iteration of a set in the machine (which changes with PYTHONHASHSEED).
-        sends = sorted((a for a in actions if isinstance(a, Send)), key=lambda a: a.to)
+        # iteration of a set in the machine (which changes with PYTHONHASHSEED): by node id,
+        # then address (the pings to ANYONE of one step go to as many listed addresses).
+        sends = sorted((a for a in actions if isinstance(a, Send)), key=lambda a: (a.to, a.address))
         for action in [*sends, *(a for a in actions if not isinstance(a, Send))]:
             if not isinstance(action, Send):  # a Send is traced by _deliver
                 self._note("action", node.node_id, action)
@@ -397,8 +443,8 @@ class SimNet:
             elif isinstance(action, Publish) and self.mdns and node.node_id in self.records:
                 old = self.records[node.node_id]
                 self.records[node.node_id] = PeerRecord(old.group, old.member, action.role, action.term)
-                for other in self.nodes.values():
-                    if other is not node and other.up:
+                for other in self.browsers():
+                    if other is not node:
                         record = self.records[node.node_id]
                         self._send_record(node.node_id, other.node_id, ("record", record), RECORD_UPDATE)
 
@@ -433,9 +479,12 @@ class SimNet:
         # Through the real encoder and decoder, so the simulation checks the wire format too.
         message = decode_message(data)
         assert message is not None, send.message
-        # As the elector routes them: a ping to ANYONE (an address whose node is not known),
-        # or a datagram of the node's own, is answered and never taken as proof of life.
-        kind = "address-ping" if send.to == ANYONE or target is sender else "message"
+        # As the elector routes them: a datagram of the node's own, or in an authenticated
+        # group a ping stamped for ANYONE (an address whose node is not known), is answered and
+        # never taken as proof of life. Without a secret a ping to ANYONE has no stamp: to the
+        # receiver it is a ping like any other.
+        anyone = send.to == ANYONE and self.secret
+        kind = "address-ping" if anyone or target is sender else "message"
         copies = 1
         if self.duplicate and self.random.random() < self.duplicate:
             copies = 2

@@ -84,8 +84,7 @@ def test_stop_of_leader_hands_over_through_resign(cluster: Cluster, hosts: list[
     # The followers learnt of the handover from the resign message, not from a timeout.
     reasons = {e["reason"] for e in cluster.all_events() if e["kind"] == "reelection" and e["node"] != first.leader}
     assert reasons <= {"leader resigned", "leader said goodbye"}, reasons
-    stopped = cluster.wait(lambda: [r for r in leader.records if r["kind"] == "stopped"], 10, "stop() to return")
-    assert stopped[0]["result"] is True
+    assert cluster.wait_stopped(leader)["result"] is True
     own = leader.events()
     assert [e["kind"] for e in own] == ["leader", "reelection"] and own[-1]["state"] == "stopped"
     assert cluster.leader_overlap() == 0
