@@ -305,7 +305,9 @@ def _parse_seconds(text: str, allow_zero: bool) -> float:
 def _elect(args: argparse.Namespace, parser: _Parser, command: list[str] | None) -> int:
     """``elect``: print each event until SIGINT or SIGTERM, then hand over and exit 0."""
     elector = _make_elector(args, parser)
-    console = Console(sys.stdout, elector.node_id, args.json)
+    # Readable output starts with "joined group ...", which names the port chosen at start:
+    # events reported while the elector starts wait for it.
+    console = Console(sys.stdout, elector.node_id, args.json, hold_events=not args.json)
     for kind in EVENT_KINDS:
         elector.on(kind, console.event)
     signals: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -321,9 +323,10 @@ def _elect(args: argparse.Namespace, parser: _Parser, command: list[str] | None)
                 where = f"heartbeat port {elector.port}"
                 if coordinator is not None:
                     where = f"coordinator {parse_coordinator(coordinator).url}"  # password masked
-                console.line(f"joined group {elector.name!r} as node {elector.node_id} ({where})")
+                console.release(f"joined group {elector.name!r} as node {elector.node_id} ({where})")
             signals.get()
         finally:
+            console.release()
             elector.stop()
     return 0
 

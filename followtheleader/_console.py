@@ -31,23 +31,46 @@ class Console:
     :param stream: where to write (``sys.stdout`` for ``elect``, ``sys.stderr`` for ``run``).
     :param node_id: this node's id, so that events can say "leader this node".
     :param json_lines: write one JSON object a line instead of readable text.
+    :param hold_events: keep event lines back until :meth:`release`, so that a line the
+        command prints once the elector has started (``joined group ...``) comes first,
+        although the elector may find its leader, and report it, while it starts.
     """
 
-    def __init__(self, stream: TextIO, node_id: str, json_lines: bool) -> None:
+    def __init__(self, stream: TextIO, node_id: str, json_lines: bool, hold_events: bool = False) -> None:
         self._stream = stream
         self._node_id = node_id
         self.json_lines = json_lines
         self._lock = threading.Lock()
+        self._held: list[str] | None = [] if hold_events else None
 
     def line(self, text: str) -> None:
         """Write ``text`` and a newline, and flush."""
         with self._lock:
-            self._stream.write(text + "\n")
-            self._stream.flush()
+            self._write(text)
 
     def event(self, event: Event) -> None:
         """Write one elector event (a callback: runs on the elector's callback thread)."""
-        self.line(format_event(event, self._node_id, self.json_lines))
+        text = format_event(event, self._node_id, self.json_lines)
+        with self._lock:
+            if self._held is not None:
+                self._held.append(text)
+            else:
+                self._write(text)
+
+    def release(self, first: str | None = None) -> None:
+        """Write ``first`` (if given), then the event lines held back; later ones go out at once.
+
+        Any thread; a second call writes only ``first``.
+        """
+        with self._lock:
+            held, self._held = self._held or [], None
+            for text in [first, *held] if first is not None else held:
+                self._write(text)
+
+    def _write(self, text: str) -> None:
+        """Write one line and flush (with the lock held)."""
+        self._stream.write(text + "\n")
+        self._stream.flush()
 
     def record(self, kind: str, text: str, **fields: Any) -> None:
         """Write a line of the command's own: readable ``text``, or ``fields`` as JSON."""

@@ -8,6 +8,7 @@ one file system, so the ``run`` tests log every start and stop of CMD, with time
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import select
@@ -25,6 +26,8 @@ from typing import Any, TypeVar
 import pytest
 
 from followtheleader import FencingToken
+from followtheleader._console import Console
+from followtheleader._model import Event, Member, State
 
 from netlab import Host, Lab
 
@@ -285,16 +288,35 @@ def test_bad_arguments_exit_2_with_one_line_error(args: list[str], message: str)
 # --------------------------------------------------------------------- elect
 
 
+def test_console_holds_event_lines_back_until_released() -> None:
+    """``elect`` prints "joined group" once start() returned; an event of the start comes after it."""
+    out = io.StringIO()
+    console = Console(out, "a-node", json_lines=False, hold_events=True)
+    leader = Member("z-node", 0, "198.18.0.1", 9001)
+    found = Event("follower", "a-node", State.FOLLOWER, State.ELECTING, 1, leader, "found the leader", 0.0)
+    console.event(found)
+    assert out.getvalue() == ""
+    console.release("joined group 'g' as node a-node (heartbeat port 9001)")
+    console.event(Event("reelection", "a-node", State.ELECTING, State.FOLLOWER, 1, None, "leader resigned", 1.0))
+    console.release()  # a second call writes nothing more
+    lines = out.getvalue().splitlines()
+    assert [line.split()[1] for line in lines] == ["group", "follower", "reelection"], lines
+    assert lines[0].startswith("joined group") and "leader z-node at 198.18.0.1:9001" in lines[1]
+
+
 @pytest.mark.lab
 def test_elect_prints_events_and_hands_over_on_sigterm(lab: Lab) -> None:
     group = unique_group()
     leader = lab.hosts["n0"].popen(
         cli("elect", group, "--node-id", "z-cli", "--json"), stdout=subprocess.PIPE, text=True
     )
-    follower = lab.hosts["n1"].popen(cli("elect", group, "--node-id", "a-cli"), stdout=subprocess.PIPE, text=True)
+    follower = None
     try:
         first = json.loads(leader.stdout.readline())
         assert first["event"] == "leader" and first["term"] == 1 and first["node_id"] == "z-cli"
+        # Only now: started at once, a-cli could claim before z-cli's process is up. It may
+        # find z-cli while it starts; "joined group" comes first all the same.
+        follower = lab.hosts["n1"].popen(cli("elect", group, "--node-id", "a-cli"), stdout=subprocess.PIPE, text=True)
         token = FencingToken.from_key(first["fencing_token"])
         assert (token.term, token.priority, token.node_id) == (1, 0, "z-cli") and token.boot > 0
         assert follower.stdout.readline().startswith("joined group")
@@ -313,7 +335,7 @@ def test_elect_prints_events_and_hands_over_on_sigterm(lab: Lab) -> None:
         assert follower.wait(10) == 0
     finally:
         for proc in (leader, follower):
-            if proc.poll() is None:
+            if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
 
