@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -567,8 +568,13 @@ def test_cli_elect_and_run_with_a_coordinator(hosts: list[Host], single: ServerS
         for process in (elect_cli, run_cli):
             if process is not None and process.proc.poll() is None:
                 process.proc.send_signal(signal.SIGTERM)
-                process.proc.wait(30)
-    assert run_cli is not None and run_cli.proc.returncode == 0
+                try:
+                    process.proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.proc.kill()
+                    process.proc.wait(10)
+                    raise AssertionError(f"no exit 30 s after SIGTERM; stderr:\n{process.stderr}") from None
+    assert run_cli is not None and run_cli.proc.returncode == 0, run_cli.stderr
 
 
 @pytest.mark.lab
