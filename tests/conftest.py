@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+import weakref
 from collections.abc import Callable, Generator, Iterator
 from typing import Any, TypeVar
 
@@ -115,6 +116,16 @@ def _socket_fds() -> set[str]:
     return found
 
 
+_SESSION_THREADS: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+
+
+def outlives_its_test(thread: threading.Thread) -> threading.Thread:
+    """Mark a thread of a session-scoped fixture (a server's output reader): a test that first
+    needs the fixture starts it, and it rightly runs on after that test."""
+    _SESSION_THREADS.add(thread)
+    return thread
+
+
 @pytest.fixture(autouse=True)
 def no_leaks(request: Any) -> Iterator[None]:
     """Fail a test that leaves a thread or a socket of this process behind (in-process tests)."""
@@ -124,6 +135,8 @@ def no_leaks(request: Any) -> Iterator[None]:
     threads_before = set(threading.enumerate())
     sockets_before = _socket_fds()
     yield
-    leaked = [t.name for t in threading.enumerate() if t not in threads_before and t.is_alive()]
+    leaked = [
+        t.name for t in threading.enumerate() if t not in threads_before and t.is_alive() and t not in _SESSION_THREADS
+    ]
     assert not leaked, f"threads left running: {leaked}"
     assert _socket_fds() <= sockets_before, "sockets left open"

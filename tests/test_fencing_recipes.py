@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 
 from followtheleader import Elector, Event, FencingToken, State, elect
 
-from conftest import Local
+from conftest import Local, outlives_its_test
 from netlab import Lab
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,7 +70,8 @@ class RedisServer:
         self.popen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.output: list[str] = []
         self._ready = threading.Event()
-        self._reader = threading.Thread(target=self._read, name="redis-server-output", daemon=True)
+        # Started by whichever test first needs the server (maybe an in-process lab test).
+        self._reader = outlives_its_test(threading.Thread(target=self._read, name="redis-server-output", daemon=True))
         self._reader.start()
         if not self._ready.wait(TIMEOUT) or self.popen.poll() is not None:
             self.stop()
