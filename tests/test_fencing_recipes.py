@@ -107,14 +107,23 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
-@pytest.fixture
-def redis_client(redis_server: RedisServer) -> Iterator[Any]:
+@contextlib.contextmanager
+def _redis(url: str) -> Iterator[Any]:
+    """A client of the server at ``url``, closed with its connections afterwards."""
     import redis
 
-    client = redis.Redis.from_url(redis_server.url)
-    yield client
-    client.close()
-    client.connection_pool.disconnect()
+    client = redis.Redis.from_url(url)
+    try:
+        yield client
+    finally:
+        client.close()
+        client.connection_pool.disconnect()
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[Any]:
+    with _redis(redis_server.url) as client:
+        yield client
 
 
 @pytest.fixture(params=GUARDS)
@@ -367,6 +376,7 @@ def test_the_example_refuses_a_paused_leader_that_resumes(
     """Two copies of the example in two lab hosts, one resource; the leader is paused mid-work."""
     if kind == "redis":
         target: str = request.getfixturevalue("redis_server").url
+        _clear_redis_guard(target)  # a fresh resource, as tmp_path is for the others
     else:
         target = str(tmp_path / ("fencing.db" if kind == "sqlite" else "fencing.txt"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("FOLLOWTHELEADER_")}
@@ -407,15 +417,16 @@ def test_the_example_refuses_a_paused_leader_that_resumes(
     assert stored is not None and stored[0] >= wrote["key"]
 
 
+def _clear_redis_guard(url: str) -> None:
+    """Delete the example's hash from the session's server: an earlier run of the test (with
+    pytest-repeat) left its greater token there, and the new group's writes were refused."""
+    with _redis(url) as client:
+        client.delete(recipe.RedisGuard(client).name)
+
+
 def _read(kind: str, target: str) -> tuple[str, str] | None:
     if kind == "redis":
-        import redis
-
-        client = redis.Redis.from_url(target)
-        try:
+        with _redis(target) as client:
             return recipe.RedisGuard(client).read()  # type: ignore[no-any-return]
-        finally:
-            client.close()
-            client.connection_pool.disconnect()
     guard = recipe.SqliteGuard(target) if kind == "sqlite" else recipe.FileGuard(target)
     return guard.read()  # type: ignore[no-any-return]
