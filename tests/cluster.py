@@ -53,6 +53,8 @@ class JsonLinesProcess:
 
     A reader thread appends each object to :attr:`records` under ``changed`` and notifies it;
     :attr:`alive` turns False when its output ends. Stderr is kept in :attr:`stderr`.
+    Python processes run with ``PYTHONFAULTHANDLER=1``: :meth:`abort_with_stacks` makes one
+    that hangs print the stack of each of its threads there.
     """
 
     def __init__(self, host: Host, argv: list[str], changed: threading.Condition) -> None:
@@ -62,7 +64,10 @@ class JsonLinesProcess:
         self.stderr = ""
         self.alive = True
         self.spawned = time.monotonic()
-        self.proc = host.popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+        self.proc = host.popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
         self._reader = threading.Thread(target=self._read, name=f"reader-{host.name}", daemon=True)
         self._reader.start()
         self._stderr_reader = threading.Thread(target=self._read_stderr, daemon=True)
@@ -90,6 +95,18 @@ class JsonLinesProcess:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.stderr += line
+
+    def abort_with_stacks(self) -> str:
+        """For a process that hangs: SIGABRT, on which faulthandler prints every thread's stack
+        to stderr before the process dies (SIGKILL if it does not); returns all of stderr."""
+        self.proc.send_signal(signal.SIGABRT)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._stderr_reader.join(10)
+        return self.stderr
 
     def send(self, command: str) -> float:
         """Write one command line to the process's stdin; returns the monotonic time just before."""

@@ -571,9 +571,8 @@ def test_cli_elect_and_run_with_a_coordinator(hosts: list[Host], single: ServerS
                 try:
                     process.proc.wait(30)
                 except subprocess.TimeoutExpired:
-                    process.proc.kill()
-                    process.proc.wait(10)
-                    raise AssertionError(f"no exit 30 s after SIGTERM; stderr:\n{process.stderr}") from None
+                    stderr = process.abort_with_stacks()
+                    raise AssertionError(f"no exit 30 s after SIGTERM; stderr, with its threads' stacks:\n{stderr}") from None
     assert run_cli is not None and run_cli.proc.returncode == 0, run_cli.stderr
 
 
