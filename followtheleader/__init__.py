@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import logging
 
-from ._discovery import DiscoveryError
+from ._core.model import Event, FencingToken, Member, State
 from ._elector import Elector, elect
-from ._heartbeat import HeartbeatPortError
-from ._model import Event, FencingToken, Member, State
+from ._lan.discovery import DiscoveryError
+from ._lan.heartbeat import HeartbeatPortError
 from ._options import Options
 
 __all__ = [

@@ -6,10 +6,10 @@ options name a coordinator. It opens no mDNS socket and no heartbeat port. Its t
 daemon threads, all gone after ``stop()``):
 
 * ``followtheleader-session-<name>``: :meth:`CoordinatedElector._run_session`, the only thread
-  that talks to the service (through :class:`._coordinator.Coordinator`): it opens the
+  that talks to the service (through :class:`followtheleader._coordinators.base.Coordinator`): it opens the
   session, renews it, reads the group, claims a vacant leadership, releases it on
   ``resign()``, and ends the session on ``stop()``. It reports to the
-  :class:`._lease.LeaseMachine` through :meth:`.Elector._feed`, as the heartbeat threads do in
+  :class:`followtheleader._core.lease.LeaseMachine` through :meth:`.Elector._feed`, as the heartbeat threads do in
   mDNS mode.
 * ``followtheleader-ticker-<name>``: ends the local lease at its deadline, even while the
   session thread waits for an answer that does not come.
@@ -25,13 +25,13 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from ._coordinator import Coordinator, CoordinatorError, SessionLost, View, make_coordinator, parse_coordinator
+from ._coordinators.base import Coordinator, CoordinatorError, SessionLost, make_coordinator, parse_coordinator
+from ._core.lease import LeaseMachine, View
+from ._core.model import Member
 from ._elector import Elector
-from ._heartbeat import Ticker
-from ._lease import LeaseMachine
-from ._logs import RateLimitedWarning
-from ._model import Member
 from ._options import Options
+from ._runtime.logs import RateLimitedWarning
+from ._runtime.ticker import Ticker
 
 __all__ = ["CoordinatedElector"]
 

@@ -36,16 +36,18 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 
-from ._auth import MAX_CLOCK_SKEW, Authenticator
-from ._callbacks import EVENT_KINDS, Callback, CallbackThread
-from ._discovery import Discovery
-from ._heartbeat import HeartbeatServer, Ticker, bind_heartbeat_server
-from ._logs import RateLimitedWarning
-from ._machine import Action, Machine, Notify, NpmPing, Publish, Send, Timing
-from ._model import Event, FencingToken, Member, State
+from ._core.machine import Action, Machine, Notify, NpmPing, Publish, Send, Timing
+from ._core.messages import ANYONE, Message, PeerRecord
+from ._core.model import Event, FencingToken, Member, State
+from ._lan.discovery import Discovery
+from ._lan.heartbeat import HeartbeatServer, bind_heartbeat_server
+from ._lan.peers import PeerDirectory, PeerSource, is_local_address
 from ._options import Options, parse_options
-from ._peers import PeerDirectory, PeerSource, is_local_address
-from ._wire import ANYONE, NPM_PING, NPM_PONG, Message, PeerRecord, decode_datagram, encode_message
+from ._runtime.callbacks import EVENT_KINDS, Callback, CallbackThread
+from ._runtime.logs import RateLimitedWarning
+from ._runtime.ticker import Ticker
+from ._wire.auth import MAX_CLOCK_SKEW, Authenticator
+from ._wire.protocol import NPM_PING, NPM_PONG, decode_datagram, encode_message
 
 __all__ = ["Elector", "elect"]
 

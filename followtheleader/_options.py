@@ -16,9 +16,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._auth import Secret
-from ._coordinator import COORDINATOR_ENVIRONMENT_VARIABLE, parse_coordinator
-from ._peers import PEERS_ENVIRONMENT_VARIABLE, PeerEntry, parse_peers
+from ._coordinators.base import COORDINATOR_ENVIRONMENT_VARIABLE, parse_coordinator
+from ._lan.peers import PEERS_ENVIRONMENT_VARIABLE, PeerEntry, parse_peers
+from ._wire.auth import Secret
 
 __all__ = [
     "ACCEPTED_SECRET_ENVIRONMENT_VARIABLE",

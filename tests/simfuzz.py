@@ -33,8 +33,8 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-from followtheleader._machine import FORGET_AFTER, PROBE_FAST_FOR, PROBE_SLOW_EVERY, Timing
-from followtheleader._model import Event, FencingToken, State
+from followtheleader._core.machine import FORGET_AFTER, PROBE_FAST_FOR, PROBE_SLOW_EVERY, Timing
+from followtheleader._core.model import Event, FencingToken, State
 
 from simnet import NEW_SERVICE, REDISCOVERY, TIMING, SimNet, SimNode
 

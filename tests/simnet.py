@@ -42,9 +42,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from followtheleader._machine import Action, Machine, Notify, NpmPing, Publish, Send, Timing
-from followtheleader._model import Event, Member, State
-from followtheleader._wire import ANYONE, Message, PeerRecord, decode_message, encode_message
+from followtheleader._core.machine import Action, Machine, Notify, NpmPing, Publish, Send, Timing
+from followtheleader._core.messages import ANYONE, Message, PeerRecord
+from followtheleader._core.model import Event, Member, State
+from followtheleader._wire.protocol import decode_message, encode_message
 
 TIMING = Timing(interval=0.2, max_failed=3)
 

@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 import pytest
 
 from followtheleader import FencingToken
-from followtheleader._console import Console
-from followtheleader._model import Event, Member, State
+from followtheleader._cli.console import Console
+from followtheleader._core.model import Event, Member, State
 
 from netlab import Host, Lab
 

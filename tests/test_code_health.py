@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import importlib.util
 import os
 import subprocess
@@ -37,3 +39,152 @@ def test_docs_build_without_warnings(tmp_path: object) -> None:
     require("sphinx")
     result = run(sys.executable, "-m", "sphinx", "-W", "-q", "-b", "html", "docs", str(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------------------- architecture
+
+PACKAGE = os.path.join(ROOT, "followtheleader")
+LAYERS = (
+    ("_core",),
+    ("_wire",),
+    ("_runtime",),
+    ("_lan", "_coordinators"),
+    ("_options", "_elector", "_coordinated", "__init__"),
+    ("_cli", "__main__"),
+)
+"""The package's layers, bottom first: a module imports only from its own layer or below it
+(the two I/O layers of the same rank know nothing of each other)."""
+CLIENT_LIBRARIES = {"kazoo", "etcd3gw", "requests"}
+"""Optional client libraries: the only imports allowed inside a function."""
+NOT_IN_THE_CORE = {"socket", "select", "selectors", "threading", "time", "asyncio", "zeroconf", *CLIENT_LIBRARIES}
+KNOWN_EXCEPTIONS = {
+    # (importing module, imported module): function-level imports still to be removed
+    ("followtheleader._elector", "followtheleader._coordinated"),
+    ("followtheleader._coordinators.base", "followtheleader._coordinators.zookeeper"),
+    ("followtheleader._coordinators.base", "followtheleader._coordinators.etcd"),
+    # an upward import still to be removed: discovery reads the facade's options
+    ("followtheleader._lan.discovery", "followtheleader._options"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Import:
+    importer: str
+    imported: str
+    line: int
+    in_function: bool
+    type_checking: bool
+
+
+def package_modules() -> dict[str, str]:
+    """Every module of the package: dotted name -> file."""
+    modules = {}
+    for directory, _, files in os.walk(PACKAGE):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(directory, name)
+                relative = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
+                modules[relative.removesuffix(".__init__")] = path
+    return modules
+
+
+def imports_of(module: str, path: str) -> list[Import]:
+    with open(path, encoding="utf-8") as file:
+        tree = ast.parse(file.read(), path)
+    package = module if path.endswith("__init__.py") else module.rpartition(".")[0]
+    found: list[Import] = []
+
+    def visit(node: ast.AST, in_function: bool, type_checking: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.Import):
+                for alias in child.names:
+                    found.append(Import(module, alias.name, child.lineno, in_function, type_checking))
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    parts = package.split(".")
+                    parts = parts[: len(parts) - child.level + 1]
+                    base = ".".join(parts + ([base] if base else []))
+                targets = [base]
+                if child.module is None or base in ("followtheleader",):  # from . import x
+                    targets = [f"{base}.{alias.name}" for alias in child.names]
+                for target in targets:
+                    found.append(Import(module, target, child.lineno, in_function, type_checking))
+            elif isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                visit(child, in_function, True)
+            else:
+                visit(child, in_function or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef), type_checking)
+
+    visit(tree, False, False)
+    return found
+
+
+def internal(name: str, modules: dict[str, str]) -> str | None:
+    """The package module an import names, or None for an outside one."""
+    while name and name not in modules:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def layer_of(module: str) -> int:
+    top = module.split(".")[1] if "." in module else "__init__"
+    return next(rank for rank, names in enumerate(LAYERS) if top in names)
+
+
+def all_imports() -> tuple[dict[str, str], list[Import]]:
+    modules = package_modules()
+    return modules, [i for module, path in sorted(modules.items()) for i in imports_of(module, path)]
+
+
+def test_every_module_belongs_to_a_layer() -> None:
+    modules, _ = all_imports()
+    for module in modules:
+        layer_of(module)  # raises StopIteration for a module of no layer
+
+
+def test_no_function_level_imports_but_of_client_libraries() -> None:
+    modules, imports = all_imports()
+    wrong = [
+        f"{i.importer}:{i.line} imports {i.imported}"
+        for i in imports
+        if i.in_function
+        and i.imported.split(".")[0] not in CLIENT_LIBRARIES
+        and (i.importer, internal(i.imported, modules)) not in KNOWN_EXCEPTIONS
+    ]
+    assert not wrong
+
+
+def test_dependencies_point_down_the_layers_without_cycles() -> None:
+    modules, imports = all_imports()
+    graph: dict[str, set[str]] = {module: set() for module in modules}
+    upward = []
+    for i in imports:
+        target = internal(i.imported, modules)
+        if target is None or target == i.importer or (i.importer, target) in KNOWN_EXCEPTIONS:
+            continue
+        if target == "followtheleader" and i.importer.startswith("followtheleader."):
+            upward.append(f"{i.importer}:{i.line} imports the package itself")
+            continue
+        graph[i.importer].add(target)
+        if layer_of(target) > layer_of(i.importer):
+            upward.append(f"{i.importer}:{i.line} imports {target} (a higher layer)")
+    assert not upward
+    # a cycle shows up as a module reachable from itself
+    for start in graph:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            module = todo.pop()
+            assert module != start, f"import cycle through {start}"
+            if module not in seen:
+                seen.add(module)
+                todo.extend(graph[module])
+
+
+def test_the_core_does_no_io_and_reads_no_clock() -> None:
+    _, imports = all_imports()
+    wrong = [
+        f"{i.importer}:{i.line} imports {i.imported}"
+        for i in imports
+        if i.importer.startswith("followtheleader._core") and i.imported.split(".")[0] in NOT_IN_THE_CORE
+    ]
+    assert not wrong

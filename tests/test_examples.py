@@ -511,7 +511,7 @@ def test_systemd_unit_is_valid_and_its_command_line_parses(tmp_path: Path) -> No
     assert env["PYTHONUNBUFFERED"] == "1"
 
     # The command line as the CLI's own parser reads it (no socket is opened by parsing).
-    from followtheleader._cli import _parser
+    from followtheleader._cli.main import _parser
 
     assert Path(argv[0]).name == "followtheleader" and "--" in argv
     split = argv.index("--")

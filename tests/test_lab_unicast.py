@@ -24,9 +24,10 @@ import pytest
 from dnsserver import DnsServer
 
 from followtheleader import elect
-from followtheleader._auth import Authenticator
+from followtheleader._core.messages import ANYONE, Message
 from followtheleader._options import parse_options
-from followtheleader._wire import ANYONE, Message, State, decode_datagram, encode_message
+from followtheleader._wire.auth import Authenticator
+from followtheleader._wire.protocol import State, decode_datagram, encode_message
 
 from cluster import Cluster, NodeProcess, check_pairing
 from netlab import Host, Lab

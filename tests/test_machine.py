@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from followtheleader._machine import FORGET_AFTER, Machine, Notify, Send, Timing, _Peer
-from followtheleader._model import Event, Member, State
-from followtheleader._wire import Message
+from followtheleader._core.machine import FORGET_AFTER, Machine, Notify, Send, Timing, _Peer
+from followtheleader._core.messages import Message
+from followtheleader._core.model import Event, Member, State
 
 from simnet import TIMING, SimNet
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-from followtheleader._machine import NPM_HOLD, Action, Machine, Publish, Timing
-from followtheleader._model import Member, State
+from followtheleader._core.machine import NPM_HOLD, Action, Machine, Publish, Timing
+from followtheleader._core.model import Member, State
 
 from simnet import TIMING, SimNet, SimNode
 

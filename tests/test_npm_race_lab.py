@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from npm_node import NpmNode, npm_id
 
-from followtheleader._machine import NPM_HOLD
+from followtheleader._core.machine import NPM_HOLD
 
 from cluster import Cluster, NodeProcess
 from netlab import Host

@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
-from followtheleader import _cli, elect
-from followtheleader._machine import Machine, Send, Timing
-from followtheleader._model import Member, State
-from followtheleader._peers import PeerDirectory, PeerEntry, parse_peers
-from followtheleader._wire import ANYONE, Message
+from followtheleader import elect
+from followtheleader._cli import main as _cli
+from followtheleader._core.machine import Machine, Send, Timing
+from followtheleader._core.messages import ANYONE, Message
+from followtheleader._core.model import Member, State
+from followtheleader._lan.peers import PeerDirectory, PeerEntry, parse_peers
 
 from simnet import SimNet, SimNode
 

@@ -10,10 +10,11 @@ import sys
 import pytest
 
 from followtheleader import elect
-from followtheleader._auth import MAX_CLOCK_SKEW, RECORD_MAX_AGE, Authenticator, Secret
-from followtheleader._model import Member, State
+from followtheleader._core.messages import Message
+from followtheleader._core.model import Member, State
 from followtheleader._options import SECRET_ENVIRONMENT_VARIABLE, parse_options
-from followtheleader._wire import Message, encode_message, encode_txt
+from followtheleader._wire.auth import MAX_CLOCK_SKEW, RECORD_MAX_AGE, Authenticator, Secret
+from followtheleader._wire.protocol import encode_message, encode_txt
 
 from cluster import Cluster, JsonLinesProcess, NodeProcess
 from netlab import Host, Lab
@@ -131,9 +132,10 @@ def forge(host: Host, targets: list[tuple[str, int]]) -> None:
     script = f"""
 import socket, sys
 sys.path.insert(0, {os.path.dirname(HERE)!r})
-from followtheleader._auth import Authenticator, Secret
-from followtheleader._model import State
-from followtheleader._wire import Message, encode_message
+from followtheleader._wire.auth import Authenticator, Secret
+from followtheleader._core.model import State
+from followtheleader._core.messages import Message
+from followtheleader._wire.protocol import encode_message
 import time
 for sender in ("zz-forger", "s-c"):
     message = Message("claim", sys.argv[1], sender, 2**31 - 1, State.LEADER, 10**6, leader=sender)

@@ -7,7 +7,7 @@ on the machine of the day the simulator found its bug, and passes since its fix.
 
 from __future__ import annotations
 
-from followtheleader._model import State
+from followtheleader._core.model import State
 
 from simnet import TIMING, SimNet
 

@@ -15,8 +15,8 @@ import sys
 
 import pytest
 
-from followtheleader._machine import Machine
-from followtheleader._model import State
+from followtheleader._core.machine import Machine
+from followtheleader._core.model import State
 
 from simfuzz import Run, generate, run_seed
 from simtrace import (

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from followtheleader._machine import Machine
-from followtheleader._model import State
+from followtheleader._core.machine import Machine
+from followtheleader._core.model import State
 
 from simfuzz import Fault, Result, faults_of, generate, run_schedule, shrink
 

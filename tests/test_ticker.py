@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from followtheleader._heartbeat import Ticker
+from followtheleader._runtime.ticker import Ticker
 
 
 def _never_fails(exc: BaseException, text: str) -> None:

@@ -8,15 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from followtheleader._model import FencingToken, Member, State
-from followtheleader._wire import (
-    MAX_DATAGRAM,
-    Message,
-    decode_message,
-    decode_txt,
-    encode_message,
-    encode_txt,
-)
+from followtheleader._core.messages import Message
+from followtheleader._core.model import FencingToken, Member, State
+from followtheleader._wire.protocol import MAX_DATAGRAM, decode_message, decode_txt, encode_message, encode_txt
 
 node_ids = st.from_regex(r"\A[A-Za-z0-9_-]{1,32}\Z")
 members = st.builds(

@@ -15,8 +15,9 @@ import socket
 import sys
 import time
 
-from followtheleader._auth import Authenticator, Secret
-from followtheleader._wire import ANYONE, Message, State, decode_datagram, encode_message
+from followtheleader._core.messages import ANYONE, Message
+from followtheleader._wire.auth import Authenticator, Secret
+from followtheleader._wire.protocol import State, decode_datagram, encode_message
 
 
 def main() -> int:

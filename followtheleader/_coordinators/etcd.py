@@ -1,6 +1,6 @@
 """etcd v3 coordinator, through etcd3gw (the JSON gateway client).
 
-Layout (see :mod:`._coordinator`): ``<prefix>/<group>/leader`` holds the leader's id and
+Layout (see :mod:`followtheleader._coordinators.base`): ``<prefix>/<group>/leader`` holds the leader's id and
 priority as JSON; its create revision is the term. ``<prefix>/<group>/members/<id>.<priority>``
 are one key per member. Every key of a member is bound to its lease: when the lease expires
 or is revoked, they go.
@@ -28,20 +28,19 @@ import requests
 from etcd3gw.client import DEFAULT_API_PATH
 from etcd3gw.utils import _encode, _increment_last_byte
 
-from ._coordinator import (
+from .._core.lease import Leadership, View
+from .._core.model import Member
+from .base import (
     Coordinator,
     CoordinatorConfig,
     CoordinatorError,
     GroupInfo,
-    Leadership,
     SessionLost,
-    View,
     member_from_label,
     member_label,
     quote_group,
     ranked,
 )
-from ._model import Member
 
 __all__ = ["POLL", "EtcdCoordinator"]
 
@@ -64,7 +63,7 @@ def _decode_member(data: bytes | str) -> Member | None:
 
 
 class EtcdCoordinator(Coordinator):
-    """One member's etcd lease (see :class:`._coordinator.Coordinator`)."""
+    """One member's etcd lease (see :class:`followtheleader._coordinators.base.Coordinator`)."""
 
     service = "etcd"
 

@@ -33,10 +33,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ._console import Console, catch_signals, format_token
-from ._elector import Elector
-from ._model import Event, FencingToken
-from ._options import ACCEPTED_SECRET_ENVIRONMENT_VARIABLE, SECRET_ENVIRONMENT_VARIABLE
+from .._core.model import Event, FencingToken
+from .._elector import Elector
+from .._options import ACCEPTED_SECRET_ENVIRONMENT_VARIABLE, SECRET_ENVIRONMENT_VARIABLE
+from .console import Console, catch_signals, format_token
 
 __all__ = ["ON_EXIT_CHOICES", "RESTART_DELAY", "Runner"]
 

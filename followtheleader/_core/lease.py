@@ -1,6 +1,6 @@
 """The state of a coordinated elector: what the server said, held against the local clock.
 
-:class:`LeaseMachine` plays the part :class:`._machine.Machine` plays in mDNS mode, with the
+:class:`LeaseMachine` plays the part :class:`followtheleader._core.machine.Machine` plays in mDNS mode, with the
 same inputs the elector calls (``start``, ``stop``, ``resign``, ``tick``, ``next_deadline``,
 ``is_leader``, ``members``) and the same attributes it reads (``state``, ``term``, ``leader``,
 ``token``, ``me``, ``boot``), plus the session thread's reports (:meth:`on_view`,
@@ -19,11 +19,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ._coordinator import View
-from ._machine import Action, Notify
-from ._model import Event, FencingToken, Member, State
+from .machine import Action, Notify
+from .model import Event, FencingToken, Member, State
 
-__all__ = ["LeaseMachine"]
+__all__ = ["Leadership", "LeaseMachine", "View"]
+
+
+@dataclass(frozen=True)
+class Leadership:
+    """The ``leader`` node or key of a group.
+
+    :ivar leader: who holds it.
+    :ivar term: the server's number for it (creation zxid or create revision).
+    :ivar mine: True when it is bound to this client's own session or lease.
+    """
+
+    leader: Member
+    term: int
+    mine: bool
+
+
+@dataclass(frozen=True)
+class View:
+    """A group as read from the server in one go.
+
+    :ivar leadership: the current leadership, or None when vacant.
+    :ivar members: the live members (their session holds), best-ranked first.
+    """
+
+    leadership: Leadership | None
+    members: tuple[Member, ...]
 
 
 @dataclass

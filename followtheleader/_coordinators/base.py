@@ -1,8 +1,8 @@
 """Coordinator mode: the interface to a coordination service and the URL that names one.
 
 A :class:`Coordinator` is what the session thread of a coordinated elector (see
-:mod:`._coordinated`) talks to: ZooKeeper (:mod:`._zookeeper`, through kazoo) or etcd v3
-(:mod:`._etcd`, through etcd3gw). Every method blocks (bounded by the client's timeouts) and
+:mod:`._coordinated`) talks to: ZooKeeper (:mod:`followtheleader._coordinators.zookeeper`, through kazoo) or etcd v3
+(:mod:`followtheleader._coordinators.etcd`, through etcd3gw). Every method blocks (bounded by the client's timeouts) and
 is called from that one thread only, except :meth:`Coordinator.wake` (any thread).
 
 A group's data in the service, under the URL's prefix (``/followtheleader`` by default)::
@@ -25,7 +25,8 @@ import logging
 import urllib.parse
 from dataclasses import dataclass, field
 
-from ._model import Member
+from .._core.lease import View
+from .._core.model import Member
 
 __all__ = [
     "COORDINATOR_ENVIRONMENT_VARIABLE",
@@ -34,9 +35,7 @@ __all__ = [
     "CoordinatorConfig",
     "CoordinatorError",
     "GroupInfo",
-    "Leadership",
     "SessionLost",
-    "View",
     "make_coordinator",
     "member_from_label",
     "member_label",
@@ -185,32 +184,6 @@ class SessionLost(CoordinatorError):
 
 
 @dataclass(frozen=True)
-class Leadership:
-    """The ``leader`` node or key of a group.
-
-    :ivar leader: who holds it.
-    :ivar term: the server's number for it (creation zxid or create revision).
-    :ivar mine: True when it is bound to this client's own session or lease.
-    """
-
-    leader: Member
-    term: int
-    mine: bool
-
-
-@dataclass(frozen=True)
-class View:
-    """A group as read from the server in one go.
-
-    :ivar leadership: the current leadership, or None when vacant.
-    :ivar members: the live members (their session holds), best-ranked first.
-    """
-
-    leadership: Leadership | None
-    members: tuple[Member, ...]
-
-
-@dataclass(frozen=True)
 class GroupInfo:
     """One group under a prefix, for ``followtheleader status``."""
 
@@ -313,9 +286,9 @@ class Coordinator(abc.ABC):
 def make_coordinator(config: CoordinatorConfig, group: str, me: Member, ttl: float) -> Coordinator:
     """The coordinator for ``config``'s backend (imports its client library here)."""
     if config.backend == "zookeeper":
-        from ._zookeeper import ZooKeeperCoordinator
+        from .zookeeper import ZooKeeperCoordinator
 
         return ZooKeeperCoordinator(config, group, me, ttl)
-    from ._etcd import EtcdCoordinator
+    from .etcd import EtcdCoordinator
 
     return EtcdCoordinator(config, group, me, ttl)

@@ -22,7 +22,8 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 
-from ._wire import ANYONE, Stamp
+from .._core.messages import ANYONE
+from .protocol import Stamp
 
 __all__ = ["MAX_CLOCK_SKEW", "RECORD_MAX_AGE", "RECORD_REFRESH", "Authenticator", "Secret"]
 

@@ -1,9 +1,9 @@
 """The command line: ``followtheleader elect``, ``status`` and ``run``.
 
 Everything here runs on the main thread: it parses the arguments and hands over to the
-subcommand. ``elect`` is here; ``status`` is in :mod:`._status` and ``run`` in
-:mod:`._runner`. SIGINT and SIGTERM only put the signal into a queue (see
-:func:`._console.catch_signals`); the main thread then stops the elector gracefully (a
+subcommand. ``elect`` is here; ``status`` is in :mod:`.status` and ``run`` in
+:mod:`followtheleader._cli.runner`. SIGINT and SIGTERM only put the signal into a queue (see
+:func:`followtheleader._cli.console.catch_signals`); the main thread then stops the elector gracefully (a
 leader hands over) and the command exits 0.
 
 Bad arguments give a one-line error on stderr and exit status 2.
@@ -24,15 +24,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from ._callbacks import EVENT_KINDS
-from ._console import Console, catch_signals
-from ._coordinator import COORDINATOR_ENVIRONMENT_VARIABLE, parse_coordinator
-from ._coordinator_status import coordinator_groups, coordinator_json, format_coordinator_table
-from ._elector import Elector, elect
-from ._options import parse_options
-from ._peers import PeerEntry
-from ._runner import ON_EXIT_CHOICES, Runner
-from ._status import DEFAULT_TIMEOUT, format_table, survey, survey_peers, to_json
+from .._coordinators.base import COORDINATOR_ENVIRONMENT_VARIABLE, parse_coordinator
+from .._coordinators.survey import coordinator_groups
+from .._elector import Elector, elect
+from .._lan.peers import PeerEntry
+from .._lan.survey import DEFAULT_TIMEOUT, survey, survey_peers
+from .._options import parse_options
+from .._runtime.callbacks import EVENT_KINDS
+from .console import Console, catch_signals
+from .runner import ON_EXIT_CHOICES, Runner
+from .status import coordinator_json, format_coordinator_table, format_table, to_json
 
 __all__ = ["main"]
 
@@ -397,7 +398,7 @@ def _resolve_peers(entries: Sequence[PeerEntry]) -> list[tuple[str, int]]:
 
 
 def _run(args: argparse.Namespace, parser: _Parser, command: list[str] | None) -> int:
-    """``run``: run CMD while this node leads (see :class:`._runner.Runner`)."""
+    """``run``: run CMD while this node leads (see :class:`followtheleader._cli.runner.Runner`)."""
     if not command:
         parser.error("give the command to run after '--', as in: followtheleader run NAME -- CMD [ARGS...]")
     if shutil.which(command[0]) is None:

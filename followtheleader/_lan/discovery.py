@@ -45,11 +45,12 @@ from zeroconf import (
 )
 from zeroconf.asyncio import AsyncServiceInfo
 
-from ._auth import RECORD_REFRESH, Authenticator
-from ._logs import RateLimitedWarning
-from ._model import Member, State
-from ._options import Options
-from ._wire import PeerRecord, decode_txt, encode_txt
+from .._core.messages import PeerRecord
+from .._core.model import Member, State
+from .._options import Options
+from .._runtime.logs import RateLimitedWarning
+from .._wire.auth import RECORD_REFRESH, Authenticator
+from .._wire.protocol import decode_txt, encode_txt
 
 __all__ = ["Discovery", "DiscoveryError"]
 

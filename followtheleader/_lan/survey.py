@@ -30,8 +30,7 @@ import queue
 import socket
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 from zeroconf import (
     DNSQuestionType,
@@ -43,9 +42,9 @@ from zeroconf import (
     Zeroconf,
 )
 
-from ._console import format_token
-from ._model import FencingToken, Member, State
-from ._wire import ANYONE, MAX_DATAGRAM, Message, PeerRecord, decode_message, decode_txt, encode_message
+from .._core.messages import ANYONE, Message, PeerRecord
+from .._core.model import FencingToken, Member, State
+from .._wire.protocol import MAX_DATAGRAM, decode_message, decode_txt, encode_message
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -53,11 +52,9 @@ __all__ = [
     "MemberView",
     "SeenRecord",
     "browse",
-    "format_table",
     "probe",
     "survey",
     "survey_peers",
-    "to_json",
 ]
 
 DEFAULT_TIMEOUT = 1.5
@@ -330,66 +327,3 @@ def _ranked(views: Iterable[MemberView]) -> tuple[MemberView, ...]:
     return tuple(
         sorted(views, key=lambda v: (v.role == "leader" and v.live is not False, v.priority, v.node_id), reverse=True)
     )
-
-
-# --------------------------------------------------------------------- output
-
-
-def format_table(groups: list[GroupView], service_type: str) -> str:
-    """A table: group, leader, term, fencing token (short form), members (``id@host:port role``)."""
-    if not groups:
-        return f"no groups found on {service_type}"
-    rows = [("GROUP", "LEADER", "TERM", "TOKEN", "MEMBERS")]
-    for group in groups:
-        term = "-" if group.term is None else str(group.term)
-        rows.append((group.name, _leader_cell(group), term, format_token(group.fencing_token), _members_cell(group)))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ("  ".join([*(f"{row[i]:<{widths[i]}}" for i in range(4)), row[4]]).rstrip() for row in rows)
-    return "\n".join(lines)
-
-
-def _leader_cell(group: GroupView) -> str:
-    if group.leader is None:
-        if group.unanswered:
-            return f"none ({', '.join(group.unanswered)} did not answer)"
-        return "none"
-    text = group.leader.address
-    if group.confirmed:
-        return text
-    return f"{text} (authenticated group: not checked)" if group.authenticated else f"{text} (not checked)"
-
-
-def _members_cell(group: GroupView) -> str:
-    if not group.members:
-        return "-"
-    cells = []
-    for member in group.members:
-        text = f"{member.address} {member.role}"
-        if member.live is False:
-            text += " (not live)"
-        cells.append(text)
-    return ", ".join(cells)
-
-
-def to_json(groups: list[GroupView], service_type: str) -> dict[str, Any]:
-    """One JSON-ready object for ``--json``."""
-    return {
-        "service_type": service_type,
-        "groups": [
-            {
-                "group": group.name,
-                "leader": None if group.leader is None else _member_json(group.leader),
-                "term": group.term,
-                "fencing_token": None if group.fencing_token is None else group.fencing_token.key,
-                "confirmed": group.confirmed,
-                "authenticated": group.authenticated,
-                "unanswered": list(group.unanswered),
-                "members": [_member_json(member) for member in group.members],
-            }
-            for group in groups
-        ],
-    }
-
-
-def _member_json(member: MemberView) -> dict[str, Any]:
-    return asdict(member)

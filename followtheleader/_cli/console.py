@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any, TextIO
 
-from ._model import Event, FencingToken
+from .._core.model import Event, FencingToken
 
 __all__ = ["STOP_SIGNALS", "Console", "catch_signals", "format_token"]
 

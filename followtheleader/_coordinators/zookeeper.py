@@ -4,7 +4,7 @@ The renewal is a ``sync`` (which the ensemble's leader answers, so that it fails
 cut off from the leader) then two reads; the session may count as alive from when the sync
 was sent.
 
-Layout (see :mod:`._coordinator`): ``<prefix>/<group>/leader`` is an ephemeral znode that
+Layout (see :mod:`followtheleader._coordinators.base`): ``<prefix>/<group>/leader`` is an ephemeral znode that
 holds the leader's id and priority as JSON; its creation zxid (``czxid``) is the term.
 ``<prefix>/<group>/members/<id>.<priority>`` are ephemeral znodes, one per member. All are
 bound to the member's ZooKeeper session: when the session expires or is closed, they go.
@@ -32,20 +32,19 @@ from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError, Sessi
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.security import make_digest_acl
 
-from ._coordinator import (
+from .._core.lease import Leadership, View
+from .._core.model import Member
+from .base import (
     Coordinator,
     CoordinatorConfig,
     CoordinatorError,
     GroupInfo,
-    Leadership,
     SessionLost,
-    View,
     member_from_label,
     member_label,
     quote_group,
     ranked,
 )
-from ._model import Member
 
 __all__ = ["ZooKeeperCoordinator"]
 
@@ -79,7 +78,7 @@ def _decode_member(data: bytes) -> Member | None:
 
 
 class ZooKeeperCoordinator(Coordinator):
-    """One member's ZooKeeper session (see :class:`._coordinator.Coordinator`)."""
+    """One member's ZooKeeper session (see :class:`followtheleader._coordinators.base.Coordinator`)."""
 
     service = "ZooKeeper"
     renew_fraction = 0.1

@@ -44,8 +44,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ._model import Event, FencingToken, Member, State
-from ._wire import ANYONE, MAX_MEMBERS, Message, PeerRecord
+from .messages import ANYONE, MAX_MEMBERS, Message, PeerRecord
+from .model import Event, FencingToken, Member, State
 
 __all__ = ["Machine", "Notify", "NpmPing", "Publish", "Send", "Timing", "npm_member"]
 

@@ -13,7 +13,7 @@ import queue
 import threading
 from collections.abc import Callable
 
-from ._model import Event
+from .._core.model import Event
 
 __all__ = ["EVENT_KINDS", "Callback", "CallbackThread"]
 

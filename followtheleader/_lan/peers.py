@@ -1,7 +1,7 @@
 """Unicast mode: a group's peers from a list of addresses or DNS names instead of mDNS.
 
 With the ``peers`` option, no mDNS socket is opened: :class:`PeerDirectory` stands where
-:class:`~followtheleader._discovery.Discovery` stands in the default mode, behind the same
+:class:`~followtheleader._lan.discovery.Discovery` stands in the default mode, behind the same
 small interface (:class:`PeerSource`: ``start``, ``publish``, ``close``), and hands the
 elector the set of addresses where nodes of the group may be. The state machine pings those
 addresses until their nodes answer (see ``Machine.on_addresses``); the heartbeat protocol is
@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ._model import State
+from .._core.model import State
 
 __all__ = [
     "PEERS_ENVIRONMENT_VARIABLE",

@@ -1,0 +1,1 @@
+"""The command line: ``followtheleader elect``, ``status`` and ``run``, and their console output."""
