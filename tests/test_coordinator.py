@@ -572,7 +572,7 @@ def test_cli_elect_and_run_with_a_coordinator(hosts: list[Host], single: ServerS
                     process.proc.wait(30)
                 except subprocess.TimeoutExpired:
                     stderr = process.abort_with_stacks()
-                    raise AssertionError(f"no exit 30 s after SIGTERM; stderr, with its threads' stacks:\n{stderr}") from None
+                    raise AssertionError(f"no exit 30 s after SIGTERM; stderr and stacks:\n{stderr}") from None
     assert run_cli is not None and run_cli.proc.returncode == 0, run_cli.stderr
 
 

@@ -1,8 +1,9 @@
 """A group that mixes nodes of release 0.2.0 with nodes of this checkout, in the namespace lab.
 
-Release 0.2.0 is installed by pip from this checkout's own git history (no network needed
-for the package itself) into a temporary directory; its node processes import it from there
-(``NodeProcess(package_path=...)``), and every process reports the package it imported.
+Release 0.2.0 is installed by pip from this checkout's own git history into a temporary
+directory, offline (no package index: the build tools come from the test extra); its node
+processes import it from there (``NodeProcess(package_path=...)``), and every process
+reports the package it imported.
 The wire protocol is unchanged since 0.2.0, so a mixed group must behave as one of a single
 release: one leader, a handover through the resign message, a failover after SIGKILL, with
 an old node leading new ones and a new node leading old ones along the way.
@@ -59,7 +60,10 @@ def release_0_2_0() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="ftl-release-0.2.0-") as target:
         install = subprocess.run(
             [
+                # offline: the code comes from git, the build tools from this environment
+                # (setuptools and wheel are in the test extra); no package index is asked
                 *(sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-cache-dir"),
+                *("--no-index", "--no-build-isolation"),
                 *("--target", target, f"git+file://{ROOT}@{RELEASE_0_2_0}"),
             ],
             capture_output=True,
