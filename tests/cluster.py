@@ -54,19 +54,21 @@ class JsonLinesProcess:
     A reader thread appends each object to :attr:`records` under ``changed`` and notifies it;
     :attr:`alive` turns False when its output ends. Stderr is kept in :attr:`stderr`.
     Python processes run with ``PYTHONFAULTHANDLER=1``: :meth:`abort_with_stacks` makes one
-    that hangs print the stack of each of its threads there.
+    that hangs print the stack of each of its threads there. ``env`` adds to their environment.
     """
 
-    def __init__(self, host: Host, argv: list[str], changed: threading.Condition) -> None:
+    def __init__(
+        self, host: Host, argv: list[str], changed: threading.Condition, env: dict[str, str] | None = None
+    ) -> None:
         self.host = host
         self.changed = changed
         self.records: list[dict[str, Any]] = []
         self.stderr = ""
         self.alive = True
         self.spawned = time.monotonic()
-        env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+        environment = {**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})}
         self.proc = host.popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment
         )
         self._reader = threading.Thread(target=self._read, name=f"reader-{host.name}", daemon=True)
         self._reader.start()
@@ -118,7 +120,12 @@ class JsonLinesProcess:
 
 
 class NodeProcess(JsonLinesProcess):
-    """One node process (one or more electors) in a lab host."""
+    """One node process (one or more electors) in a lab host.
+
+    ``package_path`` is a directory holding another copy of the ``followtheleader`` package
+    (an older release) for the process to import instead of this checkout's; :attr:`package`
+    and :attr:`version` are the package directory and version the process reports it imported.
+    """
 
     def __init__(
         self,
@@ -129,19 +136,25 @@ class NodeProcess(JsonLinesProcess):
         options: dict[str, Any] | None = None,
         node_ids: list[str] | None = None,
         wait_go: bool = False,
+        package_path: str | None = None,
     ) -> None:
         self.cluster = cluster
         self.node_ids: list[str] = []
+        self.package = ""
+        self.version = ""
         argv = [sys.executable, RUNNER, group, "--count", str(count), "--options", json.dumps(options or {})]
         if node_ids:
             argv += ["--node-ids", ",".join(node_ids)]
         if wait_go:
             argv.append("--wait-go")
-        super().__init__(host, argv, cluster.changed)
+        env = {"NODE_RUNNER_PACKAGE_PATH": package_path} if package_path else None
+        super().__init__(host, argv, cluster.changed, env)
 
     def take(self, record: dict[str, Any]) -> None:
         if record["kind"] == "ready":
             self.node_ids = record["nodes"]
+            self.package = record["package"]
+            self.version = record["version"]
 
     def kill(self) -> float:
         """SIGKILL the process; returns the monotonic time just before."""

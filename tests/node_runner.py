@@ -12,6 +12,11 @@ Reads commands on stdin, one a line: ``go`` (start, with --wait-go), ``stop I``,
 ``resign I``, ``status I``, ``raise-in-callback I`` (the next event callback of elector I
 raises), ``stop-in-callback I`` (elector I stops itself from its next callback), ``exit``.
 End of input stops every elector.
+
+The ``followtheleader`` package imported is this checkout's, or the copy in the directory named
+by the environment variable ``NODE_RUNNER_PACKAGE_PATH`` (a release a test installed; see
+tests/test_release_interop.py, whose old release this file must keep working with: use
+only the public API). The ``ready`` record names the package directory and version imported.
 """
 
 from __future__ import annotations
@@ -25,8 +30,11 @@ import threading
 import time
 from typing import Any
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(
+    0, os.environ.get("NODE_RUNNER_PACKAGE_PATH") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+)
 
+import followtheleader
 from followtheleader import Elector, Event, elect
 
 _print_lock = threading.Lock()
@@ -135,7 +143,12 @@ def main() -> int:
     for index in range(args.count):
         extra = {"node_id": ids[index]} if index < len(ids) else {}
         nodes.append(Node(index, elect(args.group, **options, **extra)))
-    emit(kind="ready", nodes=[n.elector.node_id for n in nodes])
+    emit(
+        kind="ready",
+        nodes=[n.elector.node_id for n in nodes],
+        package=os.path.dirname(os.path.abspath(followtheleader.__file__)),
+        version=followtheleader.__version__,
+    )
 
     def start_all() -> None:
         for node in nodes:

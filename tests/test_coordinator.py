@@ -22,9 +22,9 @@ import pytest
 
 import followtheleader
 from followtheleader import Event, State, elect
-from followtheleader._coordinators.base import parse_coordinator
-from followtheleader._core.lease import Leadership, LeaseMachine, View
-from followtheleader._core.model import Member
+from followtheleader._coordinator import Leadership, View, parse_coordinator
+from followtheleader._lease import LeaseMachine
+from followtheleader._model import Member
 
 from cluster import Cluster, NodeProcess, check_pairing, leader_overlap
 from conftest import Local
@@ -572,9 +572,7 @@ def test_cli_elect_and_run_with_a_coordinator(hosts: list[Host], single: ServerS
                     process.proc.wait(30)
                 except subprocess.TimeoutExpired:
                     stderr = process.abort_with_stacks()
-                    raise AssertionError(
-                        f"no exit 30 s after SIGTERM; stderr, with its threads' stacks:\n{stderr}"
-                    ) from None
+                    raise AssertionError(f"no exit 30 s after SIGTERM; stderr and stacks:\n{stderr}") from None
     assert run_cli is not None and run_cli.proc.returncode == 0, run_cli.stderr
 
 
