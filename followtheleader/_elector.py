@@ -93,7 +93,7 @@ def make_backend(options: Options, feeder: Feeder) -> Backend:
         secret=options.secret,
         peers=options.peers,
     )
-    return LanBackend(settings, feeder)
+    return LanBackend(settings, feeder, LanBackend.listed_peers if options.peers is not None else LanBackend.mdns)
 
 
 class Elector:

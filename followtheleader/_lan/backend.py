@@ -40,7 +40,7 @@ from .heartbeat import HeartbeatServer, bind_heartbeat_server
 from .peers import PeerDirectory, PeerSource, is_local_address
 from .settings import LanSettings
 
-__all__ = ["LanBackend"]
+__all__ = ["LanBackend", "PeerSourceFactory"]
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +48,23 @@ _SERVE_POLL_INTERVAL = 0.1
 """How often the heartbeat server loop checks for shutdown (bounds how long stop() takes)."""
 
 
+PeerSourceFactory = Callable[["LanBackend", Member], PeerSource]
+"""Makes the peer source of a LAN backend (on the thread of ``start()``), given this node
+with its bound heartbeat port."""
+
+
 class LanBackend:
     """The heartbeat protocol on one LAN segment (mDNS) or between listed peers.
 
     :param settings: what the options say about the LAN.
     :param feeder: the facade's way into the state machine.
+    :param peer_source: how peers are found: :meth:`mdns` or :meth:`listed_peers` (the
+        facade's factory chooses; nothing here tells the modes apart).
     """
 
-    def __init__(self, settings: LanSettings, feeder: Feeder) -> None:
+    def __init__(self, settings: LanSettings, feeder: Feeder, peer_source: PeerSourceFactory) -> None:
         self._settings = settings
+        self._peer_source = peer_source
         self._feeder = feeder
         self._warn = RateLimitedWarning(log)
         self._auth = Authenticator(settings.secret, settings.name) if settings.secret is not None else None
@@ -110,7 +118,7 @@ class LanBackend:
         )
         me = Member(settings.node_id, settings.priority, "", self._server.port)
         self.machine.me = me
-        self._discovery = self._peer_source(me)
+        self._discovery = self._peer_source(self, me)
         self._feeder.feed(self.machine.start)  # before discovery, so that no early record is dropped
         self._discovery.start()
         self._server_thread = threading.Thread(
@@ -121,14 +129,17 @@ class LanBackend:
         )
         self._server_thread.start()
 
-    def _peer_source(self, me: Member) -> PeerSource:
-        """Where peers are found: the ``peers`` list (unicast mode), else mDNS."""
+    def listed_peers(self, me: Member) -> PeerSource:
+        """Peers from the ``peers`` list (unicast mode): a :data:`PeerSourceFactory`."""
         settings = self._settings
-        if settings.peers is not None:
-            ipv6 = ":" in settings.host
-            return PeerDirectory(settings.name, settings.peers, ipv6, self._on_addresses, self._feeder.report_error)
+        assert settings.peers is not None
+        ipv6 = ":" in settings.host
+        return PeerDirectory(settings.name, settings.peers, ipv6, self._on_addresses, self._feeder.report_error)
+
+    def mdns(self, me: Member) -> PeerSource:
+        """Peers found by mDNS, this node published there: a :data:`PeerSourceFactory`."""
         return Discovery(
-            settings,
+            self._settings,
             me,
             self._auth,
             self._on_record,
