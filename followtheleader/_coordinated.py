@@ -1,20 +1,20 @@
-"""The elector in coordinator mode: leadership held in ZooKeeper or etcd.
+"""The coordinator backend: leadership held in ZooKeeper or etcd.
 
-:class:`CoordinatedElector` is the :class:`.Elector` with its mDNS and heartbeat layer
-swapped for a session with a coordination service; ``Elector(options)`` makes one when the
-options name a coordinator. It opens no mDNS socket and no heartbeat port. Its threads (all
-daemon threads, all gone after ``stop()``):
+:class:`CoordinatorBackend` is the :class:`~followtheleader._runtime.backend.Backend` the
+facade composes when the options name a coordinator. It opens no mDNS socket and no heartbeat
+port. Its thread (a daemon thread, gone after :meth:`CoordinatorBackend.close`):
 
-* ``followtheleader-session-<name>``: :meth:`CoordinatedElector._run_session`, the only thread
+* ``followtheleader-session-<name>``: :meth:`CoordinatorBackend._run_session`, the only thread
   that talks to the service (through :class:`followtheleader._coordinators.base.Coordinator`): it opens the
   session, renews it, reads the group, claims a vacant leadership, releases it on
   ``resign()``, and ends the session on ``stop()``. It reports to the
-  :class:`followtheleader._core.lease.LeaseMachine` through :meth:`.Elector._feed`, as the heartbeat threads do in
-  mDNS mode.
-* ``followtheleader-ticker-<name>``: ends the local lease at its deadline, even while the
-  session thread waits for an answer that does not come.
-* ``followtheleader-callbacks-<name>``: the user's callbacks, as in mDNS mode.
+  :class:`followtheleader._core.lease.LeaseMachine` through the facade's feed
+  (:attr:`CoordinatorBackend._feed`), as the heartbeat threads do on the LAN.
 * the client library's own threads (kazoo's connection and watcher threads; none for etcd3gw).
+
+The facade's threads serve it as they serve every backend: the ticker ends the local lease at
+its deadline, even while the session thread waits for an answer that does not come; the
+callback thread runs the user's callbacks.
 """
 
 from __future__ import annotations
@@ -22,18 +22,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from ._coordinators.base import Coordinator, CoordinatorError, SessionLost, make_coordinator, parse_coordinator
 from ._core.lease import LeaseMachine, View
-from ._core.model import Member
-from ._elector import Elector
+from ._core.machine import Action
+from ._core.model import Member, State
 from ._options import Options
+from ._runtime.backend import Description, Feeder
 from ._runtime.logs import RateLimitedWarning
-from ._runtime.ticker import Ticker
 
-__all__ = ["CoordinatedElector"]
+__all__ = ["CoordinatorBackend"]
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +50,24 @@ FIRST_BACKOFF = 0.1
 """Seconds before the first retry after an error; doubled each time up to a fifth of the TTL."""
 
 
-class CoordinatedElector(Elector):
-    """An :class:`.Elector` whose leadership is held in a coordination service."""
+class CoordinatorBackend:
+    """Leadership held in a coordination service, for the one :class:`~followtheleader.Elector`.
 
-    def __init__(self, options: Options) -> None:
-        super().__init__(options)
+    :param options: the elector's options (``coordinator`` set).
+    :param feeder: the facade's way into the state machine.
+    """
+
+    tick_period = 1.0
+    """Seconds the ticker waits before it retries a tick that raised."""
+
+    def __init__(self, options: Options, feeder: Feeder) -> None:
         assert options.coordinator is not None
+        self.name = options.name
+        self.node_id = options.node_id
+        self._feeder = feeder
+        self._feed = feeder.feed
+        self._report_error = feeder.report_error
+        self._ttl = options.coordinator_ttl
         config = parse_coordinator(options.coordinator)
         me = Member(options.node_id, options.priority)
         ttl = options.coordinator_ttl
@@ -64,53 +76,72 @@ class CoordinatedElector(Elector):
         self._renew_every = ttl * self._coordinator.renew_fraction
         # The lease ends a fifth of the TTL before the server could expire the session: up to
         # three renewals in a row may fail before it does.
-        lease = LeaseMachine(options.name, me, self._service, margin=ttl / 5)
-        self._machine = lease  # type: ignore[assignment]  # the same face as Machine (see _lease)
-        self._lease = lease
+        self._lease = LeaseMachine(options.name, me, self._service, margin=ttl / 5)
         self._session: threading.Thread | None = None
         self._closing = threading.Event()
         self._session_warn = RateLimitedWarning(log)
 
-    def __repr__(self) -> str:
-        state = self.state.value
-        return f"<Elector {self.name!r} node_id={self.node_id!r} state={state} term={self.term} ({self._service})>"
+    @property
+    def machine(self) -> LeaseMachine:
+        """The lease machine (the facade calls and reads it under the state lock)."""
+        return self._lease
 
-    def _open(self) -> None:
-        """Start the ticker and the session thread (under the life-cycle lock)."""
-        name = self.name
+    @property
+    def port(self) -> int:
+        """No heartbeat port: 0."""
+        return 0
+
+    def describe(self) -> Description:
+        """``coordinator URL``, the password masked. Any thread."""
+        url = self._coordinator.config.url
+        return Description(f"coordinator {url}", {"coordinator": url}, self._service)
+
+    def counters(self) -> dict[str, int]:
+        """No datagrams, no records: nothing counted."""
+        return {}
+
+    # ----------------------------------------------------------------- life cycle (facade's threads)
+
+    def open(self) -> None:
+        """Start the machine and the session thread (under the life-cycle lock)."""
         self._feed(self._lease.start)
-        self._ticker = Ticker(f"followtheleader-ticker-{name}", self._tick, self._report_error, 1.0)
-        self._ticker.start()
-        self._session = threading.Thread(target=self._run_session, name=f"followtheleader-session-{name}", daemon=True)
+        self._session = threading.Thread(
+            target=self._run_session, name=f"followtheleader-session-{self.name}", daemon=True
+        )
         self._session.start()
-        log.info("elector %r node %s started on %s", name, self.node_id, self._coordinator.config.url)
 
-    def _close_resources(self) -> None:
-        """End the session (a leader's node or key goes at once), then the ticker."""
+    def decided(self, actions: Sequence[Action]) -> list[Action]:
+        """The lease machine decides nothing but events: nothing to carry out."""
+        return []
+
+    def carry_out(self, actions: Sequence[Action]) -> None:
+        """Nothing to send: the session thread talks to the service."""
+
+    def after_resign(self) -> None:
+        """Wake the session thread: it releases the leadership now."""
+        self._coordinator.wake()
+
+    def close(self) -> None:
+        """End the session (a leader's node or key goes at once). Idempotent."""
         self._closing.set()
         self._coordinator.wake()
         session = self._session
         if session is not None and session is not threading.current_thread():
-            session.join(self._options.coordinator_ttl + 5.0)
+            session.join(self._ttl + 5.0)
             if session.is_alive():
                 log.warning("the %s session thread did not finish", self._service)
-        super()._close_resources()
 
-    def _disown_after_fork(self) -> None:
-        super()._disown_after_fork()
+    def disown_after_fork(self) -> None:
+        """In a forked child: a stopped machine; the parent's session is forgotten."""
+        self._lease.state = State.STOPPED
+        self._lease.leader = None
         self._session = None  # the parent's; its client's sockets are the parent's too
-
-    def resign(self) -> bool:
-        was_leader = super().resign()
-        if was_leader:
-            self._coordinator.wake()  # the session thread releases the leadership now
-        return was_leader
 
     # ----------------------------------------------------------------- the session thread
 
     def _locked(self, read: Callable[[LeaseMachine], T]) -> T:
-        with self._lock:
-            return read(self._lease)
+        """Any thread: ``read`` the lease machine under the facade's state lock."""
+        return self._feeder.locked(lambda: read(self._lease))
 
     def _run_session(self) -> None:
         """Session thread: keep a session, follow the group, claim and release leadership."""

@@ -1,28 +1,26 @@
-"""The public elector: wires the state machine to its threads and to the user's callbacks.
+"""The public elector: one class for every mode, composing one backend.
 
-Threads of one started elector (all daemon threads, all gone after :meth:`Elector.stop`):
+:func:`elect` parses the options and :func:`make_backend` builds the one backend they ask for
+(:class:`~followtheleader._lan.backend.LanBackend` for mDNS or listed peers,
+:class:`~followtheleader._coordinated.CoordinatorBackend` for a coordinator); the
+:class:`Elector` composes it through the seam of :mod:`followtheleader._runtime.backend`.
+The backend has the mode's state machine, threads and sockets; the elector has what every
+mode shares. Its own threads (daemon threads, all gone after :meth:`Elector.stop`):
 
-* ``followtheleader-heartbeat-<name>``: ``HeartbeatServer.serve_forever``; the datagrams read
-  in one wake-up go to :meth:`Elector._on_datagrams`, which decides on them in one step.
 * ``followtheleader-ticker-<name>``: runs :meth:`Elector._tick` at the machine's deadlines
-  (pings, failure detection, lease, claims).
-* zeroconf's ServiceBrowser thread: runs :meth:`Elector._on_record`,
-  :meth:`Elector._on_goodbye` and their npm counterparts; zeroconf's own event-loop thread
-  publishes the records. In unicast mode (the ``peers`` option) there is no zeroconf at all:
-  ``followtheleader-peers-<name>`` (only when the list holds names) runs
-  :meth:`Elector._on_addresses`.
+  (pings, failure detection, leases, claims).
 * ``followtheleader-callbacks-<name>``: the user's callbacks, one at a time, in order.
 
-Every input goes through :meth:`Elector._feed`: the machine decides under ``self._lock`` (and
-the events it emits are queued there, so their order is the order of the decisions); the
-datagrams are sent after the lock is released. No user code and no blocking call ever runs
+Every input (from the backend's threads, the ticker, or the user's calls) goes through
+:meth:`Elector._feed`: the machine decides under ``self._lock`` (and the events it emits are
+queued there, so their order is the order of the decisions); what the backend must do (send
+datagrams) is done after the lock is released. No user code and no blocking call ever runs
 under that lock.
 """
 
 from __future__ import annotations
 
 import atexit
-import functools
 import logging
 import os
 import threading
@@ -30,31 +28,27 @@ import time
 import weakref
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
 
-from ._core.machine import Action, Machine, Notify, NpmPing, Publish, Send, Timing
-from ._core.messages import ANYONE, Message, PeerRecord
+from ._coordinated import CoordinatorBackend
+from ._core.machine import Action, Notify
 from ._core.model import Event, FencingToken, Member, State
-from ._lan.discovery import Discovery
-from ._lan.heartbeat import HeartbeatServer, bind_heartbeat_server
-from ._lan.peers import PeerDirectory, PeerSource, is_local_address
+from ._lan.backend import LanBackend
+from ._lan.settings import LanSettings
 from ._options import Options, parse_options
+from ._runtime.backend import Backend, Description, Feeder, Step
 from ._runtime.callbacks import EVENT_KINDS, Callback, CallbackThread
-from ._runtime.logs import RateLimitedWarning
 from ._runtime.ticker import Ticker
-from ._wire.auth import MAX_CLOCK_SKEW, Authenticator
-from ._wire.protocol import NPM_PING, NPM_PONG, decode_datagram, encode_message
 
-__all__ = ["Elector", "elect"]
+__all__ = ["Elector", "elect", "make_backend"]
 
 log = logging.getLogger(__name__)
 
-_SERVE_POLL_INTERVAL = 0.1
-"""How often the heartbeat server loop checks for shutdown (bounds how long stop() takes)."""
+T = TypeVar("T")
 
 
 def elect(*args: Any, **kwargs: Any) -> Elector:
@@ -73,6 +67,35 @@ def elect(*args: Any, **kwargs: Any) -> Elector:
     return Elector(parse_options(*args, **kwargs))
 
 
+def make_backend(options: Options, feeder: Feeder) -> Backend:
+    """The one backend the options ask for: the only place, but for option parsing, that
+    tells the modes apart. Opens nothing (see :meth:`.Backend.open`).
+
+    :param options: the validated options.
+    :param feeder: the elector's way into the backend's state machine.
+    """
+    if options.coordinator is not None:
+        return CoordinatorBackend(options, feeder)
+    settings = LanSettings(
+        name=options.name,
+        node_id=options.node_id,
+        priority=options.priority,
+        type=options.type,
+        port=options.port,
+        port_explicit=options.port_explicit,
+        host=options.host,
+        interval=options.interval,
+        max_failed_responses=options.max_failed_responses,
+        interfaces=options.interfaces,
+        ip_version=options.ip_version,
+        npm_compat=options.npm_compat,
+        quorum=options.quorum,
+        secret=options.secret,
+        peers=options.peers,
+    )
+    return LanBackend(settings, feeder, LanBackend.listed_peers if options.peers is not None else LanBackend.mdns)
+
+
 class Elector:
     """One node of a leader election group.
 
@@ -80,37 +103,16 @@ class Elector:
     All properties and methods are thread-safe and may be used from callbacks.
     """
 
-    def __new__(cls, options: Options) -> Elector:  # noqa: PYI034 - may return the subclass
-        """Make the coordinated elector (:mod:`._coordinated`) when the options name a coordinator."""
-        if cls is Elector and options.coordinator is not None:
-            from ._coordinated import CoordinatedElector
-
-            cls = CoordinatedElector
-        return super().__new__(cls)
-
     def __init__(self, options: Options) -> None:
         self._options = options
         name = options.name
         self._new_locks()
-        self._warn = RateLimitedWarning(log)
-        self._auth = Authenticator(options.secret, name) if options.secret is not None else None
-        timing = Timing(options.interval, options.max_failed_responses)
-        self._machine = Machine(
-            name,
-            Member(options.node_id, options.priority, "", options.port),
-            timing,
-            quorum=options.quorum,
-            npm_compat=options.npm_compat,
-            boot=time.time_ns() // 1000,
-        )
         self._callbacks = CallbackThread(f"followtheleader-callbacks-{name}", self._error_event)
-        self._server: HeartbeatServer | None = None
-        self._server_thread: threading.Thread | None = None
         self._ticker: Ticker | None = None
-        self._discovery: PeerSource | None = None
         self._started = False
         self._stopping = False
-        self._npm_pings_answered = 0
+        self._backend = make_backend(options, Feeder(self._feed, self._locked, self._report_error))
+        self._machine = self._backend.machine
 
     def _new_locks(self) -> None:
         """The locks and events (new ones after a fork: the parent may have held the old)."""
@@ -121,7 +123,9 @@ class Elector:
         self._torn_down = threading.Event()
 
     def __repr__(self) -> str:
-        return f"<Elector {self._options.name!r} node_id={self.node_id!r} state={self.state.value} term={self.term}>"
+        service = self._backend.describe().service
+        suffix = f" ({service})" if service is not None else ""
+        return f"<Elector {self.name!r} node_id={self.node_id!r} state={self.state.value} term={self.term}{suffix}>"
 
     # ----------------------------------------------------------------- callbacks
 
@@ -188,48 +192,13 @@ class Elector:
         return self
 
     def _open(self) -> None:
-        name = self._options.name
-        self._server = bind_heartbeat_server(
-            self._options.host,
-            self._options.port,
-            self._options.port_explicit,
-            self._on_datagrams,
-            self._warn,
-            self._report_error,
+        """Open the backend (it starts the machine), then the ticker. Life-cycle lock held."""
+        self._backend.open()
+        self._ticker = Ticker(
+            f"followtheleader-ticker-{self.name}", self._tick, self._report_error, self._backend.tick_period
         )
-        me = Member(self._options.node_id, self._options.priority, "", self._server.port)
-        self._machine.me = me
-        self._discovery = self._peer_source(me)
-        self._feed(self._machine.start)  # before discovery, so that no early record is dropped
-        self._discovery.start()
-        self._server_thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": _SERVE_POLL_INTERVAL},
-            name=f"followtheleader-heartbeat-{name}",
-            daemon=True,
-        )
-        self._server_thread.start()
-        self._ticker = Ticker(f"followtheleader-ticker-{name}", self._tick, self._report_error, self._options.interval)
         self._ticker.start()
-        log.info("elector %r node %s started, heartbeat port %d", name, me.node_id, me.port)
-
-    def _peer_source(self, me: Member) -> PeerSource:
-        """Where peers are found: the ``peers`` list (unicast mode), else mDNS."""
-        options = self._options
-        if options.peers is not None:
-            ipv6 = ":" in options.host
-            return PeerDirectory(options.name, options.peers, ipv6, self._on_addresses, self._report_error)
-        return Discovery(
-            options,
-            me,
-            self._auth,
-            self._on_record,
-            self._on_goodbye,
-            self._warn,
-            self._report_error,
-            on_npm_record=self._on_npm_record,
-            boot=self._machine.boot,
-        )
+        log.info("elector %r node %s started, %s", self.name, self.node_id, self._backend.describe().text)
 
     def stop(self, timeout: float = 5.0) -> bool:
         """Leave the group; a leader hands over at once (resign message and DNS-SD goodbye).
@@ -263,24 +232,17 @@ class Elector:
         self._new_locks()
         self._torn_down.set()
         self._stopping = True
-        self._machine.state = State.STOPPED
-        self._machine.leader = None
-        self._server = self._server_thread = self._ticker = self._discovery = None
+        self._backend.disown_after_fork()
+        self._ticker = None
         self._callbacks.forget_thread_after_fork()
 
     def _close_resources(self) -> None:
-        """Close in reverse order of opening: ticker, discovery, heartbeat server."""
+        """Close in reverse order of opening: the ticker, then the backend."""
         if self._ticker is not None:
             self._ticker.stop()
             if not self._ticker.join(5.0):
                 log.warning("the ticker thread did not finish")
-        if self._discovery is not None:
-            self._discovery.close()
-        if self._server is not None:
-            if self._server_thread is not None and self._server_thread.is_alive():
-                self._server.shutdown()
-                self._server_thread.join()
-            self._server.server_close()
+        self._backend.close()
         with self._state_changed:
             self._state_changed.notify_all()
 
@@ -314,6 +276,7 @@ class Elector:
             was_leader = self._machine.state is State.LEADER
         if was_leader:
             self._feed(self._machine.resign)
+            self._backend.after_resign()
         return was_leader
 
     def wait_for_leader(self, timeout: float | None = None) -> Member | None:
@@ -358,8 +321,15 @@ class Elector:
 
     @property
     def port(self) -> int:
-        """The heartbeat port (the one actually bound once started)."""
-        return self._machine.me.port
+        """The heartbeat port (the one actually bound once started); 0 with a coordinator,
+        which needs none."""
+        return self._backend.port
+
+    def describe(self) -> Description:
+        """Where this node meets its group: ``describe().text`` is ``heartbeat port 9001`` on
+        the LAN (mDNS or listed peers) or ``coordinator etcd://host:2379/prefix`` (a password
+        masked), ``describe().fields`` the same as JSON fields."""
+        return self._backend.describe()
 
     @property
     def state(self) -> State:
@@ -412,47 +382,35 @@ class Elector:
     def counters(self) -> dict[str, int]:
         """How often each kind of trouble (malformed datagram or record, send error) was seen,
         and ``npm-pings-answered``: how many ``PING`` of npm followers this node answered."""
-        counts = dict(self._warn.counts)
-        if self._npm_pings_answered:
-            counts["npm-pings-answered"] = self._npm_pings_answered
-        return counts
+        return self._backend.counters()
 
     # ----------------------------------------------------------------- inputs (various threads)
 
-    def _feed(self, step: Callable[[float], list[Action]]) -> float | None:
-        """Run one machine step under the lock, then carry out its actions outside it.
+    def _feed(self, step: Step) -> float | None:
+        """Run one machine step under the lock, then have the backend act outside it.
 
-        Datagrams go out in the order of the decisions: the send lock is taken before the
-        state lock is released, and the sends happen under the send lock alone.
+        Any thread (the backend's, the ticker, the user's). The events are queued under the
+        lock; the backend takes the other actions there (:meth:`.Backend.decided`) and carries
+        out what it returned under the send lock alone (:meth:`.Backend.carry_out`): the send
+        lock is taken before the state lock is released, so datagrams go out in the order of
+        the decisions.
         """
         with self._lock:
             actions = step(time.monotonic())
-            sends: list[Send | NpmPing] = []
+            others: list[Action] = []
             for action in actions:
-                if isinstance(action, (Send, NpmPing)):
-                    sends.append(action)
-                elif isinstance(action, Notify):
+                if isinstance(action, Notify):
                     self._log_event(action.event)
                     self._callbacks.put(action.event)
                     self._state_changed.notify_all()
-                elif isinstance(action, Publish) and self._discovery is not None:
-                    self._discovery.publish(action.role, action.term, action.serve_npm)
+                else:
+                    others.append(action)
+            outgoing = self._backend.decided(others) if others else []
             deadline = self._machine.next_deadline()
             self._send_lock.acquire()
         try:
-            server = self._server
-            if server is not None:
-                encoded: dict[int, bytes] = {}  # a leader's heartbeat to all: encoded once, if unstamped
-                for send in sends:
-                    if isinstance(send, NpmPing):
-                        data = NPM_PING
-                    elif self._auth is not None:
-                        data = self._encode(send.message, send.to)
-                    else:
-                        cached = encoded.get(id(send.message))
-                        data = cached if cached is not None else encode_message(send.message)
-                        encoded[id(send.message)] = data
-                    server.send(data, send.address)
+            if outgoing:
+                self._backend.carry_out(outgoing)
         finally:
             self._send_lock.release()
         ticker = self._ticker
@@ -460,88 +418,14 @@ class Elector:
             ticker.wake()
         return deadline
 
+    def _locked(self, read: Callable[[], T]) -> T:
+        """Any thread not holding the state lock: ``read()`` under it."""
+        with self._lock:
+            return read()
+
     def _tick(self) -> float | None:
         """Ticker thread."""
         return self._feed(self._machine.tick)
-
-    def _on_datagrams(self, batch: list[tuple[bytes, tuple[str, int]]]) -> None:
-        """Heartbeat thread: the datagrams read in one wake-up, decided on in one step."""
-        steps: list[Callable[[float], list[Action]]] = []
-        for data, source in batch:
-            step = self._step_for(data, source)
-            if step is not None:
-                steps.append(step)
-        if len(steps) == 1:
-            self._feed(steps[0])
-        elif steps:
-            self._feed(lambda now: [action for step in steps for action in step(now)])
-
-    def _step_for(self, data: bytes, source: tuple[str, int]) -> Callable[[float], list[Action]] | None:
-        """Heartbeat thread: the machine step for one datagram, or None when it is answered
-        here (an npm follower's ``PING``) or dropped (counted and logged, rate-limited)."""
-        if data in (NPM_PING, NPM_PONG) and self._options.npm_compat:
-            if data == NPM_PONG:  # the npm leader answers our PING
-                return functools.partial(self._machine.on_npm_pong, source)
-            if self._server is not None and self.is_leader:  # an npm follower of ours
-                self._server.send(NPM_PONG, source)
-                self._npm_pings_answered += 1  # heartbeat thread only
-            return None
-        if self._auth is not None:
-            body = self._auth.open(data)
-            if body is None:
-                self._warn("unauthenticated", "dropped an unauthenticated heartbeat datagram from %s:%s", *source)
-                return None
-            data = body
-        decoded = decode_datagram(data)
-        if decoded is None:
-            self._warn("bad-datagram", "ignored a malformed heartbeat datagram from %s:%s", *source)
-            return None
-        message, stamp = decoded
-        if self._auth is not None:
-            refusal = (
-                "unstamped" if stamp is None else self._auth.refusal(message.sender, stamp, time.time(), self.node_id)
-            )
-            if refusal == "clock-skew":
-                text = f"clocks differ by more than {MAX_CLOCK_SKEW:.0f} s with {source[0]}: its heartbeats are refused"
-                if self._warn("clock-skew", "%s", text):
-                    self._report_error(OSError(text), text)
-                return None
-            if refusal is not None:
-                self._warn("replayed", "dropped a %s heartbeat datagram from %s:%s", refusal, *source)
-                return None
-        if message.sender == self.node_id and not (source[1] == self.port and is_local_address(source[0])):
-            # Our own id from elsewhere: a replayed copy of one of our pings (or a node with
-            # our id); it must not make us take that address for our own.
-            self._warn("replayed", "dropped a datagram in this node's name from %s:%s", *source)
-            return None
-        if message.sender == self.node_id or (stamp is not None and stamp.to == ANYONE):
-            # A ping to whoever is at an address (unicast mode, stamped ANYONE: only in an
-            # authenticated group), or one of this node's own: answered, never taken as proof
-            # of life (a copy may be replayed to any node).
-            return functools.partial(self._machine.on_address_ping, message, source)
-        return functools.partial(self._machine.on_message, message, source)
-
-    def _encode(self, message: Message, to: str) -> bytes:
-        """The datagram for ``message``: stamped and tagged in an authenticated group."""
-        if self._auth is None:
-            return encode_message(message)
-        return self._auth.seal(encode_message(message, self._auth.next_stamp(time.time(), to)))
-
-    def _on_record(self, record: PeerRecord) -> None:
-        """Browser thread: a peer's DNS-SD record appeared or changed."""
-        self._feed(lambda now: self._machine.on_discovered(record, now))
-
-    def _on_goodbye(self, node_id: str) -> None:
-        """Browser thread: a peer withdrew its DNS-SD record."""
-        self._feed(lambda now: self._machine.on_goodbye(node_id, now))
-
-    def _on_addresses(self, addresses: frozenset[tuple[str, int]]) -> None:
-        """Peers thread (or the one of :meth:`start`): the addresses of the peer list changed."""
-        self._feed(lambda now: self._machine.on_addresses(addresses, now))
-
-    def _on_npm_record(self, host: str, port: int) -> None:
-        """Browser or zeroconf loop thread: an npm leader's DNS-SD record appeared."""
-        self._feed(lambda now: self._machine.on_npm_record(host, port, now))
 
     # ----------------------------------------------------------------- errors and logs
 

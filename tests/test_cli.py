@@ -27,6 +27,10 @@ import pytest
 
 from followtheleader import FencingToken
 from followtheleader._cli.console import Console
+from followtheleader._cli.status import format_table, to_json
+from followtheleader._coordinators.base import GroupInfo
+from followtheleader._coordinators.survey import group_view
+from followtheleader._core.lease import Leadership, View
 from followtheleader._core.model import Event, Member, State
 
 from netlab import Host, Lab
@@ -302,6 +306,60 @@ def test_console_holds_event_lines_back_until_released() -> None:
     lines = out.getvalue().splitlines()
     assert [line.split()[1] for line in lines] == ["group", "follower", "reelection"], lines
     assert lines[0].startswith("joined group") and "leader z-node at 198.18.0.1:9001" in lines[1]
+
+
+def test_a_leader_known_by_its_id_only_is_printed_without_an_address() -> None:
+    """With a coordinator, the leader has no heartbeat address: no bogus ``at :0``."""
+    out = io.StringIO()
+    console = Console(out, "a-node", json_lines=False)
+    token = FencingToken(7, 5, "z-node", 0)
+    leader = Member("z-node", 5)
+    console.event(
+        Event("follower", "a-node", State.FOLLOWER, State.ELECTING, 7, leader, "following z-node", 0.0, None, token)
+    )
+    [line] = out.getvalue().splitlines()
+    assert line.endswith(" token 7/5/z-node/000000 leader z-node (following z-node)"), line
+
+
+def test_status_has_one_table_and_one_json_form_for_every_mode() -> None:
+    """A coordinator's group is shown with the LAN's columns; what it cannot know is ``-``/null."""
+    held = group_view(
+        GroupInfo("jobs", View(Leadership(Member("web-2", 3), 42, False), (Member("web-2", 3), Member("web-1"))))
+    )
+    vacant = group_view(GroupInfo("idle", View(None, (Member("web-1"),))))
+    rows = [row.split() for row in format_table([held, vacant], "etcd://e1:2379").splitlines()]
+    assert rows == [
+        ["GROUP", "LEADER", "TERM", "TOKEN", "MEMBERS"],
+        ["jobs", "web-2", "42", "42/3/web-2/000000", "web-2", "leader,", "web-1", "follower"],
+        ["idle", "none", "-", "-", "web-1", "electing"],
+    ]
+    report = to_json([held, vacant], "coordinator", "etcd://e1:2379")
+    assert report["coordinator"] == "etcd://e1:2379"
+    jobs, idle = report["groups"]
+    assert set(jobs) == {
+        "group",
+        "leader",
+        "term",
+        "fencing_token",
+        "confirmed",
+        "authenticated",
+        "unanswered",
+        "members",
+    }
+    assert jobs["leader"] == {
+        "node_id": "web-2",
+        "priority": 3,
+        "host": None,
+        "port": None,
+        "role": "leader",
+        "term": 42,
+        "live": True,
+    }
+    assert jobs["fencing_token"] == FencingToken(42, 3, "web-2", 0).key and jobs["confirmed"] is True
+    assert (idle["leader"], idle["term"], idle["fencing_token"]) == (None, None, None)
+    assert idle["members"] == [
+        {"node_id": "web-1", "priority": 0, "host": None, "port": None, "role": "electing", "term": None, "live": True}
+    ]
 
 
 @pytest.mark.lab

@@ -59,11 +59,8 @@ CLIENT_LIBRARIES = {"kazoo", "etcd3gw", "requests"}
 NOT_IN_THE_CORE = {"socket", "select", "selectors", "threading", "time", "asyncio", "zeroconf", *CLIENT_LIBRARIES}
 KNOWN_EXCEPTIONS = {
     # (importing module, imported module): function-level imports still to be removed
-    ("followtheleader._elector", "followtheleader._coordinated"),
     ("followtheleader._coordinators.base", "followtheleader._coordinators.zookeeper"),
     ("followtheleader._coordinators.base", "followtheleader._coordinators.etcd"),
-    # an upward import still to be removed: discovery reads the facade's options
-    ("followtheleader._lan.discovery", "followtheleader._options"),
 }
 
 

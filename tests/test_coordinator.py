@@ -83,7 +83,7 @@ def test_url_forms_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert parse_coordinator("etcd://e1").prefix == "/followtheleader"
     monkeypatch.setenv("FOLLOWTHELEADER_COORDINATOR", "etcd://e1:2379")
     elector = elect("g")
-    assert type(elector).__name__ == "CoordinatedElector" and isinstance(elector, followtheleader.Elector)
+    assert type(elector) is followtheleader.Elector  # one class in every mode
     assert elector.options.coordinator == "etcd://e1:2379" and elector.options.coordinator_ttl == 10.0
     with pytest.raises(ValueError, match="coordinator_ttl"):
         elect("g", coordinator_ttl=0.5)
@@ -361,8 +361,8 @@ def test_a_slow_callback_delays_nothing_else(local: Local, single: ServerSet) ->
             release.wait(0.2)
         assert not reelections and len(led) == 1
         if single.backend == "zookeeper":  # the timeout the server granted was read from kazoo
-            assert slow._coordinator._granted is not None  # type: ignore[attr-defined]
-            assert slow._coordinator._granted.seconds == TTL  # type: ignore[attr-defined]
+            assert slow._backend._coordinator._granted is not None  # type: ignore[attr-defined]
+            assert slow._backend._coordinator._granted.seconds == TTL  # type: ignore[attr-defined]
         _assert_no_datagram_sockets(sockets_before)
     finally:
         release.set()
@@ -422,10 +422,24 @@ def test_status_lists_groups_leaders_and_terms(cluster: Cluster, hosts: list[Hos
     argv = [sys.executable, "-m", "followtheleader", "status", cluster.group, "--coordinator", single.url]
     result = hosts[5].run([*argv, "--json"], timeout=60)
     [group] = json.loads(result.stdout)["groups"]
-    assert (group["group"], group["leader"], group["term"]) == (cluster.group, agreed.leader, agreed.term)
+    assert (group["group"], group["leader"]["node_id"], group["term"]) == (cluster.group, agreed.leader, agreed.term)
+    assert group["leader"]["host"] is None and group["leader"]["port"] is None  # known by id only
+    token = followtheleader.FencingToken.from_key(group["fencing_token"])
+    assert (token.term, token.priority, token.node_id) == (agreed.term, 1, agreed.leader)
     assert [m["node_id"] for m in group["members"]] == ["c1", "c0"]
-    table = hosts[5].run(argv, timeout=60).stdout
-    assert cluster.group in table and str(agreed.term) in table
+    assert [m["role"] for m in group["members"]] == ["leader", "follower"]
+    table = hosts[5].run(argv, timeout=60).stdout.splitlines()
+    assert table[0].split() == ["GROUP", "LEADER", "TERM", "TOKEN", "MEMBERS"]  # as on the LAN
+    assert table[1].split() == [
+        cluster.group,
+        "c1",
+        str(agreed.term),
+        f"{agreed.term}/1/c1/000000",
+        "c1",
+        "leader,",
+        "c0",
+        "follower",
+    ]
     missing = hosts[5].run([*argv[:4], "nosuchgroup", *argv[5:]], check=False, timeout=60)
     assert missing.returncode == 1
 
@@ -574,6 +588,13 @@ def test_cli_elect_and_run_with_a_coordinator(hosts: list[Host], single: ServerS
                     stderr = process.abort_with_stacks()
                     raise AssertionError(f"no exit 30 s after SIGTERM; stderr and stacks:\n{stderr}") from None
     assert run_cli is not None and run_cli.proc.returncode == 0, run_cli.stderr
+    # run says where it joined, and names the leader it followed by its id alone (no address)
+    run_cli._stderr_reader.join(10)
+    lines = run_cli.stderr.splitlines()
+    joined = next(line for line in lines if " joined " in line)
+    assert joined.endswith(f"(coordinator {single.url})") and "heartbeat port" not in joined, joined
+    followed = next(line for line in lines if " follower " in line)
+    assert followed.endswith(f" leader {led['node_id']} (following {led['node_id']})"), followed
 
 
 @pytest.mark.lab
@@ -592,7 +613,7 @@ def test_etcd_over_tls_with_a_client_certificate(cluster: Cluster, hosts: list[H
         assert agreed.leader == "c1" and agreed.term > 0
         argv = [sys.executable, "-m", "followtheleader", "status", cluster.group, "--coordinator", servers.url]
         [group] = json.loads(hosts[5].run([*argv, "--json"], timeout=60).stdout)["groups"]
-        assert (group["leader"], group["term"]) == ("c1", agreed.term)
+        assert (group["leader"]["node_id"], group["term"]) == ("c1", agreed.term)
         # without the client certificate the server refuses the connection: status says so
         bare = servers.url.split("&cert=")[0]
         refused = hosts[5].run([*argv[:-1], bare], check=False, timeout=60)

@@ -244,7 +244,7 @@ def _socket_count() -> int:
 
 
 def test_no_mdns_socket_with_peers(local: Any) -> None:
-    from followtheleader import _discovery
+    from followtheleader._lan import discovery as _discovery
 
     elector = elect("solo", peers=["127.0.0.1:47101"], port=47101, host="127.0.0.1", interval=0.05)
     before = _socket_count()

@@ -106,8 +106,10 @@ def format_event(event: Event, node_id: str, json_lines: bool) -> str:
         who = "no leader"
     elif leader.node_id == node_id:
         who = "leader this node"
-    else:
+    elif leader.host:
         who = f"leader {leader.node_id} at {leader.host}:{leader.port}"
+    else:  # known by its id only (a coordinator's leader)
+        who = f"leader {leader.node_id}"
     token = format_token(event.fencing_token)
     text = f"{_clock(now)} {event.kind:<10} {event.state.value:<8} term {event.term:<4} token {token} {who}"
     text += f" ({event.reason})"

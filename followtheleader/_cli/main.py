@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from .._coordinators.base import COORDINATOR_ENVIRONMENT_VARIABLE, parse_coordinator
-from .._coordinators.survey import coordinator_groups
+from .._coordinators.survey import coordinator_status
+from .._core.status import GroupView
 from .._elector import Elector, elect
 from .._lan.peers import PeerEntry
 from .._lan.survey import DEFAULT_TIMEOUT, survey, survey_peers
@@ -33,7 +34,7 @@ from .._options import parse_options
 from .._runtime.callbacks import EVENT_KINDS
 from .console import Console, catch_signals
 from .runner import ON_EXIT_CHOICES, Runner
-from .status import coordinator_json, format_coordinator_table, format_table, to_json
+from .status import format_table, to_json
 
 __all__ = ["main"]
 
@@ -320,10 +321,7 @@ def _elect(args: argparse.Namespace, parser: _Parser, command: list[str] | None)
             return 1
         try:
             if not args.json:
-                coordinator = elector.options.coordinator
-                where = f"heartbeat port {elector.port}"
-                if coordinator is not None:
-                    where = f"coordinator {parse_coordinator(coordinator).url}"  # password masked
+                where = elector.describe().text
                 console.release(f"joined group {elector.name!r} as node {elector.node_id} ({where})")
             signals.get()
         finally:
@@ -334,8 +332,33 @@ def _elect(args: argparse.Namespace, parser: _Parser, command: list[str] | None)
 
 def _status(args: argparse.Namespace, parser: _Parser, command: list[str] | None) -> int:
     """``status``: print the groups; exit 1 when the group NAME has no (live) leader."""
+    found = _survey(args, parser)
+    if found is None:
+        return 1
+    groups, key, where = found
+    if args.json:
+        print(json.dumps(to_json(groups, key, where)), flush=True)
+    else:
+        print(format_table(groups, where), flush=True)
+    if args.name is None:
+        return 0
+    return 0 if any(group.leader is not None for group in groups) else 1
+
+
+def _survey(args: argparse.Namespace, parser: _Parser) -> tuple[list[GroupView], str, str] | None:
+    """The groups ``status`` asked for, the JSON key that says what was surveyed, and what
+    was (``_ftl._udp.local.``, ``peers ...``, a coordinator URL); None after an error said
+    on stderr."""
     if args.coordinator:
-        return _coordinator_status(args, parser)
+        try:
+            groups = coordinator_status(args.coordinator, args.name)
+            url = parse_coordinator(args.coordinator).url  # password masked
+        except (TypeError, ValueError) as exc:
+            parser.error(str(exc))
+        except OSError as exc:
+            print(f"followtheleader: {exc}", file=sys.stderr)
+            return None
+        return groups, "coordinator", url
     given: dict[str, Any] = {} if args.type is None else {"type": args.type}
     if args.peers is not None:
         given["peers"] = args.peers
@@ -347,41 +370,13 @@ def _status(args: argparse.Namespace, parser: _Parser, command: list[str] | None
         if args.name is None:
             parser.error("status with peers needs the group NAME (the nodes are asked about it)")
         addresses = _resolve_peers(options.peers)
-        groups = [survey_peers(args.name, addresses)]
-        where = "peers " + ",".join(entry.text for entry in options.peers)
-    else:
-        where = options.service_type
-        try:
-            groups = survey(options.service_type, args.timeout, args.name, ping=not args.no_ping)
-        except OSError as exc:
-            print(f"followtheleader: cannot browse {options.service_type}: {exc}", file=sys.stderr)
-            return 1
-    if args.json:
-        print(json.dumps(to_json(groups, where)), flush=True)
-    else:
-        print(format_table(groups, where), flush=True)
-    if args.name is None:
-        return 0
-    return 0 if any(group.leader is not None for group in groups) else 1
-
-
-def _coordinator_status(args: argparse.Namespace, parser: _Parser) -> int:
-    """``status --coordinator URL``: the groups held in ZooKeeper or etcd."""
+        return [survey_peers(args.name, addresses)], "service_type", "peers " + ",".join(e.text for e in options.peers)
     try:
-        groups = coordinator_groups(args.coordinator, args.name)
-    except (TypeError, ValueError) as exc:
-        parser.error(str(exc))
+        groups = survey(options.service_type, args.timeout, args.name, ping=not args.no_ping)
     except OSError as exc:
-        print(f"followtheleader: {exc}", file=sys.stderr)
-        return 1
-    url = parse_coordinator(args.coordinator).url
-    if args.json:
-        print(json.dumps(coordinator_json(groups, url)), flush=True)
-    else:
-        print(format_coordinator_table(groups, url), flush=True)
-    if args.name is None:
-        return 0
-    return 0 if any(group.view.leadership is not None for group in groups) else 1
+        print(f"followtheleader: cannot browse {options.service_type}: {exc}", file=sys.stderr)
+        return None
+    return groups, "service_type", options.service_type
 
 
 def _resolve_peers(entries: Sequence[PeerEntry]) -> list[tuple[str, int]]:

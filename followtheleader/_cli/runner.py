@@ -177,12 +177,13 @@ class Runner:
                 print(f"followtheleader: {exc}", file=sys.stderr)
                 return 1
             elector = self._elector
+            where = elector.describe()
             self._console.record(
                 "joined",
-                f"group {elector.name!r} as node {elector.node_id} (heartbeat port {elector.port})",
+                f"group {elector.name!r} as node {elector.node_id} ({where.text})",
                 group=elector.name,
                 node_id=elector.node_id,
-                port=elector.port,
+                **where.fields,
             )
             try:
                 return self._loop()

@@ -1,25 +1,31 @@
-"""``followtheleader status``: the groups found, as a table or as JSON.
+"""``followtheleader status``: the groups found, as a table or as JSON, in every mode.
 
-Pure formatting of what the surveys found (:mod:`.._lan.survey` on the LAN,
-:mod:`.._coordinators.survey` on a coordinator); runs on the main thread.
+Pure formatting of what the surveys found (:mod:`.._lan.survey` on the LAN, by mDNS or from a
+peer list; :mod:`.._coordinators.survey` on a coordinator), all in one model
+(:class:`~followtheleader._core.status.GroupView`): one table with the columns GROUP, LEADER,
+TERM, TOKEN and MEMBERS, and one JSON form. Runs on the main thread.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from .._coordinators.base import GroupInfo
-from .._lan.survey import GroupView, MemberView
+from .._core.status import GroupView, MemberView
 from .console import format_token
 
-__all__ = ["coordinator_json", "format_coordinator_table", "format_table", "to_json"]
+__all__ = ["format_table", "to_json"]
 
 
-def format_table(groups: list[GroupView], service_type: str) -> str:
-    """A table: group, leader, term, fencing token (short form), members (``id@host:port role``)."""
+def format_table(groups: Sequence[GroupView], where: str) -> str:
+    """A table: group, leader, term, fencing token (short form), members (``id@host:port role``,
+    or ``id role`` for a member known by its id only); ``-`` where a value is unknown.
+
+    :param where: what was surveyed (``_ftl._udp.local.``, ``peers ...``, a coordinator URL).
+    """
     if not groups:
-        return f"no groups found on {service_type}"
+        return f"no groups found on {where}"
     rows = [("GROUP", "LEADER", "TERM", "TOKEN", "MEMBERS")]
     for group in groups:
         term = "-" if group.term is None else str(group.term)
@@ -52,10 +58,11 @@ def _members_cell(group: GroupView) -> str:
     return ", ".join(cells)
 
 
-def to_json(groups: list[GroupView], service_type: str) -> dict[str, Any]:
-    """One JSON-ready object for ``--json``."""
+def to_json(groups: Sequence[GroupView], key: str, where: str) -> dict[str, Any]:
+    """One JSON-ready object for ``--json``: ``{key: where, "groups": [...]}``, where ``key``
+    says what was surveyed (``service_type`` on the LAN, ``coordinator`` for a URL)."""
     return {
-        "service_type": service_type,
+        key: where,
         "groups": [
             {
                 "group": group.name,
@@ -74,34 +81,3 @@ def to_json(groups: list[GroupView], service_type: str) -> dict[str, Any]:
 
 def _member_json(member: MemberView) -> dict[str, Any]:
     return asdict(member)
-
-
-def format_coordinator_table(groups: list[GroupInfo], url: str) -> str:
-    """A table: group, leader, term, members (``id (priority N)``, best-ranked first)."""
-    if not groups:
-        return f"no groups found on {url}"
-    rows = [("GROUP", "LEADER", "TERM", "MEMBERS")]
-    for group in groups:
-        held = group.view.leadership
-        members = ", ".join(f"{m.node_id} (priority {m.priority})" for m in group.view.members) or "-"
-        rows.append((group.name, held.leader.node_id if held else "none", str(held.term) if held else "-", members))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    return "\n".join(
-        f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]}".rstrip() for row in rows
-    )
-
-
-def coordinator_json(groups: list[GroupInfo], url: str) -> dict[str, Any]:
-    """One JSON-ready object for ``--json``."""
-    return {
-        "coordinator": url,
-        "groups": [
-            {
-                "group": group.name,
-                "leader": None if group.view.leadership is None else group.view.leadership.leader.node_id,
-                "term": None if group.view.leadership is None else group.view.leadership.term,
-                "members": [{"node_id": m.node_id, "priority": m.priority} for m in group.view.members],
-            }
-            for group in groups
-        ],
-    }

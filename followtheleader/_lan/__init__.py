@@ -1,3 +1,4 @@
-"""LAN I/O: the heartbeat socket, mDNS (DNS-SD) discovery, listed peers, and the survey
-behind ``followtheleader status``. Feeds the core's :class:`Machine` through the runtime.
+"""LAN I/O: the LAN backend (:mod:`.backend`: heartbeat socket, mDNS (DNS-SD) discovery or
+listed peers, with its settings in :mod:`.settings`), and the survey behind
+``followtheleader status``. Feeds the core's :class:`Machine` through the runtime's seam.
 """

@@ -47,10 +47,10 @@ from zeroconf.asyncio import AsyncServiceInfo
 
 from .._core.messages import PeerRecord
 from .._core.model import Member, State
-from .._options import Options
 from .._runtime.logs import RateLimitedWarning
 from .._wire.auth import RECORD_REFRESH, Authenticator
 from .._wire.protocol import decode_txt, encode_txt
+from .settings import LanSettings
 
 __all__ = ["Discovery", "DiscoveryError"]
 
@@ -121,7 +121,7 @@ if hasattr(os, "register_at_fork"):
 class Discovery:
     """This node's DNS-SD record and the browser for its peers' records.
 
-    :param options: the elector's options.
+    :param settings: the LAN backend's settings.
     :param member: this node (its port is the bound heartbeat port).
     :param auth: signs and checks records in an authenticated group, else None.
     :param on_record: called on the browser thread (or zeroconf's loop thread, for a record
@@ -137,7 +137,7 @@ class Discovery:
 
     def __init__(
         self,
-        options: Options,
+        settings: LanSettings,
         member: Member,
         auth: Authenticator | None,
         on_record: Callable[[PeerRecord], None],
@@ -148,7 +148,7 @@ class Discovery:
         on_npm_record: Callable[[str, int], None],
         boot: int = 0,
     ) -> None:
-        self._options = options
+        self._settings = settings
         self._member = member
         self._boot = boot
         self._auth = auth
@@ -165,10 +165,10 @@ class Discovery:
         self._changed: asyncio.Event | None = None
         self._publisher: concurrent.futures.Future[None] | None = None
         self._published: ServiceInfo | None = None
-        self._ipv6_heartbeats = ":" in options.host
+        self._ipv6_heartbeats = ":" in settings.host
         self._refresh = RECORD_REFRESH if auth is not None else None
         self.instance_name = self._instance_name()
-        self.npm_instance_name = f"{options.name}.{options.service_type}"
+        self.npm_instance_name = f"{settings.name}.{settings.service_type}"
         """The record an npm leader publishes (ours never do: see :meth:`_publish_npm_records`)."""
         self._npm_published: list[ServiceInfo] = []
 
@@ -179,7 +179,7 @@ class Discovery:
 
         :raises DiscoveryError: when mDNS cannot be started.
         """
-        self._zc = _SharedZeroconf.acquire(self._options.interfaces, self._options.ip_version)
+        self._zc = _SharedZeroconf.acquire(self._settings.interfaces, self._settings.ip_version)
         if not any(not ipaddress.ip_address(a.split("%")[0]).is_loopback for a in self._own_addresses()):
             text = "no network interface with an address but loopback: only electors on this host can join"
             log.warning("%s", text)
@@ -189,7 +189,7 @@ class Discovery:
             self._publisher = asyncio.run_coroutine_threadsafe(self._publish_loop(), loop)
             self._browser = ServiceBrowser(
                 self._zc,
-                self._options.service_type,
+                self._settings.service_type,
                 handlers=[self._on_service_state_change],
                 question_type=DNSQuestionType.QM,  # a unicast answer reaches only one process per host
             )
@@ -292,8 +292,8 @@ class Discovery:
         if not addresses:
             self._warn("npm-no-ipv4", "no IPv4 address to publish for npm nodes (they cannot use IPv6)")
             return True
-        service_type = f"_{self._options.type}._tcp.local."
-        info = self._service_info(role, term, service_type, f"{self._options.name}.{service_type}", addresses)
+        service_type = f"_{self._settings.type}._tcp.local."
+        info = self._service_info(role, term, service_type, f"{self._settings.name}.{service_type}", addresses)
         try:
             await zc.async_register_service(info, cooperating_responders=True)
         except ServiceNameAlreadyRegistered:
@@ -324,7 +324,7 @@ class Discovery:
         """Parse a peer's record and hand it on. Never blocks, never raises."""
         try:
             if name == self.npm_instance_name and (
-                not self._options.npm_compat or state_change is ServiceStateChange.Removed
+                not self._settings.npm_compat or state_change is ServiceStateChange.Removed
             ):
                 return  # npm nodes send no goodbye: heartbeats tell
             if state_change is ServiceStateChange.Removed:
@@ -406,9 +406,9 @@ class Discovery:
         host = self._pick_address(info)
         record = decode_txt(properties, host) if host else None
         if record is None:
-            self._warn("bad-txt", "ignored a malformed %s record: %s", self._options.service_type, info.name)
+            self._warn("bad-txt", "ignored a malformed %s record: %s", self._settings.service_type, info.name)
             return
-        if record.group != self._options.name:
+        if record.group != self._settings.name:
             return  # another group sharing the service type
         self._names[info.name] = record.member.node_id
         self._on_record(record)
@@ -429,17 +429,17 @@ class Discovery:
     def _instance_name(self) -> str:
         """``<group>-<hash of group>-<node id>``: unique by group and node id, so it needs no
         probing (the group may be cut short to fit 63 bytes; the hash keeps groups apart)."""
-        digest = hashlib.sha256(self._options.name.encode()).hexdigest()[:6]
+        digest = hashlib.sha256(self._settings.name.encode()).hexdigest()[:6]
         room = 63 - len(self._member.node_id) - len(digest) - 2
-        group = self._options.name.encode()[:room].decode(errors="ignore")
-        return f"{group}-{digest}-{self._member.node_id}.{self._options.service_type}"
+        group = self._settings.name.encode()[:room].decode(errors="ignore")
+        return f"{group}-{digest}-{self._member.node_id}.{self._settings.service_type}"
 
     def _service_info(
         self, role: State, term: int, service_type: str = "", instance: str = "", addresses: list[str] | None = None
     ) -> ServiceInfo:
         """This node's record (by default), or another instance pointing at it."""
         return ServiceInfo(
-            service_type or self._options.service_type,
+            service_type or self._settings.service_type,
             instance or self.instance_name,
             port=self._member.port,
             properties=self._txt(role, term),
@@ -448,15 +448,15 @@ class Discovery:
         )
 
     def _txt(self, role: State, term: int) -> dict[str, str]:
-        properties = encode_txt(self._options.name, self._member, role, term, self._boot)
+        properties = encode_txt(self._settings.name, self._member, role, term, self._boot)
         return properties if self._auth is None else self._auth.sign_record(properties, time.time())
 
     def _own_addresses(self) -> list[str]:
         """The addresses to publish: the chosen interfaces, else every non-loopback one."""
-        if self._options.interfaces:
-            return [a.split("%")[0] for a in self._options.interfaces]
-        want_v4 = self._options.ip_version in ("v4", "all")
-        want_v6 = self._options.ip_version in ("v6", "all")
+        if self._settings.interfaces:
+            return [a.split("%")[0] for a in self._settings.interfaces]
+        want_v4 = self._settings.ip_version in ("v4", "all")
+        want_v6 = self._settings.ip_version in ("v6", "all")
         found: list[str] = []
         loopback: list[str] = []
         for adapter in ifaddr.get_adapters():

@@ -44,12 +44,11 @@ from zeroconf import (
 
 from .._core.messages import ANYONE, Message, PeerRecord
 from .._core.model import FencingToken, Member, State
+from .._core.status import GroupView, MemberView, ranked_views
 from .._wire.protocol import MAX_DATAGRAM, decode_message, decode_txt, encode_message
 
 __all__ = [
     "DEFAULT_TIMEOUT",
-    "GroupView",
-    "MemberView",
     "SeenRecord",
     "browse",
     "probe",
@@ -65,53 +64,6 @@ PROBE_ID = "followtheleader-status"
 PROBE_PRIORITY = -(2**31)
 _RESOLVE_TIMEOUT_MS = 500.0
 _MAX_PINGS_PER_GROUP = 4
-
-
-@dataclass(frozen=True)
-class MemberView:
-    """One member of a group as ``status`` sees it.
-
-    :ivar role: the role its record says (``leader``, ``follower``, ``electing``), or
-        ``follower`` for a member only the leader reported.
-    :ivar term: the term its record says.
-    :ivar live: whether the leader counts it as live, or None when no leader answered.
-    """
-
-    node_id: str
-    priority: int
-    host: str
-    port: int
-    role: str
-    term: int
-    live: bool | None = None
-
-    @property
-    def address(self) -> str:
-        return f"{self.node_id}@{self.host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class GroupView:
-    """One group as ``status`` sees it.
-
-    :ivar leader: the leader: the one that answered the probe, or (without the probe) the
-        member whose record says leader with the greatest term; None when there is none.
-    :ivar term: the leader's term.
-    :ivar fencing_token: the leader's fencing token: from its pong when it answered, else
-        from its record (its term, priority, node id and boot).
-    :ivar confirmed: True when the leader answered the probe as leader.
-    :ivar unanswered: the members that were probed but did not answer.
-    :ivar authenticated: its records carry a tag (``mac``): an authenticated group.
-    """
-
-    name: str
-    leader: MemberView | None
-    term: int | None
-    confirmed: bool
-    members: tuple[MemberView, ...]
-    unanswered: tuple[str, ...] = ()
-    authenticated: bool = False
-    fencing_token: FencingToken | None = None
 
 
 @dataclass(frozen=True)
@@ -249,7 +201,7 @@ def survey_peers(group: str, addresses: Iterable[tuple[str, int]]) -> GroupView:
         seen[pong.sender] = MemberView(pong.sender, pong.priority, member.host, member.port, pong.role.value, pong.term)
         if pong.leader_member is not None and pong.leader_member.host:
             to_ask.insert(0, pong.leader_member)  # it follows a leader: ask that one next
-    return GroupView(group, None, None, False, _ranked(seen.values()), tuple(unanswered))
+    return GroupView(group, None, None, False, ranked_views(seen.values()), tuple(unanswered))
 
 
 def _group_view(group: str, records: list[PeerRecord], ping: bool, authenticated: bool) -> GroupView:
@@ -265,7 +217,7 @@ def _group_view(group: str, records: list[PeerRecord], ping: bool, authenticated
             None if leader is None else _view(leader, None),
             None if leader is None else leader.term,
             False,
-            _ranked(views),
+            ranked_views(views),
             authenticated=authenticated,
             fencing_token=None if leader is None else _record_token(leader),
         )
@@ -288,7 +240,7 @@ def _group_view(group: str, records: list[PeerRecord], ping: bool, authenticated
         elif pong.leader_member is not None and pong.leader_member.host:
             to_ask.insert(0, pong.leader_member)  # it follows someone else now: ask that one
     views = tuple(_view(r, None) for r in records)
-    return GroupView(group, None, None, False, _ranked(views), tuple(unanswered))
+    return GroupView(group, None, None, False, ranked_views(views), tuple(unanswered))
 
 
 def _confirmed(
@@ -309,7 +261,7 @@ def _confirmed(
     views = [view for view in views if view.node_id != leader.node_id]
     views.append(leader_view)
     token = FencingToken(pong.term, pong.priority, leader.node_id, pong.boot)
-    return GroupView(group, leader_view, pong.term, True, _ranked(views), unanswered, fencing_token=token)
+    return GroupView(group, leader_view, pong.term, True, ranked_views(views), unanswered, fencing_token=token)
 
 
 def _record_token(record: PeerRecord) -> FencingToken:
@@ -320,10 +272,3 @@ def _record_token(record: PeerRecord) -> FencingToken:
 def _view(record: PeerRecord, live: bool | None) -> MemberView:
     member = record.member
     return MemberView(member.node_id, member.priority, member.host, member.port, record.role.value, record.term, live)
-
-
-def _ranked(views: Iterable[MemberView]) -> tuple[MemberView, ...]:
-    """The leader first, then by rank (priority, then node id), best first."""
-    return tuple(
-        sorted(views, key=lambda v: (v.role == "leader" and v.live is not False, v.priority, v.node_id), reverse=True)
-    )
