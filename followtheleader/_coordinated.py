@@ -60,7 +60,7 @@ class CoordinatedElector(Elector):
         me = Member(options.node_id, options.priority)
         ttl = options.coordinator_ttl
         self._coordinator: Coordinator = make_coordinator(config, options.name, me, ttl)
-        self._service = "ZooKeeper" if config.backend == "zookeeper" else "etcd"
+        self._service = self._coordinator.service
         self._renew_every = ttl * self._coordinator.renew_fraction
         # The lease ends a fifth of the TTL before the server could expire the session: up to
         # three renewals in a row may fail before it does.

@@ -60,8 +60,6 @@ NOT_IN_THE_CORE = {"socket", "select", "selectors", "threading", "time", "asynci
 KNOWN_EXCEPTIONS = {
     # (importing module, imported module): function-level imports still to be removed
     ("followtheleader._elector", "followtheleader._coordinated"),
-    ("followtheleader._coordinators.base", "followtheleader._coordinators.zookeeper"),
-    ("followtheleader._coordinators.base", "followtheleader._coordinators.etcd"),
     # an upward import still to be removed: discovery reads the facade's options
     ("followtheleader._lan.discovery", "followtheleader._options"),
 }
