@@ -122,6 +122,7 @@ class CoordinatedElector(Elector):
                             coordinator.close()
                             self._feed(lambda now: lease.on_lost(f"a new {self._service} session", now))
                         coordinator.open()
+                        coordinator.join()
                         policy.opened_session(time.monotonic())
                         self._locked(lambda m: m.on_new_session())
                     elif do.op is Op.RELEASE:
@@ -134,7 +135,8 @@ class CoordinatedElector(Elector):
                         policy.rejoined()
                     elif do.op is Op.RENEW:
                         sent = time.monotonic()
-                        ttl, view = coordinator.renew()
+                        ttl = coordinator.keep_alive()
+                        view = coordinator.observe()
                         self._feed(lambda now, s=sent, t=ttl, v=view: lease.on_view(s, t, v, now))  # type: ignore[misc]
                         if policy.viewed(time.monotonic(), view):
                             log.warning("%s %s: %s answers again", self.name, self.node_id, self._service)

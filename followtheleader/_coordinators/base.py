@@ -206,8 +206,79 @@ def ranked(members: list[Member]) -> tuple[Member, ...]:
     return tuple(sorted(members, key=lambda m: m.rank, reverse=True))
 
 
-class Coordinator(abc.ABC):
-    """One client session with a coordination service, for one member of one group.
+class Session(abc.ABC):
+    """The session half of a driver, as etcd's ``concurrency/session.go``: one client session
+    with the service (a ZooKeeper session, an etcd lease), kept alive by the session thread.
+    Everything the election half writes is bound to it and goes when it ends or expires."""
+
+    @abc.abstractmethod
+    def open(self) -> None:
+        """Open a new session (ending the one before, if any)."""
+
+    @abc.abstractmethod
+    def keep_alive(self) -> float:
+        """Keep the session alive.
+
+        :returns: the session's time to live granted by the server, counted from before this
+            call was made (the server cannot expire the session earlier).
+        :raises SessionLost: when the session is gone.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """End the session at once (its nodes or keys go with it). Idempotent; never raises."""
+
+    @abc.abstractmethod
+    def wait(self, timeout: float) -> None:
+        """Block until the group may have changed (a watch fired, a poll is due), :meth:`wake`
+        is called, or ``timeout``."""
+
+    @abc.abstractmethod
+    def wake(self) -> None:
+        """Make :meth:`wait` return now. Any thread."""
+
+    @abc.abstractmethod
+    def connect_only(self) -> None:
+        """Connect without opening a session (for ``status``)."""
+
+
+class Election(abc.ABC):
+    """The election half of a driver, as etcd's ``concurrency/election.go``: this member's
+    part in one group, written with the :class:`Session`'s lifetime."""
+
+    @abc.abstractmethod
+    def join(self) -> None:
+        """Register this member in a session just opened (and clear what an older session of
+        this very node left: its leadership has lapsed locally, so it only makes others wait)."""
+
+    @abc.abstractmethod
+    def observe(self) -> View:
+        """Read the group (and watch it for the next change, where the service can)."""
+
+    @abc.abstractmethod
+    def claim(self) -> int | None:
+        """Try to take the vacant leadership (campaign); its term when this member won, else None."""
+
+    @abc.abstractmethod
+    def release(self, term: int) -> None:
+        """Give up the leadership of ``term`` if this session still holds it (resign), and
+        withdraw this member (so that the others do not wait for it); :meth:`rejoin` comes back."""
+
+    @abc.abstractmethod
+    def rejoin(self) -> None:
+        """Register this member again after :meth:`release`."""
+
+    @abc.abstractmethod
+    def groups(self) -> list[GroupInfo]:
+        """Every group under the prefix (for ``status``); needs
+        :meth:`Session.connect_only` first."""
+
+
+class Coordinator(Session, Election):
+    """A coordinator driver: the session and the election with one service, for one member of
+    one group. The session thread of a coordinated elector opens the session and joins, keeps
+    it alive and observes the group, claims and releases; the policy of when to do what is
+    :class:`followtheleader._core.coordination.SessionPolicy`'s.
 
     All methods but :meth:`wake` run on the elector's session thread. Every blocking call is
     bounded by ``timeout`` (connect) or by the session TTL (requests); errors are raised as
@@ -229,51 +300,6 @@ class Coordinator(abc.ABC):
         self.group = group
         self.me = me
         self.ttl = ttl
-
-    @abc.abstractmethod
-    def open(self) -> None:
-        """Open a new session (a ZooKeeper session, an etcd lease) and register this member."""
-
-    @abc.abstractmethod
-    def renew(self) -> tuple[float, View]:
-        """Keep the session alive and read the group.
-
-        :returns: the session's time to live granted by the server, counted from before this
-            call was made (the server cannot expire the session earlier), and the group.
-        """
-
-    @abc.abstractmethod
-    def claim(self) -> int | None:
-        """Try to take the vacant leadership; its term when this member won, else None."""
-
-    @abc.abstractmethod
-    def release(self, term: int) -> None:
-        """Give up the leadership of ``term`` if this session still holds it, and withdraw
-        this member (so that the others do not wait for it); :meth:`rejoin` comes back."""
-
-    @abc.abstractmethod
-    def rejoin(self) -> None:
-        """Register this member again after :meth:`release`."""
-
-    @abc.abstractmethod
-    def close(self) -> None:
-        """End the session at once (its nodes or keys go with it). Idempotent; never raises."""
-
-    @abc.abstractmethod
-    def wait(self, timeout: float) -> None:
-        """Block until the group may have changed, :meth:`wake` is called, or ``timeout``."""
-
-    @abc.abstractmethod
-    def wake(self) -> None:
-        """Make :meth:`wait` return now. Any thread."""
-
-    @abc.abstractmethod
-    def groups(self) -> list[GroupInfo]:
-        """Every group under the prefix (for ``status``); needs :meth:`connect_only` first."""
-
-    @abc.abstractmethod
-    def connect_only(self) -> None:
-        """Connect without registering a member (for ``status``)."""
 
 
 def make_coordinator(config: CoordinatorConfig, group: str, me: Member, ttl: float) -> Coordinator:

@@ -149,23 +149,56 @@ class MemoryCoordinator(Coordinator):
     def open(self) -> None:
         self.close()
         with _changed:
-            store = self._store()
             self._session_id = session_id = next(_session_ids)
-            store.sessions[session_id] = _Session(self.ttl, time.monotonic() + self.ttl)
+            self._store().sessions[session_id] = _Session(self.ttl, time.monotonic() + self.ttl)
+
+    def keep_alive(self) -> float:
+        sent = time.monotonic()
+        with _changed:
+            _, session = self._live()
+            session.expires = sent + session.ttl
+            return session.ttl
+
+    def close(self) -> None:
+        session_id, self._session_id = self._session_id, None
+        if session_id is not None:
+            with _changed:
+                self._store().end(session_id)
+
+    def wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with _changed:
+            while not self._woken:
+                now = time.monotonic()
+                store = self._store()
+                if store.revision != self._seen or now >= deadline:
+                    break
+                expiry = store.next_expiry()
+                _changed.wait(deadline - now if expiry is None else max(0.0, min(deadline, expiry) - now))
+            self._woken = False
+
+    def wake(self) -> None:
+        with _changed:
+            self._woken = True
+            _changed.notify_all()
+
+    # ----------------------------------------------------------------- election
+
+    def join(self) -> None:
+        with _changed:
+            store, _ = self._live()
             group = store.groups.setdefault(self._key, _Group())
             if group.leader is not None and group.leader.node_id == self.me.node_id:
                 # an older session of this node: its leadership has lapsed locally
                 group.leader, group.leader_session = None, 0
-            group.members[self.me.node_id] = (self.me, session_id)
+            group.members[self.me.node_id] = (self.me, self._session_id or 0)
             store.changed()
 
-    def renew(self) -> tuple[float, View]:
-        sent = time.monotonic()
+    def observe(self) -> View:
         with _changed:
-            store, session = self._live()
-            session.expires = sent + session.ttl
+            store, _ = self._live()
             self._seen = store.revision
-            return session.ttl, self._view(store.groups.get(self._key))
+            return self._view(store.groups.get(self._key))
 
     def _view(self, group: _Group | None) -> View:
         if group is None:
@@ -201,29 +234,6 @@ class MemoryCoordinator(Coordinator):
             store, _ = self._live()
             store.groups.setdefault(self._key, _Group()).members[self.me.node_id] = (self.me, self._session_id or 0)
             store.changed()
-
-    def close(self) -> None:
-        session_id, self._session_id = self._session_id, None
-        if session_id is not None:
-            with _changed:
-                self._store().end(session_id)
-
-    def wait(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        with _changed:
-            while not self._woken:
-                now = time.monotonic()
-                store = self._store()
-                if store.revision != self._seen or now >= deadline:
-                    break
-                expiry = store.next_expiry()
-                _changed.wait(deadline - now if expiry is None else max(0.0, min(deadline, expiry) - now))
-            self._woken = False
-
-    def wake(self) -> None:
-        with _changed:
-            self._woken = True
-            _changed.notify_all()
 
     def groups(self) -> list[GroupInfo]:
         with _changed:
