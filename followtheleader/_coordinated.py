@@ -26,7 +26,8 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from ._coordinators.base import Coordinator, CoordinatorError, SessionLost, make_coordinator, parse_coordinator
-from ._core.lease import LeaseMachine, View
+from ._core.coordination import Op, SessionPolicy
+from ._core.lease import LeaseMachine
 from ._core.machine import Action
 from ._core.model import Member, State
 from ._options import Options
@@ -38,16 +39,6 @@ __all__ = ["CoordinatorBackend"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-SETTLE = 0.3
-"""Seconds a new session waits before claiming a vacant leadership, so that the members
-started at the same time are registered and the best-ranked one gets it."""
-GRACE = 0.5
-"""Seconds the other members wait for the best-ranked one to claim a vacant leadership."""
-RESIGN_HOLD = 1.0
-"""Seconds a member that resigned stays out of the running (alone, it then leads again)."""
-FIRST_BACKOFF = 0.1
-"""Seconds before the first retry after an error; doubled each time up to a fifth of the TTL."""
 
 
 class CoordinatorBackend:
@@ -72,7 +63,7 @@ class CoordinatorBackend:
         me = Member(options.node_id, options.priority)
         ttl = options.coordinator_ttl
         self._coordinator: Coordinator = make_coordinator(config, options.name, me, ttl)
-        self._service = "ZooKeeper" if config.backend == "zookeeper" else "etcd"
+        self._service = self._coordinator.service
         self._renew_every = ttl * self._coordinator.renew_fraction
         # The lease ends a fifth of the TTL before the server could expire the session: up to
         # three renewals in a row may fail before it does.
@@ -144,83 +135,67 @@ class CoordinatorBackend:
         return self._feeder.locked(lambda: read(self._lease))
 
     def _run_session(self) -> None:
-        """Session thread: keep a session, follow the group, claim and release leadership."""
+        """Session thread: carry out what the policy (:class:`.SessionPolicy`) decides, one
+        step at a time, and report each outcome to it and to the lease machine."""
         coordinator, lease = self._coordinator, self._lease
-        opened = rejoin = False
-        backoff = FIRST_BACKOFF
-        settle_until = hold_until = vacant_since = 0.0
-        failing = False
+        policy = SessionPolicy(self.node_id, self._renew_every)
         try:
-            while not self._closing.is_set():
+            while True:
+                abandon, release_term = self._locked(lambda m: (m.abandon, m.release_term))
+                do = policy.next(
+                    time.monotonic(), abandon=abandon, release_term=release_term, closing=self._closing.is_set()
+                )
+                if do.op is Op.CLOSE:
+                    return
                 try:
-                    if not opened or self._locked(lambda m: m.abandon):
-                        if opened:
+                    if do.op is Op.OPEN or do.op is Op.REOPEN:
+                        if do.op is Op.REOPEN:
                             coordinator.close()
                             self._feed(lambda now: lease.on_lost(f"a new {self._service} session", now))
                         coordinator.open()
-                        opened, rejoin = True, False
+                        coordinator.join()
+                        policy.opened_session(time.monotonic())
                         self._locked(lambda m: m.on_new_session())
-                        settle_until = time.monotonic() + SETTLE
-                    release = self._locked(lambda m: m.release_term)
-                    if release is not None:
-                        coordinator.release(release)
+                    elif do.op is Op.RELEASE:
+                        assert do.term is not None
+                        coordinator.release(do.term)
                         self._locked(lambda m: m.on_released())
-                        rejoin, hold_until = True, time.monotonic() + RESIGN_HOLD
-                    if rejoin and time.monotonic() >= hold_until:
+                        policy.released(time.monotonic())
+                    elif do.op is Op.REJOIN:
                         coordinator.rejoin()
-                        rejoin = False
-                    sent = time.monotonic()
-                    ttl, view = coordinator.renew()
-                    self._feed(lambda now, s=sent, t=ttl, v=view: lease.on_view(s, t, v, now))  # type: ignore[misc]
-                    if failing:
-                        log.warning("%s %s: %s answers again", self.name, self.node_id, self._service)
-                        failing, backoff = False, FIRST_BACKOFF
-                    now = time.monotonic()
-                    if view.leadership is not None:
-                        vacant_since = 0.0
-                    elif not vacant_since:
-                        vacant_since = now
-                    wait = self._renew_every
-                    if view.leadership is None and not rejoin:
-                        claim_at = self._claim_at(view, vacant_since, settle_until)
-                        if now >= claim_at:
-                            if coordinator.claim() is not None:
-                                continue  # renew at once: the view makes this node leader
-                        else:
-                            wait = min(wait, claim_at - now)
-                    if rejoin:
-                        wait = min(wait, max(0.0, hold_until - now))
-                    coordinator.wait(wait)
+                        policy.rejoined()
+                    elif do.op is Op.RENEW:
+                        sent = time.monotonic()
+                        ttl = coordinator.keep_alive()
+                        view = coordinator.observe()
+                        self._feed(lambda now, s=sent, t=ttl, v=view: lease.on_view(s, t, v, now))  # type: ignore[misc]
+                        if policy.viewed(time.monotonic(), view):
+                            log.warning("%s %s: %s answers again", self.name, self.node_id, self._service)
+                    elif do.op is Op.CLAIM:
+                        policy.claimed(coordinator.claim() is not None)
+                    elif do.op is Op.WAIT:
+                        coordinator.wait(do.seconds)
+                        policy.waited()
+                    else:  # Op.BACKOFF, after an error
+                        self._closing.wait(do.seconds)
+                        policy.waited()
                 except CoordinatorError as exc:
-                    if isinstance(exc, SessionLost):
-                        opened = False
+                    lost = isinstance(exc, SessionLost)
+                    if lost:
                         self._feed(lambda now: lease.on_lost(f"the {self._service} session expired", now))
-                    failing = self._report_session_error(exc, failing)
-                    self._closing.wait(backoff)
-                    backoff = min(backoff * 2, max(FIRST_BACKOFF, self._renew_every))
+                    self._report_session_error(exc, first=policy.failed(lost=lost))
                 except Exception as exc:  # a bug or an unexpected client error: never die silently
                     log.exception("error in the %s session thread", self._service)
                     self._report_error(exc, f"{self._service} session: {exc!r}")
-                    opened = False
-                    self._closing.wait(backoff)
-                    backoff = min(backoff * 2, max(FIRST_BACKOFF, self._renew_every))
+                    policy.failed(expected=False)
         finally:
             coordinator.close()  # a leader's node or key goes with its session
 
-    def _claim_at(self, view: View, vacant_since: float, settle_until: float) -> float:
-        """When this node may claim the vacant leadership: the best-ranked member at once
-        (after the settle window of a new session), the others after a grace period."""
-        best = view.members[0] if view.members else None
-        if best is not None and best.node_id == self.node_id:
-            return settle_until
-        return max(settle_until, vacant_since + GRACE)
-
-    def _report_session_error(self, exc: CoordinatorError, failing: bool) -> bool:
+    def _report_session_error(self, exc: CoordinatorError, first: bool) -> None:
         """An ``error`` event for the first failure of a streak; the rest are logged."""
         text = f"{self._service}: {exc}"
-        if not failing:
+        if first:
             log.warning("%s %s: %s (retrying)", self.name, self.node_id, text)
             self._report_error(exc, text)
         else:
             self._session_warn("session", "%s %s: %s (retrying)", self.name, self.node_id, text)
-        return True

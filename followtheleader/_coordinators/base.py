@@ -1,9 +1,12 @@
 """Coordinator mode: the interface to a coordination service and the URL that names one.
 
 A :class:`Coordinator` is what the session thread of a coordinated elector (see
-:mod:`._coordinated`) talks to: ZooKeeper (:mod:`followtheleader._coordinators.zookeeper`, through kazoo) or etcd v3
-(:mod:`followtheleader._coordinators.etcd`, through etcd3gw). Every method blocks (bounded by the client's timeouts) and
-is called from that one thread only, except :meth:`Coordinator.wake` (any thread).
+:mod:`._coordinated`) talks to: ZooKeeper (:mod:`followtheleader._coordinators.zookeeper`,
+through kazoo), etcd v3 (:mod:`followtheleader._coordinators.etcd`, through etcd3gw), the
+in-process :mod:`followtheleader._coordinators.memory`, or a driver another package registers.
+The URL's scheme picks the driver from :mod:`followtheleader._coordinators.registry`. Every
+method blocks (bounded by the client's timeouts) and is called from that one thread only,
+except :meth:`Coordinator.wake` (any thread).
 
 A group's data in the service, under the URL's prefix (``/followtheleader`` by default)::
 
@@ -13,13 +16,15 @@ A group's data in the service, under the URL's prefix (``/followtheleader`` by d
 The term of a leadership is a number the server gives the ``leader`` node or key when it is
 created (ZooKeeper: its creation zxid; etcd: its create revision); both only grow.
 
-The client libraries are optional: they are imported when a coordinator is made, and
-:func:`parse_coordinator` checks that they are installed, so that ``elect()`` fails early.
+The client libraries are optional: a driver's module (and its client library) is imported when
+a coordinator is made (:func:`make_coordinator`), and :func:`parse_coordinator` checks that the
+library is installed, so that ``elect()`` fails early.
 """
 
 from __future__ import annotations
 
 import abc
+import importlib
 import importlib.util
 import logging
 import urllib.parse
@@ -27,6 +32,7 @@ from dataclasses import dataclass, field
 
 from .._core.lease import View
 from .._core.model import Member
+from .registry import Driver, driver_for
 
 __all__ = [
     "COORDINATOR_ENVIRONMENT_VARIABLE",
@@ -50,30 +56,11 @@ DEFAULT_PREFIX = "/followtheleader"
 
 
 @dataclass(frozen=True)
-class _Scheme:
-    backend: str
-    default_port: int
-    library: str
-    extra: str
-    tls: bool
-    query: frozenset[str]
-
-
-_ZOOKEEPER_QUERY = frozenset({"ca", "certfile", "keyfile", "keyfile_password", "verify_certs", "sasl"})
-_ETCD_QUERY = frozenset({"ca", "cert", "key", "api_path"})
-_SCHEMES = {
-    "zookeeper": _Scheme("zookeeper", 2181, "kazoo", "zookeeper", False, _ZOOKEEPER_QUERY),
-    "zookeepers": _Scheme("zookeeper", 2181, "kazoo", "zookeeper", True, _ZOOKEEPER_QUERY),
-    "etcd": _Scheme("etcd", 2379, "etcd3gw", "etcd", False, _ETCD_QUERY),
-    "etcds": _Scheme("etcd", 2379, "etcd3gw", "etcd", True, _ETCD_QUERY),
-}
-
-
-@dataclass(frozen=True)
 class CoordinatorConfig:
     """A parsed coordinator URL.
 
-    :ivar backend: ``"zookeeper"`` or ``"etcd"``.
+    :ivar backend: the service's family: ``"zookeeper"``, ``"etcd"``, ``"memory"`` (or a
+        registered driver's).
     :ivar hosts: the servers, as ``(host, port)``.
     :ivar prefix: the path (ZooKeeper) or key prefix (etcd) under which groups live.
     :ivar tls: True for the ``zookeepers://`` and ``etcds://`` schemes.
@@ -81,6 +68,8 @@ class CoordinatorConfig:
     :ivar password: idem.
     :ivar query: the other settings of the URL's query (see the docs page "Beyond one subnet").
     :ivar url: the URL as given, password masked (for messages and logs).
+    :ivar scheme: the URL's scheme, lower case: it names the driver in the registry
+        (:mod:`followtheleader._coordinators.registry`).
     """
 
     backend: str
@@ -91,6 +80,7 @@ class CoordinatorConfig:
     password: str | None = field(default=None, repr=False)
     query: tuple[tuple[str, str], ...] = ()
     url: str = ""
+    scheme: str = ""
 
     def setting(self, name: str) -> str | None:
         """The value of query setting ``name``, or None."""
@@ -102,7 +92,8 @@ def parse_coordinator(url: str) -> CoordinatorConfig:
 
     ``zookeeper://[user:password@]host[:port][,host[:port]...][/prefix][?settings]``, the same
     with ``zookeepers://`` for TLS; ``etcd://host[:port][,...][/prefix][?settings]`` and
-    ``etcds://`` for TLS.
+    ``etcds://`` for TLS; ``memory://NAME`` (in this process only, for tests); or the scheme
+    of a driver another package registers (:mod:`followtheleader._coordinators.registry`).
 
     :raises ValueError: for a malformed URL, an unknown scheme or setting, or a client
         library that is not installed (the message says which extra to install).
@@ -114,11 +105,7 @@ def parse_coordinator(url: str) -> CoordinatorConfig:
         raise ValueError(
             f"option 'coordinator' must be a URL like zookeeper://host:2181/prefix or etcd://host:2379, not {url!r}"
         )
-    scheme = _SCHEMES.get(scheme_name.lower())
-    if scheme is None:
-        raise ValueError(
-            f"option 'coordinator': unknown scheme {scheme_name!r}; use one of {', '.join(sorted(_SCHEMES))}"
-        )
+    driver = driver_for(scheme_name)  # raises ValueError naming the known schemes
     rest, _, query_text = rest.partition("?")
     netloc, slash, path = rest.partition("/")
     username = password = None
@@ -127,34 +114,38 @@ def parse_coordinator(url: str) -> CoordinatorConfig:
         user, colon, secret = credentials.partition(":")
         if not user or not colon:
             raise ValueError("option 'coordinator': credentials must be given as user:password@")
-        if scheme.backend == "etcd":
-            raise ValueError(
-                "option 'coordinator': etcd3gw cannot log in with a user and password; use client "
-                "certificates (etcds://...?cert=...&key=...)"
-            )
+        if driver.refuse_credentials:
+            raise ValueError(f"option 'coordinator': {driver.refuse_credentials}")
         username, password = urllib.parse.unquote(user), urllib.parse.unquote(secret)
-    hosts = tuple(_parse_host(item, scheme.default_port) for item in netloc.split(","))
+    hosts = tuple(_parse_host(item, driver.default_port) for item in netloc.split(","))
     prefix = "/" + path.strip("/") if slash and path.strip("/") else DEFAULT_PREFIX
     if "//" in prefix or any(part in (".", "..") for part in prefix.split("/")):
         raise ValueError(f"option 'coordinator': bad prefix {prefix!r}")
     query = tuple(urllib.parse.parse_qsl(query_text, keep_blank_values=True, strict_parsing=False))
-    unknown = sorted({key for key, _ in query} - scheme.query)
+    unknown = sorted({key for key, _ in query} - driver.query)
     if unknown:
         raise ValueError(
-            f"option 'coordinator': unknown setting(s) {', '.join(unknown)} for {scheme.backend}; "
-            f"known: {', '.join(sorted(scheme.query))}"
+            f"option 'coordinator': unknown setting(s) {', '.join(unknown)} for {driver.backend}; "
+            f"known: {', '.join(sorted(driver.query)) or 'none'}"
         )
-    if importlib.util.find_spec(scheme.library) is None:
+    if driver.library is not None and importlib.util.find_spec(driver.library) is None:
         raise ValueError(
-            f"option 'coordinator': {scheme.backend} needs the {scheme.library} package; "
-            f"install followtheleader[{scheme.extra}]"
+            f"option 'coordinator': {driver.backend} needs the {driver.library} package; install {_extra(driver)}"
         )
     shown = (
         url
         if password is None
         else url.replace(f":{urllib.parse.quote(password)}@", ":***@").replace(f":{password}@", ":***@")
     )
-    return CoordinatorConfig(scheme.backend, hosts, prefix, scheme.tls, username, password, query, shown)
+    return CoordinatorConfig(driver.backend, hosts, prefix, driver.tls, username, password, query, shown, driver.scheme)
+
+
+def _extra(driver: Driver) -> str:
+    """What to install for a driver's client library: an extra of this package for the
+    built-in drivers, the package a registered driver names otherwise."""
+    if driver.extra is None:
+        return driver.library or "?"
+    return f"followtheleader[{driver.extra}]" if driver.target.startswith("followtheleader.") else driver.extra
 
 
 def _parse_host(item: str, default_port: int) -> tuple[str, int]:
@@ -215,8 +206,79 @@ def ranked(members: list[Member]) -> tuple[Member, ...]:
     return tuple(sorted(members, key=lambda m: m.rank, reverse=True))
 
 
-class Coordinator(abc.ABC):
-    """One client session with a coordination service, for one member of one group.
+class Session(abc.ABC):
+    """The session half of a driver, as etcd's ``concurrency/session.go``: one client session
+    with the service (a ZooKeeper session, an etcd lease), kept alive by the session thread.
+    Everything the election half writes is bound to it and goes when it ends or expires."""
+
+    @abc.abstractmethod
+    def open(self) -> None:
+        """Open a new session (ending the one before, if any)."""
+
+    @abc.abstractmethod
+    def keep_alive(self) -> float:
+        """Keep the session alive.
+
+        :returns: the session's time to live granted by the server, counted from before this
+            call was made (the server cannot expire the session earlier).
+        :raises SessionLost: when the session is gone.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """End the session at once (its nodes or keys go with it). Idempotent; never raises."""
+
+    @abc.abstractmethod
+    def wait(self, timeout: float) -> None:
+        """Block until the group may have changed (a watch fired, a poll is due), :meth:`wake`
+        is called, or ``timeout``."""
+
+    @abc.abstractmethod
+    def wake(self) -> None:
+        """Make :meth:`wait` return now. Any thread."""
+
+    @abc.abstractmethod
+    def connect_only(self) -> None:
+        """Connect without opening a session (for ``status``)."""
+
+
+class Election(abc.ABC):
+    """The election half of a driver, as etcd's ``concurrency/election.go``: this member's
+    part in one group, written with the :class:`Session`'s lifetime."""
+
+    @abc.abstractmethod
+    def join(self) -> None:
+        """Register this member in a session just opened (and clear what an older session of
+        this very node left: its leadership has lapsed locally, so it only makes others wait)."""
+
+    @abc.abstractmethod
+    def observe(self) -> View:
+        """Read the group (and watch it for the next change, where the service can)."""
+
+    @abc.abstractmethod
+    def claim(self) -> int | None:
+        """Try to take the vacant leadership (campaign); its term when this member won, else None."""
+
+    @abc.abstractmethod
+    def release(self, term: int) -> None:
+        """Give up the leadership of ``term`` if this session still holds it (resign), and
+        withdraw this member (so that the others do not wait for it); :meth:`rejoin` comes back."""
+
+    @abc.abstractmethod
+    def rejoin(self) -> None:
+        """Register this member again after :meth:`release`."""
+
+    @abc.abstractmethod
+    def groups(self) -> list[GroupInfo]:
+        """Every group under the prefix (for ``status``); needs
+        :meth:`Session.connect_only` first."""
+
+
+class Coordinator(Session, Election):
+    """A coordinator driver: the session and the election with one service, for one member of
+    one group. The session thread of a coordinated elector opens the session and joins, keeps
+    it alive and observes the group, claims and releases; the policy of when to do what is
+    :class:`followtheleader._core.coordination.SessionPolicy`'s.
 
     All methods but :meth:`wake` run on the elector's session thread. Every blocking call is
     bounded by ``timeout`` (connect) or by the session TTL (requests); errors are raised as
@@ -228,6 +290,8 @@ class Coordinator(abc.ABC):
     :param ttl: the session (ZooKeeper) or lease (etcd) time to live asked for, in seconds.
     """
 
+    service = "the coordinator"
+    """The service's name in messages and events ("ZooKeeper", "etcd")."""
     renew_fraction = 0.2
     """The session thread renews every ``renew_fraction * ttl`` seconds."""
 
@@ -237,58 +301,17 @@ class Coordinator(abc.ABC):
         self.me = me
         self.ttl = ttl
 
-    @abc.abstractmethod
-    def open(self) -> None:
-        """Open a new session (a ZooKeeper session, an etcd lease) and register this member."""
-
-    @abc.abstractmethod
-    def renew(self) -> tuple[float, View]:
-        """Keep the session alive and read the group.
-
-        :returns: the session's time to live granted by the server, counted from before this
-            call was made (the server cannot expire the session earlier), and the group.
-        """
-
-    @abc.abstractmethod
-    def claim(self) -> int | None:
-        """Try to take the vacant leadership; its term when this member won, else None."""
-
-    @abc.abstractmethod
-    def release(self, term: int) -> None:
-        """Give up the leadership of ``term`` if this session still holds it, and withdraw
-        this member (so that the others do not wait for it); :meth:`rejoin` comes back."""
-
-    @abc.abstractmethod
-    def rejoin(self) -> None:
-        """Register this member again after :meth:`release`."""
-
-    @abc.abstractmethod
-    def close(self) -> None:
-        """End the session at once (its nodes or keys go with it). Idempotent; never raises."""
-
-    @abc.abstractmethod
-    def wait(self, timeout: float) -> None:
-        """Block until the group may have changed, :meth:`wake` is called, or ``timeout``."""
-
-    @abc.abstractmethod
-    def wake(self) -> None:
-        """Make :meth:`wait` return now. Any thread."""
-
-    @abc.abstractmethod
-    def groups(self) -> list[GroupInfo]:
-        """Every group under the prefix (for ``status``); needs :meth:`connect_only` first."""
-
-    @abc.abstractmethod
-    def connect_only(self) -> None:
-        """Connect without registering a member (for ``status``)."""
-
 
 def make_coordinator(config: CoordinatorConfig, group: str, me: Member, ttl: float) -> Coordinator:
-    """The coordinator for ``config``'s backend (imports its client library here)."""
-    if config.backend == "zookeeper":
-        from .zookeeper import ZooKeeperCoordinator
+    """The coordinator of ``config``'s scheme: its driver's class is imported here (and with
+    it the client library), never when the registry is read.
 
-        return ZooKeeperCoordinator(config, group, me, ttl)
-    from .etcd import EtcdCoordinator
-
-    return EtcdCoordinator(config, group, me, ttl)
+    :raises ValueError: for a scheme no driver serves.
+    :raises TypeError: when the driver's target is no :class:`Coordinator` subclass.
+    """
+    driver = driver_for(config.scheme or config.backend)
+    module_name, _, class_name = driver.target.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Coordinator)):
+        raise TypeError(f"coordinator driver {driver.scheme!r}: {driver.target} is not a Coordinator subclass")
+    return cls(config, group, me, ttl)

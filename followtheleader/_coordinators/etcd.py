@@ -147,14 +147,8 @@ class EtcdCoordinator(Coordinator):
         grant = self._post("/lease/grant", {"TTL": math.ceil(self.ttl), "ID": 0})
         self._lease_id = int(grant["ID"])
         self._granted, self._renewed_sent = float(grant.get("TTL", self.ttl)), sent
-        # Leftovers of an older lease of this node: its leadership has lapsed locally.
-        for kv in self._range(self._leader_key):
-            holder = _decode_member(etcd3gw.utils._decode(kv.get("value", "")))
-            if holder is not None and holder.node_id == self.me.node_id and int(kv.get("lease", 0)) != self._lease_id:
-                self._delete_if(self._leader_key, "MOD", int(kv["mod_revision"]))
-        self.rejoin()
 
-    def renew(self) -> tuple[float, View]:
+    def keep_alive(self) -> float:
         started = time.monotonic()
         if self._lease_id is None:
             raise CoordinatorError("no etcd lease")
@@ -164,8 +158,41 @@ class EtcdCoordinator(Coordinator):
             if ttl <= 0:
                 raise SessionLost("the etcd lease expired")
             self._granted, self._renewed_sent = float(ttl), started
-        view = self._view(self._range(self._base + "/"), self._base + "/")
-        return self._renewed_sent + self._granted - started, view
+        return self._renewed_sent + self._granted - started
+
+    def close(self) -> None:
+        lease, self._lease_id = self._lease_id, None
+        if lease is not None:
+            try:
+                self._post("/kv/lease/revoke", {"ID": lease})  # its keys go at once
+            except Exception:  # closing must never raise; the lease then expires by itself
+                log.debug("could not revoke etcd lease %x", lease, exc_info=True)
+        for client in self._clients:
+            try:
+                client.session.close()
+            except Exception:
+                log.debug("error while closing an etcd client", exc_info=True)
+        self._clients = []
+
+    def wait(self, timeout: float) -> None:
+        self._wake.wait(min(timeout, POLL))
+        self._wake.clear()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # ----------------------------------------------------------------- election
+
+    def join(self) -> None:
+        # Leftovers of an older lease of this node: its leadership has lapsed locally.
+        for kv in self._range(self._leader_key):
+            holder = _decode_member(etcd3gw.utils._decode(kv.get("value", "")))
+            if holder is not None and holder.node_id == self.me.node_id and int(kv.get("lease", 0)) != self._lease_id:
+                self._delete_if(self._leader_key, "MOD", int(kv["mod_revision"]))
+        self.rejoin()
+
+    def observe(self) -> View:
+        return self._view(self._range(self._base + "/"), self._base + "/")
 
     def _view(self, kvs: list[dict[str, Any]], base: str) -> View:
         leadership = None
@@ -214,27 +241,6 @@ class EtcdCoordinator(Coordinator):
 
     def rejoin(self) -> None:
         self._post("/kv/put", {"key": _encode(self._my_key), "value": _encode(""), "lease": self._lease_id})
-
-    def close(self) -> None:
-        lease, self._lease_id = self._lease_id, None
-        if lease is not None:
-            try:
-                self._post("/kv/lease/revoke", {"ID": lease})  # its keys go at once
-            except Exception:  # closing must never raise; the lease then expires by itself
-                log.debug("could not revoke etcd lease %x", lease, exc_info=True)
-        for client in self._clients:
-            try:
-                client.session.close()
-            except Exception:
-                log.debug("error while closing an etcd client", exc_info=True)
-        self._clients = []
-
-    def wait(self, timeout: float) -> None:
-        self._wake.wait(min(timeout, POLL))
-        self._wake.clear()
-
-    def wake(self) -> None:
-        self._wake.set()
 
     def groups(self) -> list[GroupInfo]:
         prefix = self.config.prefix + "/"

@@ -158,8 +158,35 @@ class ZooKeeperCoordinator(Coordinator):
     def connect_only(self) -> None:
         self._connect()
 
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            _close_client(client)
+
+    def wait(self, timeout: float) -> None:
+        self._changed.wait(timeout)
+        self._changed.clear()
+
+    def wake(self) -> None:
+        self._changed.set()
+
     def open(self) -> None:
-        client = self._connect()
+        self._connect()
+
+    def keep_alive(self) -> float:
+        client = self._live_client()
+        # A sync goes to the ensemble's leader, which expires sessions: a server cut off from
+        # it (it may go on answering reads for syncLimit ticks) makes it fail.
+        self._call(client.sync_async(self._leader_path))
+        granted = self._granted.seconds if self._granted is not None else None
+        return granted if granted is not None else self.ttl
+
+    # ----------------------------------------------------------------- election
+
+    def join(self) -> None:
+        client = self._client
+        if client is None:
+            raise CoordinatorError("not connected to ZooKeeper")
         self._call(client.create_async(self._members_path, b"", makepath=True), exists_ok=True)
         # Leftovers of an older session of this node (it lost contact, or it was restarted):
         # its leadership has lapsed locally, so they only make the others wait.
@@ -177,17 +204,13 @@ class ZooKeeperCoordinator(Coordinator):
                 self._delete(client, self._my_path, stat.version)
             self._call(client.create_async(self._my_path, _member_data(self.me), ephemeral=True), exists_ok=True)
 
-    def renew(self) -> tuple[float, View]:
+    def observe(self) -> View:
         client = self._live_client()
-        # A sync goes to the ensemble's leader, which expires sessions: a server cut off from
-        # it (it may go on answering reads for syncLimit ticks) makes it fail.
-        self._call(client.sync_async(self._leader_path))
         held = self._read_leader(client, watch=True)
         labels = self._call(client.get_children_async(self._members_path, watch=self._watch))
         self._check_session()
         members = ranked([m for m in map(member_from_label, labels) if m is not None])
-        granted = self._granted.seconds if self._granted is not None else None
-        return (granted if granted is not None else self.ttl), View(held[0] if held else None, members)
+        return View(held[0] if held else None, members)
 
     def claim(self) -> int | None:
         client = self._live_client()
@@ -209,18 +232,6 @@ class ZooKeeperCoordinator(Coordinator):
 
     def rejoin(self) -> None:
         self._register(self._live_client())
-
-    def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            _close_client(client)
-
-    def wait(self, timeout: float) -> None:
-        self._changed.wait(timeout)
-        self._changed.clear()
-
-    def wake(self) -> None:
-        self._changed.set()
 
     def groups(self) -> list[GroupInfo]:
         client = self._live_client()

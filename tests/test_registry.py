@@ -1,0 +1,162 @@
+"""The registry of coordinator drivers: built-in schemes, third-party ones through an entry
+point, and the errors for the others. No server, no root."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from followtheleader import State, elect
+from followtheleader._coordinators.base import Coordinator, make_coordinator, parse_coordinator
+from followtheleader._coordinators.registry import BUILTIN, ENTRY_POINT_GROUP, Driver, driver_for, drivers
+from followtheleader._core.model import Member
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_builtin_drivers() -> None:
+    assert set(BUILTIN) == {"zookeeper", "zookeepers", "etcd", "etcds", "memory"}
+    zookeeper, etcds, memory = BUILTIN["zookeeper"], BUILTIN["etcds"], BUILTIN["memory"]
+    assert (zookeeper.default_port, zookeeper.library, zookeeper.extra) == (2181, "kazoo", "zookeeper")
+    assert not zookeeper.tls and zookeeper.backend == "zookeeper"
+    assert zookeeper.target == "followtheleader._coordinators.zookeeper:ZooKeeperCoordinator"
+    assert BUILTIN["zookeepers"].backend == "zookeeper" and BUILTIN["zookeepers"].tls
+    assert (etcds.default_port, etcds.library, etcds.extra, etcds.backend) == (2379, "etcd3gw", "etcd", "etcd")
+    assert etcds.tls
+    assert "sasl" in zookeeper.query and "cert" in etcds.query and "sasl" not in etcds.query
+    assert memory.library is None and memory.extra is None and memory.query == frozenset()
+    assert memory.target == "followtheleader._coordinators.memory:MemoryCoordinator"
+    assert drivers().keys() >= BUILTIN.keys()
+
+
+def test_reading_the_registry_imports_no_driver_and_no_client_library() -> None:
+    code = (
+        "import sys\n"
+        "from followtheleader._coordinators.base import parse_coordinator\n"
+        "parse_coordinator('zookeeper://h1'); parse_coordinator('etcd://h1'); parse_coordinator('memory://m')\n"
+        "loaded = [m for m in ('kazoo', 'etcd3gw', 'requests') if m in sys.modules]\n"
+        "loaded += [m for m in sys.modules if m.startswith('followtheleader._coordinators.')\n"
+        "           and m.rpartition('.')[2] in ('zookeeper', 'etcd', 'memory')]\n"
+        "print(sorted(loaded))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, env=_env(ROOT)
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("url", ["zk://h:2181", "ZK://h", "consul://h:8500"])
+def test_an_unknown_scheme_lists_the_known_ones(url: str) -> None:
+    with pytest.raises(ValueError, match="option 'coordinator'") as raised:
+        elect("g", coordinator=url)
+    text = str(raised.value)
+    assert f"unknown scheme {url.partition('://')[0].lower()!r}" in text
+    assert "use one of etcd, etcds, memory, zookeeper, zookeepers" in text
+    with pytest.raises(ValueError, match="unknown scheme"):
+        driver_for("zk")
+
+
+def test_a_scheme_is_served_by_its_own_driver() -> None:
+    """No scheme falls through to another driver (a third scheme once became etcd)."""
+    config = parse_coordinator("memory://here/some/prefix")
+    assert (config.backend, config.scheme, config.prefix) == ("memory", "memory", "/some/prefix")
+    assert config.hosts == (("here", 0),)
+    coordinator = make_coordinator(config, "g", Member("a"), 5.0)
+    assert type(coordinator).__name__ == "MemoryCoordinator" and coordinator.service == "memory"
+    with pytest.raises(ValueError, match="unknown setting"):
+        parse_coordinator("memory://here?ca=x")
+    with pytest.raises(ValueError, match="no users"):
+        parse_coordinator("memory://u:p@here")
+
+
+def test_a_driver_description_is_checked() -> None:
+    with pytest.raises(ValueError, match="scheme"):
+        Driver("Bad Scheme", "m:C")
+    with pytest.raises(ValueError, match="module:Class"):
+        Driver("good", "no-colon")
+    assert Driver("good", "pkg.mod:Cls").backend == "good"
+
+
+# ----------------------------------------------------------------- a third-party driver
+
+_DRIVER_MODULE = """
+from followtheleader._coordinators.registry import Driver
+
+FAKE = Driver("fake", "ftl_fake_impl:FakeCoordinator", default_port=7000, library="ftl_fake_impl",
+              extra="ftl-fake", query=frozenset({"colour"}))
+NOT_A_DRIVER = "something else"
+"""
+
+_IMPLEMENTATION = """
+from followtheleader._coordinators.memory import MemoryCoordinator
+
+class FakeCoordinator(MemoryCoordinator):
+    service = "fake service"
+"""
+
+
+def _install_plugin(where: Path) -> None:
+    """A tiny installed distribution: its module, and a dist-info with the entry points."""
+    (where / "ftl_fake_driver.py").write_text(textwrap.dedent(_DRIVER_MODULE))
+    (where / "ftl_fake_impl.py").write_text(textwrap.dedent(_IMPLEMENTATION))
+    info = where / "ftl_fake-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ftl-fake\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        f"[{ENTRY_POINT_GROUP}]\n"
+        "fake = ftl_fake_driver:FAKE\n"
+        "wrong = ftl_fake_driver:NOT_A_DRIVER\n"
+        "broken = ftl_no_such_module:THING\n"
+        "memory = ftl_fake_driver:FAKE\n"
+    )
+
+
+def test_a_third_party_driver_registers_through_an_entry_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _install_plugin(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "ftl_fake_impl", raising=False)
+    with caplog.at_level(logging.WARNING, "followtheleader._coordinators.registry"):
+        known = drivers()
+    assert known["fake"].target == "ftl_fake_impl:FakeCoordinator"
+    assert "wrong" not in known and "broken" not in known
+    assert known["memory"] is BUILTIN["memory"]  # a built-in scheme is not taken over
+    assert {"wrong", "broken", "memory"} <= {word.strip("'") for r in caplog.records for word in r.getMessage().split()}
+    with pytest.raises(ValueError, match="unknown scheme 'zk'; use one of etcd, etcds, fake, memory, zookeeper"):
+        parse_coordinator("zk://h")
+
+    config = parse_coordinator("fake://box/p?colour=red")
+    assert (config.backend, config.hosts, config.setting("colour")) == ("fake", (("box", 7000),), "red")
+    assert "ftl_fake_impl" not in sys.modules  # checked to be there, not imported, by the parser
+    with pytest.raises(ValueError, match="unknown setting"):
+        parse_coordinator("fake://box?size=2")
+
+    elector = elect("g", coordinator="fake://box", coordinator_ttl=2)
+    assert isinstance(elector._coordinator, Coordinator)  # type: ignore[attr-defined]
+    with elector:
+        leader = elector.wait_for_leader(10)
+        assert leader is not None and leader.node_id == elector.node_id and elector.state is State.LEADER
+        assert elector.is_leader and repr(elector).endswith("(fake service)>")
+
+
+def test_a_registered_driver_without_its_library_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _install_plugin(tmp_path)
+    (tmp_path / "ftl_fake_impl.py").unlink()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "ftl_fake_impl", raising=False)
+    with pytest.raises(ValueError, match=r"fake needs the ftl_fake_impl package; install ftl-fake"):
+        parse_coordinator("fake://box")
+
+
+def _env(root: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
+    return env
