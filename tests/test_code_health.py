@@ -145,12 +145,11 @@ def test_every_module_belongs_to_a_layer() -> None:
 
 
 def test_no_function_level_imports_but_of_client_libraries() -> None:
-    modules, imports = all_imports()
+    _, imports = all_imports()
     wrong = [
         f"{i.importer}:{i.line} imports {i.imported}"
         for i in imports
-        if i.in_function
-        and i.imported.split(".")[0] not in CLIENT_LIBRARIES
+        if i.in_function and i.imported.split(".")[0] not in CLIENT_LIBRARIES
     ]
     assert not wrong
 

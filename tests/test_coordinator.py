@@ -22,9 +22,9 @@ import pytest
 
 import followtheleader
 from followtheleader import Event, State, elect
-from followtheleader._coordinator import Leadership, View, parse_coordinator
-from followtheleader._lease import LeaseMachine
-from followtheleader._model import Member
+from followtheleader._coordinators.base import parse_coordinator
+from followtheleader._core.lease import Leadership, LeaseMachine, View
+from followtheleader._core.model import Member
 
 from cluster import Cluster, NodeProcess, check_pairing, leader_overlap
 from conftest import Local

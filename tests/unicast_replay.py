@@ -11,13 +11,18 @@ handled the replay.
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import time
 
+# This checkout's package, as tests/node_runner.py does (not whichever one is installed).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
 from followtheleader._core.messages import ANYONE, Message
+from followtheleader._core.model import State
 from followtheleader._wire.auth import Authenticator, Secret
-from followtheleader._wire.protocol import State, decode_datagram, encode_message
+from followtheleader._wire.protocol import decode_datagram, encode_message
 
 
 def main() -> int:
