@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from followtheleader import State, elect
-from followtheleader._coordinators.base import Coordinator, make_coordinator, parse_coordinator
+from followtheleader import Elector, State, elect
+from followtheleader._coordinators.base import make_coordinator, parse_coordinator
 from followtheleader._coordinators.registry import BUILTIN, ENTRY_POINT_GROUP, Driver, driver_for, drivers
 from followtheleader._core.model import Member
 
@@ -140,7 +140,7 @@ def test_a_third_party_driver_registers_through_an_entry_point(
         parse_coordinator("fake://box?size=2")
 
     elector = elect("g", coordinator="fake://box", coordinator_ttl=2)
-    assert isinstance(elector._coordinator, Coordinator)  # type: ignore[attr-defined]
+    assert type(elector) is Elector and elector.describe().service == "fake service"
     with elector:
         leader = elector.wait_for_leader(10)
         assert leader is not None and leader.node_id == elector.node_id and elector.state is State.LEADER
