@@ -2,7 +2,7 @@
 
 :func:`elect` parses the options and :func:`make_backend` builds the one backend they ask for
 (:class:`~followtheleader._lan.backend.LanBackend` for mDNS or listed peers,
-:class:`~followtheleader._coordinated.CoordinatorBackend` for a coordinator); the
+:class:`~followtheleader._coordinators.backend.CoordinatorBackend` for a coordinator); the
 :class:`Elector` composes it through the seam of :mod:`followtheleader._runtime.backend`.
 The backend has the mode's state machine, threads and sockets; the elector has what every
 mode shares. Its own threads (daemon threads, all gone after :meth:`Elector.stop`):
@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 
-from ._coordinated import CoordinatorBackend
+from ._coordinators.backend import CoordinatorBackend
+from ._coordinators.base import parse_coordinator
 from ._core.machine import Action, Notify
 from ._core.model import Event, FencingToken, Member, State
 from ._lan.backend import LanBackend
@@ -75,7 +76,9 @@ def make_backend(options: Options, feeder: Feeder) -> Backend:
     :param feeder: the elector's way into the backend's state machine.
     """
     if options.coordinator is not None:
-        return CoordinatorBackend(options, feeder)
+        config = parse_coordinator(options.coordinator)
+        me = Member(options.node_id, options.priority)
+        return CoordinatorBackend(config, options.name, me, options.coordinator_ttl, feeder)
     settings = LanSettings(
         name=options.name,
         node_id=options.node_id,

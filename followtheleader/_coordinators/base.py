@@ -1,7 +1,7 @@
 """Coordinator mode: the interface to a coordination service and the URL that names one.
 
 A :class:`Coordinator` is what the session thread of a coordinated elector (see
-:mod:`._coordinated`) talks to: ZooKeeper (:mod:`followtheleader._coordinators.zookeeper`,
+:mod:`followtheleader._coordinators.backend`) talks to: ZooKeeper (:mod:`followtheleader._coordinators.zookeeper`,
 through kazoo), etcd v3 (:mod:`followtheleader._coordinators.etcd`, through etcd3gw), the
 in-process :mod:`followtheleader._coordinators.memory`, or a driver another package registers.
 The URL's scheme picks the driver from :mod:`followtheleader._coordinators.registry`. Every

@@ -25,14 +25,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from ._coordinators.base import Coordinator, CoordinatorError, SessionLost, make_coordinator, parse_coordinator
-from ._core.coordination import Op, SessionPolicy
-from ._core.lease import LeaseMachine
-from ._core.machine import Action
-from ._core.model import Member, State
-from ._options import Options
-from ._runtime.backend import Description, Feeder
-from ._runtime.logs import RateLimitedWarning
+from .._core.coordination import Op, SessionPolicy
+from .._core.lease import LeaseMachine
+from .._core.machine import Action
+from .._core.model import Member, State
+from .._runtime.backend import Description, Feeder
+from .._runtime.logs import RateLimitedWarning
+from .base import Coordinator, CoordinatorConfig, CoordinatorError, SessionLost, make_coordinator
 
 __all__ = ["CoordinatorBackend"]
 
@@ -44,30 +43,29 @@ T = TypeVar("T")
 class CoordinatorBackend:
     """Leadership held in a coordination service, for the one :class:`~followtheleader.Elector`.
 
-    :param options: the elector's options (``coordinator`` set).
+    :param config: the parsed coordinator URL.
+    :param group: the group's name.
+    :param me: this node (node id and priority).
+    :param ttl: the session's (or lease's) time to live, in seconds.
     :param feeder: the facade's way into the state machine.
     """
 
     tick_period = 1.0
     """Seconds the ticker waits before it retries a tick that raised."""
 
-    def __init__(self, options: Options, feeder: Feeder) -> None:
-        assert options.coordinator is not None
-        self.name = options.name
-        self.node_id = options.node_id
+    def __init__(self, config: CoordinatorConfig, group: str, me: Member, ttl: float, feeder: Feeder) -> None:
+        self.name = group
+        self.node_id = me.node_id
         self._feeder = feeder
         self._feed = feeder.feed
         self._report_error = feeder.report_error
-        self._ttl = options.coordinator_ttl
-        config = parse_coordinator(options.coordinator)
-        me = Member(options.node_id, options.priority)
-        ttl = options.coordinator_ttl
-        self._coordinator: Coordinator = make_coordinator(config, options.name, me, ttl)
+        self._ttl = ttl
+        self._coordinator: Coordinator = make_coordinator(config, group, me, ttl)
         self._service = self._coordinator.service
         self._renew_every = ttl * self._coordinator.renew_fraction
         # The lease ends a fifth of the TTL before the server could expire the session: up to
         # three renewals in a row may fail before it does.
-        self._lease = LeaseMachine(options.name, me, self._service, margin=ttl / 5)
+        self._lease = LeaseMachine(group, me, self._service, margin=ttl / 5)
         self._session: threading.Thread | None = None
         self._closing = threading.Event()
         self._session_warn = RateLimitedWarning(log)
