@@ -18,6 +18,7 @@ import pytest
 from npm_node import NpmNode, npm_unavailable_reason
 
 from cluster import Cluster
+from coordservers import ServerPool
 from netlab import Host, Lab, lab_unavailable_reason
 
 T = TypeVar("T")
@@ -36,6 +37,15 @@ def lab() -> Iterator[Lab]:
             made.add_host(f"n{index}")
         made.add_host("local")
         yield made
+
+
+@pytest.fixture(scope="module")
+def coordinator_servers() -> Iterator[ServerPool]:
+    """ZooKeeper and etcd servers in lab hosts, started when a test of the module first asks
+    (``coordinator_servers.get(lab, "etcd")``) and stopped after its last test."""
+    pool = ServerPool()
+    yield pool
+    pool.close()
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from netlab import Host
+from netlab import Host, Lab
 
 ZOOKEEPER_JAR = "/usr/share/java/zookeeper.jar"
 ZOOKEEPER_CONF = "/etc/zookeeper/conf"
@@ -286,3 +286,42 @@ class ServerSet:
         for server in self.servers:
             server.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def server_hosts(lab: Lab, names: list[str]) -> list[Host]:
+    """The lab hosts ``names``, added to the lab when they are not there yet."""
+    return [lab.hosts[name] if name in lab.hosts else lab.add_host(name) for name in names]
+
+
+class ServerPool:
+    """Servers started on first use and kept until :meth:`close`: one :class:`ServerSet` per
+    backend and size, on lab hosts of their own (``zs10``, ``es30``...). The ``coordinator_servers``
+    fixture of ``conftest.py`` gives each test module one pool, closed after its last test."""
+
+    def __init__(self) -> None:
+        self._sets: dict[str, ServerSet] = {}
+
+    def get(self, lab: Lab, backend: str, size: int = 1) -> ServerSet:
+        """The running servers of ``backend`` (``size`` of them); the test is skipped, saying
+        why, when the backend cannot be tested here."""
+        import pytest
+
+        reason = unavailable_reason(backend)
+        if reason:
+            pytest.skip(reason)
+        key = f"{backend}{size}"
+        if key not in self._sets:
+            tag = "z" if backend == "zookeeper" else "e"
+            servers = ServerSet(backend, server_hosts(lab, [f"{tag}s{size}{i}" for i in range(size)]))
+            try:
+                servers.start()
+            except Exception:
+                servers.close()
+                raise
+            self._sets[key] = servers
+        return self._sets[key]
+
+    def close(self) -> None:
+        for servers in self._sets.values():
+            servers.close()
+        self._sets.clear()

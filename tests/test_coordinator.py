@@ -15,7 +15,6 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -28,7 +27,7 @@ from followtheleader._core.model import Member
 
 from cluster import Cluster, NodeProcess, check_pairing, leader_overlap
 from conftest import Local
-from coordservers import ServerSet, unavailable_reason
+from coordservers import ServerPool, ServerSet, server_hosts, unavailable_reason
 from netlab import Host, Lab
 
 TTL = 3.0
@@ -139,48 +138,16 @@ def test_followers_change_with_the_leadership_and_resign_releases() -> None:
 # --------------------------------------------------------------------- the servers
 
 
-def _server_hosts(lab: Lab, names: list[str]) -> list[Host]:
-    return [lab.hosts[name] if name in lab.hosts else lab.add_host(name) for name in names]
-
-
-_sets: dict[str, ServerSet] = {}
-
-
-def _servers(lab: Lab, backend: str, size: int) -> ServerSet:
-    reason = unavailable_reason(backend)
-    if reason:
-        pytest.skip(reason)
-    key = f"{backend}{size}"
-    if key not in _sets:
-        tag = "z" if backend == "zookeeper" else "e"
-        servers = ServerSet(backend, _server_hosts(lab, [f"{tag}s{size}{i}" for i in range(size)]))
-        try:
-            servers.start()
-        except Exception:
-            servers.close()
-            raise
-        _sets[key] = servers
-    return _sets[key]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _stop_servers() -> Iterator[None]:
-    yield
-    for servers in _sets.values():
-        servers.close()
-    _sets.clear()
-
-
 @pytest.fixture(params=BACKENDS)
-def single(request: Any, lab: Lab) -> ServerSet:
+def single(request: Any, lab: Lab, coordinator_servers: ServerPool) -> ServerSet:
     """A single server of each backend."""
-    return _servers(lab, request.param, 1)
+    return coordinator_servers.get(lab, request.param, 1)
 
 
 @pytest.fixture(params=BACKENDS)
-def trio(request: Any, lab: Lab) -> ServerSet:
+def trio(request: Any, lab: Lab, coordinator_servers: ServerPool) -> ServerSet:
     """A 3-member cluster of each backend."""
-    return _servers(lab, request.param, 3)
+    return coordinator_servers.get(lab, request.param, 3)
 
 
 def _options(servers: ServerSet, **extra: Any) -> dict[str, Any]:
@@ -396,7 +363,7 @@ def _assert_no_datagram_sockets(before: set[int]) -> None:
 def test_server_down_gives_an_error_event_and_retries_until_stopped(local: Local, lab: Lab, backend: str) -> None:
     if unavailable_reason(backend):
         pytest.skip(unavailable_reason(backend) or "")
-    nobody = _server_hosts(lab, ["nobody"])[0]  # a lab host where no server listens
+    nobody = server_hosts(lab, ["nobody"])[0]  # a lab host where no server listens
     url = f"{backend}://{nobody.address}:{2181 if backend == 'zookeeper' else 2379}"
     elector = elect("downgroup", coordinator=url, coordinator_ttl=TTL)
     errors: list[Event] = []
@@ -604,7 +571,7 @@ def test_etcd_over_tls_with_a_client_certificate(cluster: Cluster, hosts: list[H
 
     if unavailable_reason("etcd") or shutil.which("openssl") is None:
         pytest.skip(unavailable_reason("etcd") or "openssl is not installed")
-    servers = ServerSet("etcd", _server_hosts(lab, ["etls"]), tls=True)
+    servers = ServerSet("etcd", server_hosts(lab, ["etls"]), tls=True)
     try:
         servers.start()
         assert servers.url.startswith("etcds://")
@@ -624,10 +591,12 @@ def test_etcd_over_tls_with_a_client_certificate(cluster: Cluster, hosts: list[H
 
 
 @pytest.mark.lab
-def test_zookeeper_digest_authentication_keeps_other_clients_out(cluster: Cluster, hosts: list[Host], lab: Lab) -> None:
+def test_zookeeper_digest_authentication_keeps_other_clients_out(
+    cluster: Cluster, hosts: list[Host], lab: Lab, coordinator_servers: ServerPool
+) -> None:
     import sys
 
-    servers = _servers(lab, "zookeeper", 1)
+    servers = coordinator_servers.get(lab, "zookeeper", 1)
     scheme, _, rest = servers.url.partition("://")
     private = f"{scheme}://ftl:s3cret@{rest.split('/')[0]}/private{os.urandom(3).hex()}"
     processes = [
