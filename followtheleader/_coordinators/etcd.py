@@ -225,19 +225,21 @@ class EtcdCoordinator(Coordinator):
             return None
         return int(result["header"]["revision"])
 
-    def _delete_if(self, key: str, target: str, revision: int) -> bool:
+    def _delete_if(self, key: str, target: str, revision: int, lease: int | None = None) -> bool:
+        """Delete ``key`` if its create (``CREATE``) or mod (``MOD``) revision is ``revision``
+        and, with ``lease``, it is bound to that lease: one compare-and-set transaction."""
         encoded = _encode(key)
         field = "create_revision" if target == "CREATE" else "mod_revision"
-        txn = {
-            "compare": [{"key": encoded, "result": "EQUAL", "target": target, field: str(revision)}],
-            "success": [{"request_delete_range": {"key": encoded}}],
-            "failure": [],
-        }
+        compare = [{"key": encoded, "result": "EQUAL", "target": target, field: str(revision)}]
+        if lease is not None:
+            compare.append({"key": encoded, "result": "EQUAL", "target": "LEASE", "lease": str(lease)})
+        txn = {"compare": compare, "success": [{"request_delete_range": {"key": encoded}}], "failure": []}
         return bool(self._post("/kv/txn", txn).get("succeeded"))
 
     def release(self, term: int) -> None:
         self._post("/kv/deleterange", {"key": _encode(self._my_key)})
-        self._delete_if(self._leader_key, "CREATE", term)
+        if self._lease_id is not None:  # only a leadership this very lease holds
+            self._delete_if(self._leader_key, "CREATE", term, self._lease_id)
 
     def rejoin(self) -> None:
         self._post("/kv/put", {"key": _encode(self._my_key), "value": _encode(""), "lease": self._lease_id})
