@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from followtheleader._core.candidates import best_candidate
 from followtheleader._core.machine import FORGET_AFTER, Machine, Notify, Send, Timing
 from followtheleader._core.messages import Message
 from followtheleader._core.model import Event, Member, State
@@ -415,7 +416,7 @@ def test_peers_dropped_from_the_member_list_are_lost_peers_and_forgotten_in_time
     # A list change forgets a dropped peer silent for FORGET_AFTER.
     net.stop("d")
     net.run(W)
-    assert a.peers["d"].dropped and a.best_candidate(net.now) != a.peers["d"].member
+    assert a.peers["d"].dropped and best_candidate(a, net.now) != a.peers["d"].member
     stale = Peer(Member("zz", 9, "198.18.0.99", 1), dead=True, dropped=True, probed_since=net.now - FORGET_AFTER)
     a.peers["zz"] = stale
     net.stop("b")

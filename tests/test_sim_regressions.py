@@ -7,6 +7,7 @@ on the machine of the day the simulator found its bug, and passes since its fix.
 
 from __future__ import annotations
 
+from followtheleader._core.candidates import live_leader_hold
 from followtheleader._core.model import State
 from followtheleader._core.roles import Leader
 
@@ -298,7 +299,7 @@ def test_a_hold_for_a_leader_ends_with_its_resign() -> None:
     c = net.nodes["c"].machine
     pong = net.nodes["a"].machine._message("pong", net.now)  # a follower of d: "d is alive"
     net._apply(net.nodes["c"], c.on_message(pong, net.nodes["a"].address, net.now))
-    assert c.live_leader_hold(net.now) > net.now
+    assert live_leader_hold(c, net.now) > net.now
     resigned_at = net.now
     net.stop("d")
     new, _ = net.run_until_agreed(other_than="d")

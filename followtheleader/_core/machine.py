@@ -52,11 +52,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .actions import Action, Notify, NpmPing, Publish, Send
+from .candidates import ping_listed
+from .handlers import Handlers
 from .messages import Message, PeerRecord
 from .model import Member, State
-from .node import Node, Stopped
-from .peers import npm_member, silent_since
-from .roles import Electing, Follower, Leader, ping_listed
+from .node import Stopped
+from .peers import npm_member
+from .roles import Electing, Follower
 from .timing import FORGET_AFTER, NPM_HOLD, PROBE_FAST_FOR, PROBE_SLOW_EVERY, Timing
 
 __all__ = [
@@ -79,7 +81,7 @@ _HANDLERS = {kind: f"_on_{kind}" for kind in ("ping", "pong", "beat", "ack", "cl
 
 
 @dataclass
-class Machine(Node):
+class Machine(Handlers):
     """The election state of one node: its inputs. Not thread-safe: the elector serialises
     calls."""
 
@@ -95,10 +97,7 @@ class Machine(Node):
     def stop(self, now: float) -> list[Action]:
         """Leave the group: a leader resigns, a follower says it leaves."""
         self._expire(now)
-        if self.state is State.LEADER:
-            self._send_to_peers(self._message("resign", now, with_members=True))
-        elif self.state is State.FOLLOWER and self.leader is not None:
-            self._send(self._message("leave", now), self.leader)
+        self.role.leave(self, now)
         if self.state is not State.STOPPED:
             self.become(Stopped(), now, "stopped")
         return self._flush()
@@ -146,20 +145,15 @@ class Machine(Node):
         self._expire(now)
         self.max_term = max(self.max_term, message.term)
         sender = Member(message.sender, message.priority, source[0], source[1])
-        if (
-            self.state is State.FOLLOWER
-            and self.leader is not None
-            and message.sender == self.leader.node_id
-            and message.role is not State.LEADER
-        ):
-            Electing.enter(self, now, "leader stepped down", wait=self.timing.confirm)  # it says so itself
+        if message.role is not State.LEADER:  # it says so itself
+            self.role.lost_leader(self, message.sender, now, "leader stepped down", wait=self.timing.confirm)
         known = self.peers.get(sender.node_id)
         revived = known is not None and known.dead
         self._heard(sender, now)
         if revived:
             self.role.peer_changed(self, now)  # no longer dead: it may be a live member again
         getattr(self, _HANDLERS[message.kind])(message, sender, now)
-        self._consider_claim(now)
+        self.role.consider_claim(self, now)
         return self._flush()
 
     def on_discovered(self, record: PeerRecord, now: float) -> list[Action]:
@@ -180,12 +174,7 @@ class Machine(Node):
             # A record is a hint: only an answer makes it count. A leader greets every node it
             # does not hear from yet, so a newcomer learns of it before its own settle window
             # ends (answers to the newcomer's DNS-SD query may be rate-limited for a second).
-            role = self.role
-            if (
-                (isinstance(role, Leader) and role.progress.live_until(record.member.node_id) < now)
-                or (self.state is State.ELECTING and (record.role is State.LEADER or not peer.dead))
-                or (self._follows_npm() and peer.last_heard is None)  # so that both know each other
-            ):
+            if self.role.greets(self, peer, record.role is State.LEADER, now):
                 self._ping_now(peer, now)
         return self._flush()
 
@@ -197,9 +186,8 @@ class Machine(Node):
         self._expire(now)
         peer.dead = peer.departed = True
         self.role.peer_changed(self, now)
-        if self.state is State.FOLLOWER and self.leader is not None and self.leader.node_id == node_id:
-            Electing.enter(self, now, "leader said goodbye")
-            self._consider_claim(now)
+        if self.role.lost_leader(self, node_id, now, "leader said goodbye"):
+            self.role.consider_claim(self, now)
         return self._flush()
 
     def on_npm_record(self, host: str, port: int, now: float) -> list[Action]:
@@ -239,7 +227,7 @@ class Machine(Node):
         self._expire(now)
         for address in self.listed.update(addresses):
             for peer in self.peers.values():
-                silent = self.state is not State.FOLLOWER and not self._answers(peer, now)
+                silent = self.role.probes and not self._answers(peer, now)
                 if peer.member.address == address and silent:
                     peer.dead = peer.departed = True
         ping_listed(self, now)
@@ -264,187 +252,9 @@ class Machine(Node):
 
     def is_leader(self, now: float) -> bool:
         """True while leading with a lease that has not run out."""
-        role = self.role
-        if not isinstance(role, Leader) or not role.confirmed or now >= role.lease_end(self, now):
-            return False
-        quorum_until = role.quorum_until(self)
-        return quorum_until is None or now < quorum_until
+        return self.role.is_leader(self, now)
 
     @property
     def lease_until(self) -> float | None:
         """As leader: the end of the lease that followers renew by echoing lease marks."""
-        return self.role.lease_until if isinstance(self.role, Leader) else None
-
-    # ----------------------------------------------------------------- message handlers
-
-    def _on_ping(self, message: Message, sender: Member, now: float) -> None:
-        if message.role is State.LEADER:
-            self.role.heard_leader(self, sender, message.term, now, message.boot)
-        elif isinstance(self.role, Leader):
-            self.role.from_follower(self, message, sender, now)
-        self._send(self._pong(message.members_version, now), sender)
-
-    def _on_ack(self, message: Message, sender: Member, now: float) -> None:
-        """A follower answers a heartbeat (beat, pong or claim) of the leader it names."""
-        if isinstance(self.role, Leader) and message.leader == self.me.node_id and message.term == self.term:
-            self.role.from_follower(self, message, sender, now)
-        else:  # it takes this node for its leader, wrongly: the pong says what this node is
-            self._send(self._pong(message.members_version, now), sender)
-
-    def _on_beat(self, message: Message, sender: Member, now: float) -> None:
-        self._from_leader(message, sender, now)
-
-    def _on_claim(self, message: Message, sender: Member, now: float) -> None:
-        self._from_leader(message, sender, now)
-
-    def _on_pong(self, message: Message, sender: Member, now: float) -> None:
-        if message.role is State.LEADER:
-            self._from_leader(message, sender, now, measure=True)
-        elif isinstance(self.role, Leader) and message.leader == self.me.node_id and message.term == self.term:
-            # A follower of this leadership answers a probe: a follower that heard this node's
-            # probes (not its beats) takes them for heartbeats and neither pings nor acks, so
-            # this answer is what makes it a live member again (it then gets beats).
-            self.role.from_follower(self, message, sender, now)
-        else:
-            if message.leader_member is not None and message.leader is not None:
-                self._note_live_leader(message, now)
-                self._hearsay_of_leader(message.leader_member, message.term, now)
-            if message.members is not None and self.state is not State.FOLLOWER:
-                self._merge_candidates(message.members, sender, now)
-
-    def _from_leader(self, message: Message, sender: Member, now: float, measure: bool = False) -> None:
-        """A beat, pong or claim of a leader: follow it or compare; a follower of it takes its
-        member list and acks, echoing the lease mark."""
-        self.role.heard_leader(self, sender, message.term, now, message.boot)
-        role = self.role
-        if isinstance(role, Follower) and self.leader is not None and self.leader.node_id == sender.node_id:
-            role.leader_mark = max(role.leader_mark, message.lease_mark)
-            if measure:
-                self._measure_round_trip(now)
-            self._take_members(message, sender, now)
-            self._send(self._message("ack", now), sender)
-
-    def _on_resign(self, message: Message, sender: Member, now: float) -> None:
-        peer = self.peers[sender.node_id]
-        peer.dead = peer.departed = True
-        # Its next datagram revives it (its ping may even overtake this resign), but it stands
-        # back for a failure window: waiting for its claim would leave the group leaderless.
-        # It counts again an interval before that ends here, so that nobody claims in the
-        # instant it does (its claim may still be on its way).
-        peer.stands_back_until = now + self.timing.failure_window - self.timing.interval
-        self.role.peer_changed(self, now)
-        if message.members is not None:
-            self._merge_candidates(message.members, sender, now)
-        if self.state is State.FOLLOWER and self.leader is not None and self.leader.node_id == sender.node_id:
-            Electing.enter(self, now, "leader resigned")
-
-    def _on_leave(self, message: Message, sender: Member, now: float) -> None:
-        peer = self.peers[sender.node_id]
-        if isinstance(self.role, Leader):
-            self.role.follower_left(self, sender.node_id, now)
-        if message.leader not in (None, self.me.node_id) and message.leader_member is not None:
-            # It moved to another leader: check that one. The lease keeps running, so a
-            # leader deserted for a better one steps down even if that check gets lost.
-            self._hearsay_of_leader(message.leader_member, message.term, now)
-            return
-        peer.dead = peer.departed = True  # it stops
-        if isinstance(self.role, Leader):
-            self.role.follower_stopped(sender.node_id)
-
-    # ----------------------------------------------------------------- hearsay and member lists
-
-    def _consider_claim(self, now: float) -> None:
-        """After an input: a settled candidate claims if it is the best live one."""
-        if isinstance(self.role, Electing):
-            self.role.claim_if_best(self, now)
-
-    def _note_live_leader(self, message: Message, now: float) -> None:
-        """A follower says it heard its leader recently: do not claim while that holds.
-
-        Like a pre-vote: a node that lost only its own link to a live leader sees the others
-        still hear from it, and keeps out of the way instead of claiming (and flapping). The
-        hold lasts until that follower itself gives up on its leader (the failure window after
-        it last heard it): a shorter one ends while the leader may still hold its lease, and a
-        few lost answers would then let a node cut off from a live leader claim.
-        """
-        known = self.peers.get(message.leader or "")
-        if message.leader_age is None or message.leader == self.me.node_id:
-            return
-        if known is not None and (known.departed or now < known.stands_back_until):
-            return  # it resigned or stopped: the follower has not heard of it yet
-        remaining = self.timing.failure_window - message.leader_age
-        if remaining > 0 and message.leader is not None:
-            self.heard_alive = {k: t for k, t in self.heard_alive.items() if t > now}
-            until = now + remaining
-            self.heard_alive[message.leader] = max(self.heard_alive.get(message.leader, 0.0), until)
-
-    def _hearsay_of_leader(self, leader: Member, term: int, now: float) -> None:
-        """A peer names ``leader``: ping it, unless it is known and no better than ours."""
-        if leader.node_id == self.me.node_id or not leader.host:
-            return
-        if leader.node_id == npm_member(leader.host, leader.port).node_id:
-            if self.npm_compat and not self._follows_npm():  # count it as a candidate again
-                npm = self.npm.know(leader.host, leader.port, now)
-                npm.dead = False
-                self._ping_now(npm, now)
-            return
-        peer = self.peers.get(leader.node_id)
-        if peer is None:
-            peer = self._new_peer(leader)
-        # A peer found dead is pinged too: only its own answer revives it (then it is followed).
-        current = self.leader if self.state in (State.FOLLOWER, State.LEADER) else None
-        if current is not None and (term, leader.rank) <= (self.term, current.rank):
-            return  # no better than the leader this node follows or is
-        self._ping_now(peer, now)
-
-    def _take_members(self, message: Message, leader: Member, now: float) -> None:
-        """As follower: the leader's member list replaces what this node knew.
-
-        A peer the list drops is kept as a lost peer (dead: no candidate, no member), not
-        forgotten: if this node becomes leader, it probes it. During a partition each side's
-        list drops the other side; a leader elected there then still pings the other side,
-        and the two meet within an interval of the heal instead of waiting for a DNS-SD
-        record. Peers that stopped cleanly are deleted, and lost peers are forgotten after
-        :data:`FORGET_AFTER`, as a leader forgets them.
-        """
-        if message.members is None:
-            return
-        listed = {leader.node_id}
-        for member in message.members:
-            if member.node_id == self.me.node_id or member.node_id == leader.node_id:
-                continue
-            listed.add(member.node_id)
-            peer = self.peers.get(member.node_id)
-            if peer is None:
-                self._new_peer(member)
-            else:
-                peer.member = member
-                peer.dead = peer.dropped = peer.departed = False  # the leader hears from it
-                peer.probed_since = None
-        for node_id, peer in list(self.peers.items()):
-            if node_id in listed:
-                continue
-            if not peer.dropped:
-                peer.dead = peer.dropped = True
-                peer.probed_since = now  # lost from now on (the list is newer than its last word)
-            if peer.departed or now - silent_since(peer, now) >= FORGET_AFTER:
-                del self.peers[node_id]
-        self.members_version = message.members_version
-
-    def _merge_candidates(self, members: tuple[Member, ...], sender: Member, now: float) -> None:
-        """Add candidates another node knows of (never revives a peer found dead; one only
-        dropped from a member list is taken as new)."""
-        for member in members:
-            if member.node_id in (self.me.node_id, sender.node_id) or not member.host:
-                continue
-            known = self.peers.get(member.node_id)
-            if known is None or known.dropped:
-                peer = self._new_peer(member)
-                if self.state is State.ELECTING:
-                    self._ping_now(peer, now)
-
-    def _measure_round_trip(self, now: float) -> None:
-        """As follower: a pong from the leader answers the last ping; keep a smoothed round trip."""
-        sent = self._leader_peer().last_ping
-        if sent is not None and 0.0 <= now - sent < self.timing.interval:
-            self.round_trip = 0.8 * self.round_trip + 0.2 * (now - sent)
+        return self.role.lease_until

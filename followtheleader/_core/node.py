@@ -85,6 +85,43 @@ class Role:
         """``leader`` itself (of run ``boot``) says it leads with ``term``: follow it, or make
         it step down."""
 
+    def consider_claim(self, node: Node, now: float) -> None:
+        """After an input: (Electing) claim if this node is the best live candidate."""
+
+    def greets(self, node: Node, peer: Peer, leads: bool, now: float) -> bool:
+        """A DNS-SD record of ``peer`` (``leads``: it says it leads) was seen: ping it now."""
+        return False
+
+    def lost_leader(self, node: Node, node_id: str, now: float, reason: str, wait: float = 0.0) -> bool:
+        """(Follower) ``node_id`` stepped down, resigned or left: elect if it is the leader."""
+        return False
+
+    def from_own_leader(self, node: Node, message: Message, sender: Member, now: float, measure: bool) -> None:
+        """(Follower) a beat, pong or claim came from ``sender``, if it is this node's leader."""
+
+    def leave(self, node: Node, now: float) -> None:
+        """This node stops: say so to whom it concerns."""
+
+    lease_until: float | None = None
+    """(Leader) the end of the lease that followers renew by echoing lease marks."""
+
+    def is_leader(self, node: Node, now: float) -> bool:
+        """(Leader) leading with a lease that has not run out."""
+        return False
+
+    def names_this_leadership(self, node: Node, message: Message) -> bool:
+        """(Leader) ``message`` comes from a follower of this leadership."""
+        return False
+
+    def from_follower(self, node: Node, message: Message, sender: Member, now: float) -> None:
+        """(Leader) a ping or ack from ``sender``."""
+
+    def follower_left(self, node: Node, node_id: str, now: float) -> None:
+        """(Leader) ``node_id`` left this leadership."""
+
+    def follower_stopped(self, node_id: str) -> None:
+        """(Leader) ``node_id`` stopped."""
+
 
 @dataclass
 class Stopped(Role):
@@ -132,7 +169,7 @@ class Node:
     leaders: it measures the link and the host)."""
     heard_alive: dict[str, float] = field(default_factory=dict)
     """Leaders some peer heard from recently, each with when that stops holding claims back
-    (see :meth:`Machine._note_live_leader` and :meth:`live_leader_hold`)."""
+    (see :meth:`Machine._note_live_leader` and :func:`.roles.live_leader_hold`)."""
     boot: int = 0
     """This node's run (:attr:`FencingToken.boot`), sent in every message of its own."""
     token: FencingToken | None = None
@@ -231,28 +268,11 @@ class Node:
         """Quorum mode: this node and the peers heard within the failure window are a majority."""
         return has_majority(1 + sum(1 for p in self.peers.values() if self._answers(p, now)), self.quorum)
 
-    def live_leader_hold(self, now: float) -> float:
-        """Until when claims wait for a leader that some peer still hears (0.0: none).
-
-        A hold is for one leader: heard while this node still followed that same leader, it
-        must not outlast the leader's own resign or goodbye (a claim would then wait a
-        failure window for nothing: seen in handovers of 30 nodes)."""
-        hold = 0.0
-        for leader, until in self.heard_alive.items():
-            known = self.peers.get(leader)
-            if until > now and not (known is not None and (known.departed or now < known.stands_back_until)):
-                hold = max(hold, until)
-        return hold
-
-    def best_candidate(self, now: float) -> Member | None:
-        """The best-ranked live candidate, this node included unless it stands back."""
-        npm = self.npm.peer
-        if npm is not None and not npm.dead:
-            return npm.member  # it never steps down: nobody of ours claims while it may live
-        candidates = [p.member for p in self.peers.values() if not p.dead and now >= p.stands_back_until]
-        if now >= self.resigned_until:
-            candidates.append(self.me)
-        return max(candidates, key=lambda m: m.rank, default=None)
+    def _measure_round_trip(self, now: float) -> None:
+        """As follower: a pong from the leader answers the last ping; keep a smoothed round trip."""
+        sent = self._leader_peer().last_ping
+        if sent is not None and 0.0 <= now - sent < self.timing.interval:
+            self.round_trip = 0.8 * self.round_trip + 0.2 * (now - sent)
 
     def members(self, now: float, with_npm: bool = True) -> tuple[Member, ...]:
         """The group as this node sees it, best-ranked first, this node included.

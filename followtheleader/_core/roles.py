@@ -9,44 +9,19 @@ that builds it afresh and hands it to :meth:`.Node.become`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
+from .candidates import best_candidate, live_leader_hold, ping_listed, probe_lost_peers
+from .leading import Leading
 from .messages import Message
 from .model import FencingToken, Member, State
 from .node import Node, Role
-from .peers import Peer
+from .peers import Peer, silent_since
 from .progress import ProgressTable
-from .quorum import followers_needed, majority_mark
+from .timing import FORGET_AFTER
 
 __all__ = ["Electing", "Follower", "Leader"]
-
-
-def probe_lost_peers(node: Node, now: float, lost: Callable[[str, Peer], bool]) -> None:
-    """Ping the ``lost`` peers on the probing schedule, so that a candidate hears of them when
-    they are back and rival leaders meet; forget those silent for too long.
-
-    After a partition heals, the first probe that crosses makes the two leaders (or a leader
-    and the other's followers) compare claims, or the candidates count each other again.
-    Peers that stopped cleanly are never probed.
-    """
-    for node_id, peer in list(node.peers.items()):
-        if peer.departed or not lost(node_id, peer):
-            continue
-        if peer.last_heard is None and peer.probed_since is None:
-            peer.probed_since = now
-        if not node._probe(peer, now):
-            node.role.forget(node_id)
-            del node.peers[node_id]
-
-
-def ping_listed(node: Node, now: float) -> None:
-    """A candidate or leader pings the listed addresses where no live peer is known."""
-    if not node.role.probes or not node.listed.spots:
-        return
-    known = {p.member.address for p in node.peers.values() if node._answers(p, now)}
-    node.listed.ping(now, known, node._probe)
 
 
 @dataclass
@@ -76,7 +51,7 @@ class Electing(Role):
     def holds(self, node: Node) -> tuple[float, ...]:
         """The times before which nobody is claimed: settle, resumption, resignation, and a
         leader some peer still hears."""
-        return (self.settle_until, node._resumed_until, node.resigned_until, node.live_leader_hold(node._last_now))
+        return (self.settle_until, node._resumed_until, node.resigned_until, live_leader_hold(node, node._last_now))
 
     def failure_due(self, node: Node, peer: Peer) -> float | None:
         """When a pinged live candidate counts as dead, unless it answers first."""
@@ -112,9 +87,9 @@ class Electing(Role):
         """Once settled: claim if this node is the best live candidate."""
         if now < self.settle_until or now < node._resumed_until:
             return
-        if now < node.live_leader_hold(now):
+        if now < live_leader_hold(node, now):
             return  # a peer still hears from its leader
-        if node.best_candidate(now) is node.me and node._sees_majority(now):
+        if best_candidate(node, now) is node.me and node._sees_majority(now):
             Leader.enter(node, now)
 
     def tick(self, node: Node, now: float) -> None:
@@ -141,6 +116,12 @@ class Electing(Role):
 
     def heard_leader(self, node: Node, leader: Member, term: int, now: float, boot: int) -> None:
         Follower.enter(node, leader, term, now, "found the leader", boot)
+
+    def consider_claim(self, node: Node, now: float) -> None:
+        self.claim_if_best(node, now)
+
+    def greets(self, node: Node, peer: Peer, leads: bool, now: float) -> bool:
+        return leads or not peer.dead
 
 
 @dataclass
@@ -208,6 +189,66 @@ class Follower(Role):
         else:
             node._send(node._pong(0, now), leader)  # tells it which leader this node follows
 
+    def greets(self, node: Node, peer: Peer, leads: bool, now: float) -> bool:
+        """A follower of an npm leader greets its peers, so that both know each other."""
+        return node._follows_npm() and peer.last_heard is None
+
+    def lost_leader(self, node: Node, node_id: str, now: float, reason: str, wait: float = 0.0) -> bool:
+        assert node.leader is not None
+        if node.leader.node_id != node_id:
+            return False
+        Electing.enter(node, now, reason, wait=wait)
+        return True
+
+    def leave(self, node: Node, now: float) -> None:
+        assert node.leader is not None
+        node._send(node._message("leave", now), node.leader)
+
+    def from_own_leader(self, node: Node, message: Message, sender: Member, now: float, measure: bool) -> None:
+        """Its leader's beat, pong or claim: take its member list and ack, echoing the mark."""
+        assert node.leader is not None
+        if node.leader.node_id != sender.node_id:
+            return
+        self.leader_mark = max(self.leader_mark, message.lease_mark)
+        if measure:
+            node._measure_round_trip(now)
+        self.take_members(node, message, sender, now)
+        node._send(node._message("ack", now), sender)
+
+    def take_members(self, node: Node, message: Message, leader: Member, now: float) -> None:
+        """The leader's member list replaces what this node knew.
+
+        A peer the list drops is kept as a lost peer (dead: no candidate, no member), not
+        forgotten: if this node becomes leader, it probes it. During a partition each side's
+        list drops the other side; a leader elected there then still pings the other side,
+        and the two meet within an interval of the heal instead of waiting for a DNS-SD
+        record. Peers that stopped cleanly are deleted, and lost peers are forgotten after
+        :data:`FORGET_AFTER`, as a leader forgets them.
+        """
+        if message.members is None:
+            return
+        listed = {leader.node_id}
+        for member in message.members:
+            if member.node_id == node.me.node_id or member.node_id == leader.node_id:
+                continue
+            listed.add(member.node_id)
+            peer = node.peers.get(member.node_id)
+            if peer is None:
+                node._new_peer(member)
+            else:
+                peer.member = member
+                peer.dead = peer.dropped = peer.departed = False  # the leader hears from it
+                peer.probed_since = None
+        for node_id, peer in list(node.peers.items()):
+            if node_id in listed:
+                continue
+            if not peer.dropped:
+                peer.dead = peer.dropped = True
+                peer.probed_since = now  # lost from now on (the list is newer than its last word)
+            if peer.departed or now - silent_since(peer, now) >= FORGET_AFTER:
+                del node.peers[node_id]
+        node.members_version = message.members_version
+
     def gives_up_at(self, node: Node) -> float | None:
         """When the leader counts as lost, unless it speaks first (None: already lost)."""
         heard = node._leader_peer().last_heard
@@ -248,22 +289,8 @@ class Follower(Role):
 
 
 @dataclass
-class Leader(Role):
-    """Leading: heartbeats to the live members, a lease, and the followers' table."""
-
-    state: ClassVar[State] = State.LEADER
-    probes: ClassVar[bool] = True
-    next_ping_at: float = 0.0
-    """When the beats go out next."""
-    claimed_at: float = 0.0
-    awake_until: float = 0.0
-    """The end of the lease this node renews at each of its own ticks; it lapses when the
-    process was paused or starved of CPU for longer than the lease."""
-    lease_until: float | None = None
-    """The end of the lease that followers renew by echoing lease marks."""
-    confirmed: bool = True
-    """Announced (always, unless quorum mode waits for a majority to follow)."""
-    progress: ProgressTable = field(default_factory=ProgressTable)
+class Leader(Leading):
+    """The leader role: its claim, and its timers (beats, lease, quorum, an unconfirmed claim)."""
 
     @classmethod
     def enter(cls, node: Node, now: float) -> None:
@@ -289,108 +316,12 @@ class Leader(Role):
         node.become(role, now, "claimed leadership", quiet=not role.confirmed)
         node._send_to_peers(node._message("claim", now, with_members=True))
 
-    # ------------------------------------------------------------- the role's face
-
-    def token(self, node: Node) -> FencingToken | None:
-        return FencingToken(node.term, node.me.priority, node.me.node_id, node.boot)
-
-    def told_state(self) -> State:
-        return State.LEADER if self.told else State.ELECTING
-
     def heard_leader(self, node: Node, leader: Member, term: int, now: float, boot: int) -> None:
         """Rivals: the greater token remains."""
         if node.token is None or FencingToken(term, leader.priority, leader.node_id, boot) > node.token:
             Follower.enter(node, leader, term, now, "a better leader was found", boot)
         else:
             node._send(node._message("claim", now, with_members=True), leader)
-
-    def announced(self) -> bool:
-        return self.confirmed
-
-    def lease_mark(self, kind: str, now: float) -> float:
-        return now  # a follower echoes it back: the echoed lease (see lease_end)
-
-    def member_list(self, node: Node, now: float) -> list[Member] | None:
-        live_until = self.progress.live_until
-        return [p.member for k, p in node.peers.items() if live_until(k) >= now and not p.dead]
-
-    def pong_with_members(self, node: Node, pinger_version: int) -> bool:
-        return pinger_version != node.members_version
-
-    def forget(self, node_id: str) -> None:
-        self.progress.forget(node_id)
-
-    def peer_changed(self, node: Node, now: float) -> None:
-        self.refresh(node, now)
-
-    def refresh(self, node: Node, now: float, force: bool = False) -> None:
-        """Bump the member-list version when the set of live members changed."""
-        if self.progress.refresh(node.peers, now, force):
-            node.members_version += 1
-
-    # ------------------------------------------------------------- followers
-
-    def from_follower(self, node: Node, message: Message, sender: Member, now: float) -> None:
-        """A ping or ack from ``sender``; one that names this leadership renews the lease with
-        the mark it echoes, and any one keeps the sender a live member."""
-        row = self.progress.row(sender.node_id)
-        if message.leader == node.me.node_id and message.term == node.term:
-            self.renew(node, sender.node_id, message.lease_mark, now)
-            row.acked_version = message.members_version
-        row.live_until = now + node.timing.failure_window
-        if sender.node_id not in self.progress.live_ids:  # a datagram of a live member changes nothing
-            self.refresh(node, now)
-
-    def renew(self, node: Node, node_id: str, mark: float, now: float) -> None:
-        """A follower echoed ``mark``, the time this node sent a heartbeat it received."""
-        if mark <= 0.0:
-            return
-        self.lease_until = max(self.lease_until or 0.0, mark + node.timing.lease)
-        self.progress.echo(node_id, mark, now, 2 * node.timing.interval)
-        if not self.confirmed and (self.quorum_until(node) or 0.0) > now:
-            self.confirmed = True  # a majority follows: announce the leadership now
-            node.announce(self, now, "claimed leadership with a quorum")
-
-    def follower_left(self, node: Node, node_id: str, now: float) -> None:
-        """``node_id`` left this leadership: no live member any more."""
-        self.progress.row(node_id).live_until = 0.0
-        self.refresh(node, now)
-
-    def follower_stopped(self, node_id: str) -> None:
-        """``node_id`` stopped: its echoes no longer count."""
-        self.progress.row(node_id).renewed_at = None
-        if not self.progress.live_ids:
-            self.lease_until = None  # nobody left whose silence could mean a partition
-
-    # ------------------------------------------------------------- the lease and timers
-
-    def lease_end(self, node: Node, now: float) -> float:
-        """When ``is_leader`` turns False unless the lease is renewed first.
-
-        Without quorum, the lease is renewed by this node's own ticks (:attr:`awake_until`):
-        followers that fall silent may have crashed, and a leader awake all along leads on
-        (if they were cut off instead, each side leads, as in any partition). It lapses when
-        the ticks stop (a pause), and it is cut back to what followers renew by echoing lease
-        marks (:attr:`lease_until`) as soon as one of them shows that it no longer hears
-        this leader: it would give up on it, and elect, when that runs out.
-        In quorum mode the echoes are the lease, and the quorum's own check comes on top.
-        """
-        end = self.awake_until
-        if node.quorum is not None or self.progress.deaf_follower(now, node.timing.failure_window):
-            end = min(end, self.lease_until if self.lease_until is not None else end)
-        return end
-
-    def quorum_until(self, node: Node) -> float | None:
-        """Quorum mode: when the majority renewed by followers' echoes runs out."""
-        needed = followers_needed(node.quorum)
-        if needed == 0:
-            return None
-        mark = majority_mark(self.progress.renewals(), needed)
-        return node._last_now if mark is None else mark + node.timing.lease  # too few: due now
-
-    def claim_expiry(self, node: Node) -> float:
-        """An unconfirmed claim that no majority followed ends then."""
-        return self.claimed_at + node.timing.failure_window
 
     def deadlines(self, node: Node) -> list[float]:
         if not self.confirmed:
@@ -429,17 +360,3 @@ class Leader(Role):
             self.send_beats(node, now)
             probe_lost_peers(node, now, lambda node_id, _: self.progress.live_until(node_id) < now)
             ping_listed(node, now)
-
-    def send_beats(self, node: Node, now: float) -> None:
-        """Every interval: a heartbeat to every live member, with the member list for those
-        that do not hold its current version. The two messages are built once, so the elector
-        encodes each once (unless stamps must name each receiver)."""
-        short = node._message("beat", now)
-        full: Message | None = None
-        for node_id in self.progress.live_ids:
-            peer = node.peers[node_id]
-            if self.progress.row(node_id).acked_version == node.members_version:
-                node._send(short, peer.member)
-            else:
-                full = full or node._message("beat", now, with_members=True)
-                node._send(full, peer.member)
