@@ -169,7 +169,7 @@ class Node:
     leaders: it measures the link and the host)."""
     heard_alive: dict[str, float] = field(default_factory=dict)
     """Leaders some peer heard from recently, each with when that stops holding claims back
-    (see :meth:`Machine._note_live_leader` and :func:`.roles.live_leader_hold`)."""
+    (see ``Handlers._note_live_leader`` and :func:`.candidates.live_leader_hold`)."""
     boot: int = 0
     """This node's run (:attr:`FencingToken.boot`), sent in every message of its own."""
     token: FencingToken | None = None

@@ -63,7 +63,7 @@ class Electing(Role):
         """When to ping again a live candidate whose last ping got no answer.
 
         As a follower retries its leader (:attr:`Timing.retry`): an answer may be the one that
-        says a peer still hears the leader (``Machine._note_live_leader``), and with a few
+        says a peer still hears the leader (``Handlers._note_live_leader``), and with a few
         datagrams lost a node cut off from a live leader would claim for lack of it.
         """
         if peer.dead or peer.pinged_since is None or peer.last_ping is None:
@@ -302,7 +302,7 @@ class Leader(Leading):
         # first ping must not lead on when it resumes.
         recent = any(node._answers(p, now) for p in node.peers.values())
         role = cls(
-            next_ping_at=node.role.next_ping_at,
+            next_ping_at=node.role.next_ping_at,  # the first beats go out on the candidate's ping timer
             claimed_at=now,
             awake_until=now + node.timing.lease,
             lease_until=now + node.timing.lease if recent else None,

@@ -35,7 +35,7 @@ class Timing:
         arrived. So a lease shorter than the failure window ends before any follower that
         heard that heartbeat gives up; the fifth of an interval between them covers timer
         jitter. (A follower that missed the latest beats says so with a stale mark in its
-        pings, and the lease is then the echoed one: see ``Machine._lease_end``.)
+        pings, and the lease is then the echoed one: see ``Leading.lease_end``.)
         """
         return self.failure_window - 0.2 * self.interval
 
@@ -59,7 +59,7 @@ class Timing:
         have not heard from the dead leader for at least an interval less than that; while a
         leader lives, its followers hear from it every interval. So a node that lost only its
         own link to the leader cannot take the others over. (In quorum mode the lease is
-        used instead: see ``Machine._leader_alive``.)
+        used instead: see ``Follower.alive``.)
         """
         return self.failure_window - 1.5 * self.interval
 
