@@ -349,13 +349,13 @@ def test_own_ping_replayed_from_elsewhere_is_dropped(lab: Lab, local: Any) -> No
         output, _ = replayer.communicate(timeout=20)
         assert output.strip() == "pong"  # the probe after the replay was answered
         assert elector.counters.get("replayed") == 1, elector.counters
-        assert (other, 9001) not in elector._machine.own_addresses
+        assert (other, 9001) not in elector._machine.listed.own
         # The replay came during the settle window; the election goes on unmoved: alone
         # (nobody at the listed address), the node leads.
         leader = elector.wait_for_leader(5)
         assert leader is not None and leader.node_id == elector.node_id, leader
         assert elector.is_leader and elector.term == 1
-        assert (other, 9001) not in elector._machine.own_addresses
+        assert (other, 9001) not in elector._machine.listed.own
     finally:
         assert elector.stop()
 

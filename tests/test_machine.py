@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from followtheleader._core.machine import FORGET_AFTER, Machine, Notify, Send, Timing, _Peer
+from followtheleader._core.candidates import best_candidate
+from followtheleader._core.machine import FORGET_AFTER, Machine, Notify, Send, Timing
 from followtheleader._core.messages import Message
 from followtheleader._core.model import Event, Member, State
+from followtheleader._core.peers import Peer
 
 from simnet import TIMING, SimNet
 
@@ -414,8 +416,8 @@ def test_peers_dropped_from_the_member_list_are_lost_peers_and_forgotten_in_time
     # A list change forgets a dropped peer silent for FORGET_AFTER.
     net.stop("d")
     net.run(W)
-    assert a.peers["d"].dropped and a._best_candidate(net.now) != a.peers["d"].member
-    stale = _Peer(Member("zz", 9, "198.18.0.99", 1), dead=True, dropped=True, probed_since=net.now - FORGET_AFTER)
+    assert a.peers["d"].dropped and best_candidate(a, net.now) != a.peers["d"].member
+    stale = Peer(Member("zz", 9, "198.18.0.99", 1), dead=True, dropped=True, probed_since=net.now - FORGET_AFTER)
     a.peers["zz"] = stale
     net.stop("b")
     net.run(W)
@@ -731,7 +733,7 @@ def test_without_npm_compat_hearsay_of_an_npm_leader_is_ignored() -> None:
     net.start("z")
     net.run(5 * W)
     z = net.nodes["z"].machine
-    assert z.npm is None  # never pinged, never followed
+    assert z.npm.peer is None  # never pinged, never followed
     # Its peers still hear a live leader, so it does not claim either: a mixed setting of
     # npm_compat in one group leaves this node electing, not leading beside the npm leader.
     assert z.state is State.ELECTING

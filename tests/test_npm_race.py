@@ -14,6 +14,7 @@ import pytest
 
 from followtheleader._core.machine import NPM_HOLD, Action, Machine, Publish, Timing
 from followtheleader._core.model import Member, State
+from followtheleader._core.roles import Leader
 
 from simnet import TIMING, SimNet, SimNode
 
@@ -74,13 +75,14 @@ def test_a_lone_leader_reports_the_hold_as_its_deadline_and_serves_at_it() -> No
         publishes += [a for a in machine.tick(claim) if isinstance(a, Publish)]
     assert claim == machine.timing.settle
     assert publishes == [Publish(State.LEADER, 1)]
-    assert machine.npm_serve_at == claim + NPM_HOLD
+    assert machine.npm.serve_at == claim + NPM_HOLD
     assert machine.next_deadline() == claim + NPM_HOLD
     assert not [a for a in machine.tick(claim + NPM_HOLD - 0.001) if isinstance(a, Publish)]
     actions = machine.tick(claim + NPM_HOLD)
     assert [a for a in actions if isinstance(a, Publish)] == [Publish(State.LEADER, 1, serve_npm=True)]
-    assert machine.npm_serve_at is None
-    assert machine.next_deadline() == machine.next_ping_at > claim + NPM_HOLD  # the hold is over
+    assert machine.npm.serve_at is None
+    assert isinstance(machine.role, Leader)
+    assert machine.next_deadline() == machine.role.next_ping_at > claim + NPM_HOLD  # the hold is over
     assert not [a for a in machine.tick(claim + 2 * NPM_HOLD) if isinstance(a, Publish)]
 
 
@@ -183,4 +185,6 @@ def test_without_npm_compat_nothing_is_served() -> None:
     assert net.run_until_agreed() == ("c", 1)
     net.run(2 * NPM_HOLD)
     assert net.served() == []
-    assert net.nodes["c"].machine.next_deadline() == pytest.approx(net.nodes["c"].machine.next_ping_at)
+    machine = net.nodes["c"].machine
+    assert isinstance(machine.role, Leader)
+    assert machine.next_deadline() == pytest.approx(machine.role.next_ping_at)

@@ -186,7 +186,7 @@ def test_cold_start_from_lists_alone(secret: bool) -> None:
     leader, term = net.run_until_agreed(limit=3)
     assert (leader, term) == ("c", 1)
     for node in net.nodes.values():
-        assert node.machine.own_addresses == {node.address}
+        assert node.machine.listed.own == {node.address}
     assert _anyone_pings(net, 2.0) == 0  # every address answers for a known peer now
 
 
@@ -314,7 +314,7 @@ def test_mixed_group_never_has_two_leaders_on_a_whole_network(secret: bool) -> N
         net.stop("node-2")
         assert net.run_until_agreed(limit=3, other_than="node-2") == ("node-1", 3), seed
         assert max(counts) == 1, (seed, [i for i, c in enumerate(counts) if c > 1][:5])
-        listed = {n.node_id: n.machine.listed for n in net.nodes.values()}
+        listed = {n.node_id: n.machine.listed.spots for n in net.nodes.values()}
         assert not listed["node-0"] and not listed["node-1"] and len(listed["node-2"]) == 4
 
 

@@ -7,7 +7,9 @@ on the machine of the day the simulator found its bug, and passes since its fix.
 
 from __future__ import annotations
 
+from followtheleader._core.candidates import live_leader_hold
 from followtheleader._core.model import State
+from followtheleader._core.roles import Leader
 
 from simnet import TIMING, SimNet
 
@@ -65,7 +67,7 @@ def test_unconfirmed_quorum_claim_moves_its_deadline_on() -> None:
         net.start(node_id)
     machine = net.nodes["c"].machine
     run_until(net, lambda: machine.state is State.LEADER, limit=2.0)
-    assert not machine.confirmed and machine.lease_until is not None
+    assert isinstance(machine.role, Leader) and not machine.role.confirmed and machine.lease_until is not None
     now = machine.lease_until
     machine.tick(now)
     deadline = machine.next_deadline()
@@ -244,7 +246,8 @@ def test_a_tick_between_beats_renews_no_lease() -> None:
         net.start(node_id)
     assert net.run_until_agreed() == ("a", 1)
     net.run(1.0)
-    net.run(leader.machine.next_ping_at - 0.005 - net.now)
+    assert isinstance(leader.machine.role, Leader)
+    net.run(leader.machine.role.next_ping_at - 0.005 - net.now)
     net._apply(leader, leader.machine.tick(net.now))  # an extra tick, 5 ms before the beat
     net.pause("a")
     end = net.now + 2.0
@@ -268,7 +271,9 @@ def test_an_unannounced_quorum_claim_ends_without_a_reelection() -> None:
     net.run(TIMING.settle)
     while machine.state is not State.LEADER:
         net.run(0.0005)
-    assert not machine.confirmed  # its claim is on its way to b, whose ack is not back yet
+    assert (
+        isinstance(machine.role, Leader) and not machine.role.confirmed
+    )  # its claim is on its way to b, whose ack is not back yet
     net.resign("a")
     net.run(3.0)
     for node in net.nodes.values():
@@ -294,7 +299,7 @@ def test_a_hold_for_a_leader_ends_with_its_resign() -> None:
     c = net.nodes["c"].machine
     pong = net.nodes["a"].machine._message("pong", net.now)  # a follower of d: "d is alive"
     net._apply(net.nodes["c"], c.on_message(pong, net.nodes["a"].address, net.now))
-    assert c._live_leader_hold(net.now) > net.now
+    assert live_leader_hold(c, net.now) > net.now
     resigned_at = net.now
     net.stop("d")
     new, _ = net.run_until_agreed(other_than="d")

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from followtheleader._core.machine import Machine
-from followtheleader._core.model import State
+from followtheleader._core.node import Role
 
 from simfuzz import Run, generate, run_seed
 from simtrace import (
@@ -110,13 +110,11 @@ def test_a_change_the_invariants_do_not_see_changes_the_trace(monkeypatch: pytes
     """The trace is finer than the invariants: events that say another reason keep every
     invariant, and the run's result, but give another trace."""
     before = trace_digest(3, False)
-    set_state = Machine._set_state
+    announce = Machine.announce
 
-    def other_reason(
-        self: Machine, new: State, now: float, reason: str, force: bool = False, quiet: bool = False
-    ) -> None:
-        set_state(self, new, now, reason.upper(), force, quiet)
+    def other_reason(self: Machine, previous: Role, now: float, reason: str, quiet: bool = False) -> None:
+        announce(self, previous, now, reason.upper(), quiet)
 
-    monkeypatch.setattr(Machine, "_set_state", other_reason)
+    monkeypatch.setattr(Machine, "announce", other_reason)
     assert run_seed(3, False).ok
     assert trace_digest(3, False) != before
