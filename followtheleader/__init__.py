@@ -34,6 +34,6 @@ __all__ = [
     "elect",
 ]
 
-__version__ = "0.2.0"
+__version__ = "0.3.0.dev0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
