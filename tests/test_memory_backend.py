@@ -348,3 +348,25 @@ def test_atexit_stops_a_forgotten_elector_and_its_session_ends_at_once() -> None
 
 def test_the_leak_check_guards_these_tests(request: pytest.FixtureRequest) -> None:
     assert "no_leaks" in request.fixturenames and request.node.get_closest_marker("leak_check") is not None
+
+
+def test_a_bug_in_the_session_policy_is_reported_and_survived(monkeypatch: pytest.MonkeyPatch) -> None:
+    from followtheleader._core.coordination import SessionPolicy
+
+    decide = SessionPolicy.next
+    calls = []
+
+    def fails_once(self: SessionPolicy, *args: object, **kwargs: object) -> object:
+        calls.append(None)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in deciding, on purpose")
+        return decide(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SessionPolicy, "next", fails_once)
+    elector = member(store(), "survivor")
+    recorder = Recorder(elector)
+    with elector:
+        error = recorder.next("error")
+        assert isinstance(error.error, RuntimeError) and "session" in error.reason
+        assert recorder.next("leader").term > 0  # the session thread went on, after one renewal period
+        assert elector.is_leader

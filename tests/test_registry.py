@@ -74,6 +74,9 @@ def test_a_scheme_is_served_by_its_own_driver() -> None:
         parse_coordinator("memory://here?ca=x")
     with pytest.raises(ValueError, match="no users"):
         parse_coordinator("memory://u:p@here")
+    for url in ("memory://a,b", "memory://here:5"):  # one store, named once
+        with pytest.raises(ValueError, match="names one store, without a port"):
+            parse_coordinator(url)
 
 
 def test_a_driver_description_is_checked() -> None:

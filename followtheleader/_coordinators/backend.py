@@ -134,60 +134,74 @@ class CoordinatorBackend:
 
     def _run_session(self) -> None:
         """Session thread: carry out what the policy (:class:`.SessionPolicy`) decides, one
-        step at a time, and report each outcome to it and to the lease machine."""
-        coordinator, lease = self._coordinator, self._lease
+        step at a time, and report each outcome to it and to the lease machine.
+
+        Nothing ends the thread but closing: an error of the service is the policy's to
+        handle (a backoff, a new session); a bug anywhere in a round, even in deciding or in
+        handling an error, is logged with its traceback, reported as an ``error`` event, and
+        the next round comes after the renewal period."""
         policy = SessionPolicy(self.node_id, self._renew_every)
         try:
             while True:
-                abandon, release_term = self._locked(lambda m: (m.abandon, m.release_term))
-                do = policy.next(
-                    time.monotonic(), abandon=abandon, release_term=release_term, closing=self._closing.is_set()
-                )
-                if do.op is Op.CLOSE:
-                    return
                 try:
-                    if do.op is Op.OPEN or do.op is Op.REOPEN:
-                        if do.op is Op.REOPEN:
-                            coordinator.close()
-                            self._feed(lambda now: lease.on_lost(f"a new {self._service} session", now))
-                        coordinator.open()
-                        coordinator.join()
-                        policy.opened_session(time.monotonic())
-                        self._locked(lambda m: m.on_new_session())
-                    elif do.op is Op.RELEASE:
-                        assert do.term is not None
-                        coordinator.release(do.term)
-                        self._locked(lambda m: m.on_released())
-                        policy.released(time.monotonic())
-                    elif do.op is Op.REJOIN:
-                        coordinator.rejoin()
-                        policy.rejoined()
-                    elif do.op is Op.RENEW:
-                        sent = time.monotonic()
-                        ttl = coordinator.keep_alive()
-                        view = coordinator.observe()
-                        self._feed(lambda now, s=sent, t=ttl, v=view: lease.on_view(s, t, v, now))  # type: ignore[misc]
-                        if policy.viewed(time.monotonic(), view):
-                            log.warning("%s %s: %s answers again", self.name, self.node_id, self._service)
-                    elif do.op is Op.CLAIM:
-                        policy.claimed(coordinator.claim() is not None)
-                    elif do.op is Op.WAIT:
-                        coordinator.wait(do.seconds)
-                        policy.waited()
-                    else:  # Op.BACKOFF, after an error
-                        self._closing.wait(do.seconds)
-                        policy.waited()
-                except CoordinatorError as exc:
-                    lost = isinstance(exc, SessionLost)
-                    if lost:
-                        self._feed(lambda now: lease.on_lost(f"the {self._service} session expired", now))
-                    self._report_session_error(exc, first=policy.failed(lost=lost))
-                except Exception as exc:  # a bug or an unexpected client error: never die silently
+                    if not self._round(policy):
+                        return
+                except Exception as exc:  # a bug: never die silently, never spin
                     log.exception("error in the %s session thread", self._service)
                     self._report_error(exc, f"{self._service} session: {exc!r}")
-                    policy.failed(expected=False)
+                    self._closing.wait(self._renew_every)
         finally:
-            coordinator.close()  # a leader's node or key goes with its session
+            self._coordinator.close()  # a leader's node or key goes with its session
+
+    def _round(self, policy: SessionPolicy) -> bool:
+        """Session thread: one decision of the policy, carried out; False once closing."""
+        coordinator, lease = self._coordinator, self._lease
+        abandon, release_term = self._locked(lambda m: (m.abandon, m.release_term))
+        do = policy.next(time.monotonic(), abandon=abandon, release_term=release_term, closing=self._closing.is_set())
+        if do.op is Op.CLOSE:
+            return False
+        try:
+            if do.op is Op.OPEN or do.op is Op.REOPEN:
+                if do.op is Op.REOPEN:
+                    coordinator.close()
+                    self._feed(lambda now: lease.on_lost(f"a new {self._service} session", now))
+                coordinator.open()
+                coordinator.join()
+                policy.opened_session(time.monotonic())
+                self._locked(lambda m: m.on_new_session())
+            elif do.op is Op.RELEASE:
+                assert do.term is not None
+                coordinator.release(do.term)
+                self._locked(lambda m: m.on_released())
+                policy.released(time.monotonic())
+            elif do.op is Op.REJOIN:
+                coordinator.rejoin()
+                policy.rejoined()
+            elif do.op is Op.RENEW:
+                sent = time.monotonic()
+                ttl = coordinator.keep_alive()
+                view = coordinator.observe()
+                self._feed(lambda now, s=sent, t=ttl, v=view: lease.on_view(s, t, v, now))  # type: ignore[misc]
+                if policy.viewed(time.monotonic(), view):
+                    log.warning("%s %s: %s answers again", self.name, self.node_id, self._service)
+            elif do.op is Op.CLAIM:
+                policy.claimed(coordinator.claim() is not None)
+            elif do.op is Op.WAIT:
+                coordinator.wait(do.seconds)
+                policy.waited()
+            else:  # Op.BACKOFF, after an error
+                self._closing.wait(do.seconds)
+                policy.waited()
+        except CoordinatorError as exc:
+            lost = isinstance(exc, SessionLost)
+            if lost:
+                self._feed(lambda now: lease.on_lost(f"the {self._service} session expired", now))
+            self._report_session_error(exc, first=policy.failed(lost=lost))
+        except Exception as exc:  # an unexpected client error: a new session, after a backoff
+            log.exception("error in the %s session thread", self._service)
+            self._report_error(exc, f"{self._service} session: {exc!r}")
+            policy.failed(expected=False)
+        return True
 
     def _report_session_error(self, exc: CoordinatorError, first: bool) -> None:
         """An ``error`` event for the first failure of a streak; the rest are logged."""

@@ -118,6 +118,8 @@ def parse_coordinator(url: str) -> CoordinatorConfig:
             raise ValueError(f"option 'coordinator': {driver.refuse_credentials}")
         username, password = urllib.parse.unquote(user), urllib.parse.unquote(secret)
     hosts = tuple(_parse_host(item, driver.default_port) for item in netloc.split(","))
+    if driver.one_name and (len(hosts) > 1 or any(port for _, port in hosts)):
+        raise ValueError(f"option 'coordinator': a {scheme_name.lower()}:// URL names one store, without a port")
     prefix = "/" + path.strip("/") if slash and path.strip("/") else DEFAULT_PREFIX
     if "//" in prefix or any(part in (".", "..") for part in prefix.split("/")):
         raise ValueError(f"option 'coordinator': bad prefix {prefix!r}")

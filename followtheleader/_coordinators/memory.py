@@ -32,7 +32,7 @@ from .._core.lease import Leadership, View
 from .._core.model import Member
 from .base import Coordinator, CoordinatorConfig, CoordinatorError, GroupInfo, SessionLost, ranked
 
-__all__ = ["MemoryCoordinator", "reset"]
+__all__ = ["MemoryCoordinator"]
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +104,6 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def reset() -> None:
-    """Forget every store of this process (for tests)."""
-    with _changed:
-        _stores.clear()
-        _changed.notify_all()
-
-
 class MemoryCoordinator(Coordinator):
     """One member's session with an in-process store (see :class:`.base.Coordinator`)."""
 
@@ -118,7 +111,7 @@ class MemoryCoordinator(Coordinator):
 
     def __init__(self, config: CoordinatorConfig, group: str, me: Member, ttl: float) -> None:
         super().__init__(config, group, me, ttl)
-        self._name = config.hosts[0][0]
+        self._name = config.hosts[0][0].lower()  # a host name: case does not matter
         self._key = (config.prefix, group)
         self._session_id: int | None = None
         self._seen = -1

@@ -64,6 +64,8 @@ class Driver:
     :ivar backend: the service's family, shared by a scheme and its TLS twin (defaults to the
         scheme); :attr:`followtheleader._coordinators.base.CoordinatorConfig.backend`.
     :ivar refuse_credentials: when not empty, ``user:password@`` is refused with this reason.
+    :ivar one_name: the URL names one thing (a store), not servers: several hosts or a port
+        are refused.
     """
 
     scheme: str
@@ -75,6 +77,7 @@ class Driver:
     query: frozenset[str] = field(default_factory=frozenset)
     backend: str = ""
     refuse_credentials: str = ""
+    one_name: bool = False
 
     def __post_init__(self) -> None:
         if not _SCHEME.match(self.scheme):
@@ -107,6 +110,7 @@ BUILTIN: dict[str, Driver] = {
             "memory",
             "followtheleader._coordinators.memory:MemoryCoordinator",
             refuse_credentials="the memory driver has no users",
+            one_name=True,
         ),
     )
 }
