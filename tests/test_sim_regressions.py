@@ -7,6 +7,8 @@ on the machine of the day the simulator found its bug, and passes since its fix.
 
 from __future__ import annotations
 
+import pytest
+
 from followtheleader._core.candidates import live_leader_hold
 from followtheleader._core.model import State
 from followtheleader._core.roles import Leader
@@ -305,3 +307,24 @@ def test_a_hold_for_a_leader_ends_with_its_resign() -> None:
     new, _ = net.run_until_agreed(other_than="d")
     claimed = next(e.time for e in net.nodes[new].events if e.kind == "leader")
     assert new == "c" and claimed - resigned_at < 0.05
+
+
+@pytest.mark.parametrize(("seed", "unicast"), [(128, False), (198, True), (268, True), (272, False)])
+def test_a_late_pong_naming_a_resigned_leader_does_not_bring_it_back_into_the_members(seed: int, unicast: bool) -> None:
+    """A follower of the new leader got, after the claim, a pong that a follower of the old
+    leader had sent before it heard the resign: the hearsay made the resigned leader a member
+    again, and the new leader, whose list version the follower held, never corrected it (seen
+    in the lab by tests/test_release_interop.py; these seeds failed before the fix)."""
+    net = SimNet(seed=seed, latency=0.0002, jitter=0.0008)
+    for node_id, priority in [("old-a", 3), ("new-b", 2), ("old-c", 1), ("new-d", 0)]:
+        net.add(node_id, priority, unicast=unicast)
+    for node_id in ("old-a", "new-b", "old-c", "new-d"):
+        net.start(node_id)
+    net.run_until_agreed()
+    net.run(0.5)
+    net.stop("old-a")
+    net.run(3.0)
+    expected = sorted(m.node_id for m in net.nodes["new-b"].machine.members(net.now))
+    assert expected == ["new-b", "new-d", "old-c"]
+    for node_id in ("old-c", "new-d"):
+        assert sorted(m.node_id for m in net.nodes[node_id].machine.members(net.now)) == expected, node_id

@@ -118,6 +118,11 @@ class Handlers(Node):
         peer = self.peers.get(leader.node_id)
         if peer is None:
             peer = self._new_peer(leader)
+            if self.state is State.FOLLOWER:
+                # Hearsay is no proof of life: a follower counts it as a member (or, later, as a
+                # candidate) once it speaks or its leader lists it. A late pong naming a leader
+                # that resigned would otherwise bring it back into the member list for good.
+                peer.dead = True
         # A peer found dead is pinged too: only its own answer revives it (then it is followed).
         current = self.leader if self.state in (State.FOLLOWER, State.LEADER) else None
         if current is not None and (term, leader.rank) <= (self.term, current.rank):
