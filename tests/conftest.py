@@ -58,6 +58,19 @@ def faults(lab: Lab) -> Iterator[Lab]:
 
 
 @pytest.fixture
+def no_multicast(lab: Lab) -> Iterator[Lab]:
+    """The lab with every multicast datagram dropped on the bridge (and passed again after)."""
+    if shutil.which("nft") is None:
+        pytest.skip("dropping multicast needs nftables (apt-get install nftables)")
+    lab.block_multicast()
+    try:
+        yield lab
+    finally:
+        lab.block_multicast(False)
+        lab.set_faults()
+
+
+@pytest.fixture
 def npm_nodes() -> Iterator[list[NpmNode]]:
     """npm package nodes a test starts; all finished afterwards (skipped without node/npm)."""
     reason = npm_unavailable_reason()

@@ -10,14 +10,12 @@ from __future__ import annotations
 import json
 import os
 import queue
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -35,19 +33,6 @@ from netlab import Host, Lab
 pytestmark = pytest.mark.lab
 
 SECRET = "unicast-test-secret"
-
-
-@pytest.fixture
-def no_multicast(lab: Lab) -> Iterator[Lab]:
-    """The lab with every multicast datagram dropped on the bridge (and passed again after)."""
-    if shutil.which("nft") is None:
-        pytest.skip("dropping multicast needs nftables (apt-get install nftables)")
-    lab.block_multicast()
-    try:
-        yield lab
-    finally:
-        lab.block_multicast(False)
-        lab.set_faults()
 
 
 def listed(hosts: list[Host]) -> list[str]:

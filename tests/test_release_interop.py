@@ -75,19 +75,6 @@ def release_0_2_0() -> Iterator[str]:
         yield target
 
 
-@pytest.fixture
-def no_multicast(lab: Lab) -> Iterator[Lab]:
-    """The lab with every multicast datagram dropped on the bridge (and passed again after)."""
-    if shutil.which("nft") is None:
-        pytest.skip("dropping multicast needs nftables (apt-get install nftables)")
-    lab.block_multicast()
-    try:
-        yield lab
-    finally:
-        lab.block_multicast(False)
-        lab.set_faults()
-
-
 def start_mixed(cluster: Cluster, hosts: list[Host], release: str, options: dict[str, Any]) -> list[NodeProcess]:
     """The nodes of GROUP, one a host, started at once once each has shown the release it imported."""
     processes = [
