@@ -21,7 +21,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_builtin_drivers() -> None:
-    assert set(BUILTIN) == {"zookeeper", "zookeepers", "etcd", "etcds", "memory"}
+    assert set(BUILTIN) == {
+        "zookeeper",
+        "zookeepers",
+        "etcd",
+        "etcds",
+        "postgresql",
+        "postgres",
+        "redis",
+        "rediss",
+        "unix",
+        "memory",
+    }
     zookeeper, etcds, memory = BUILTIN["zookeeper"], BUILTIN["etcds"], BUILTIN["memory"]
     assert (zookeeper.default_port, zookeeper.library, zookeeper.extra) == (2181, "kazoo", "zookeeper")
     assert not zookeeper.tls and zookeeper.backend == "zookeeper"
@@ -33,6 +44,30 @@ def test_the_builtin_drivers() -> None:
     assert memory.library is None and memory.extra is None and memory.query == frozenset()
     assert memory.target == "followtheleader._coordinators.memory:MemoryCoordinator"
     assert drivers().keys() >= BUILTIN.keys()
+    postgres, unix = BUILTIN["postgres"], BUILTIN["unix"]
+    assert (postgres.backend, postgres.library, postgres.extra, postgres.path) == (
+        "postgresql",
+        "psycopg",
+        "postgresql",
+        "database",
+    )
+    assert (unix.backend, unix.library, unix.path) == ("redis", "redis", "socket")
+    assert BUILTIN["rediss"].tls and BUILTIN["rediss"].backend == "redis"
+
+
+def test_what_a_url_path_names() -> None:
+    assert parse_coordinator("etcd://h/x/y").prefix == "/x/y"
+    database = parse_coordinator("postgresql://u:pw@h/app%20db?sslmode=disable")
+    assert (database.path, database.prefix, database.hosts) == ("app db", "/followtheleader", (("h", 5432),))
+    assert parse_coordinator("redis://h:7000/3").path == "3"
+    socket = parse_coordinator("unix:///run/redis/redis.sock?db=2")
+    assert (socket.hosts, socket.path, socket.backend) == ((), "/run/redis/redis.sock", "redis")
+    with pytest.raises(ValueError, match="names a socket"):
+        parse_coordinator("unix://host/run/redis.sock")
+    with pytest.raises(ValueError, match="no socket path"):
+        parse_coordinator("unix://")
+    with pytest.raises(ValueError, match="path must be"):
+        Driver("x", "m:C", path="file")
 
 
 def test_reading_the_registry_imports_no_driver_and_no_client_library() -> None:
@@ -58,7 +93,7 @@ def test_an_unknown_scheme_lists_the_known_ones(url: str) -> None:
         elect("g", coordinator=url)
     text = str(raised.value)
     assert f"unknown scheme {url.partition('://')[0].lower()!r}" in text
-    assert "use one of etcd, etcds, memory, zookeeper, zookeepers" in text
+    assert "use one of etcd, etcds, memory, postgres, postgresql, redis, rediss, unix, zookeeper, zookeepers" in text
     with pytest.raises(ValueError, match="unknown scheme"):
         driver_for("zk")
 
@@ -133,7 +168,10 @@ def test_a_third_party_driver_registers_through_an_entry_point(
     assert "wrong" not in known and "broken" not in known
     assert known["memory"] is BUILTIN["memory"]  # a built-in scheme is not taken over
     assert {"wrong", "broken", "memory"} <= {word.strip("'") for r in caplog.records for word in r.getMessage().split()}
-    with pytest.raises(ValueError, match="unknown scheme 'zk'; use one of etcd, etcds, fake, memory, zookeeper"):
+    with pytest.raises(
+        ValueError,
+        match="unknown scheme 'zk'; use one of etcd, etcds, fake, memory, postgres, postgresql, redis, rediss, unix",
+    ):
         parse_coordinator("zk://h")
 
     config = parse_coordinator("fake://box/p?colour=red")

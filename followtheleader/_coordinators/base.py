@@ -70,6 +70,10 @@ class CoordinatorConfig:
     :ivar url: the URL as given, password masked (for messages and logs).
     :ivar scheme: the URL's scheme, lower case: it names the driver in the registry
         (:mod:`followtheleader._coordinators.registry`).
+    :ivar path: the URL's path, percent-decoded, without the slash that ends the servers
+        ("" when none): what a driver whose :attr:`~followtheleader._coordinators.registry.Driver.path`
+        is ``"database"`` names with it (PostgreSQL's database, Redis's database number),
+        or, ``"socket"``, the Unix socket's path (with its leading slash).
     """
 
     backend: str
@@ -81,6 +85,7 @@ class CoordinatorConfig:
     query: tuple[tuple[str, str], ...] = ()
     url: str = ""
     scheme: str = ""
+    path: str = ""
 
     def setting(self, name: str) -> str | None:
         """The value of query setting ``name``, or None."""
@@ -117,12 +122,23 @@ def parse_coordinator(url: str) -> CoordinatorConfig:
         if driver.refuse_credentials:
             raise ValueError(f"option 'coordinator': {driver.refuse_credentials}")
         username, password = urllib.parse.unquote(user), urllib.parse.unquote(secret)
-    hosts = tuple(_parse_host(item, driver.default_port) for item in netloc.split(","))
+    prefix, raw_path = DEFAULT_PREFIX, urllib.parse.unquote(path)
+    if driver.path == "socket":  # unix:///path/to/socket: no server, a path
+        if netloc:
+            raise ValueError(f"option 'coordinator': a {scheme_name.lower()}:// URL names a socket, not a server")
+        if not raw_path.strip("/"):
+            raise ValueError(f"option 'coordinator': no socket path in {scheme_name.lower()}:// URL")
+        hosts: tuple[tuple[str, int], ...] = ()
+        raw_path = "/" + raw_path.lstrip("/")
+    else:
+        hosts = tuple(_parse_host(item, driver.default_port) for item in netloc.split(","))
+        raw_path = raw_path.strip("/")
     if driver.one_name and (len(hosts) > 1 or any(port for _, port in hosts)):
         raise ValueError(f"option 'coordinator': a {scheme_name.lower()}:// URL names one store, without a port")
-    prefix = "/" + path.strip("/") if slash and path.strip("/") else DEFAULT_PREFIX
-    if "//" in prefix or any(part in (".", "..") for part in prefix.split("/")):
-        raise ValueError(f"option 'coordinator': bad prefix {prefix!r}")
+    if driver.path == "prefix":
+        prefix = "/" + path.strip("/") if slash and path.strip("/") else DEFAULT_PREFIX
+        if "//" in prefix or any(part in (".", "..") for part in prefix.split("/")):
+            raise ValueError(f"option 'coordinator': bad prefix {prefix!r}")
     query = tuple(urllib.parse.parse_qsl(query_text, keep_blank_values=True, strict_parsing=False))
     unknown = sorted({key for key, _ in query} - driver.query)
     if unknown:
@@ -139,7 +155,9 @@ def parse_coordinator(url: str) -> CoordinatorConfig:
         if password is None
         else url.replace(f":{urllib.parse.quote(password)}@", ":***@").replace(f":{password}@", ":***@")
     )
-    return CoordinatorConfig(driver.backend, hosts, prefix, driver.tls, username, password, query, shown, driver.scheme)
+    return CoordinatorConfig(
+        driver.backend, hosts, prefix, driver.tls, username, password, query, shown, driver.scheme, raw_path
+    )
 
 
 def _extra(driver: Driver) -> str:

@@ -66,6 +66,10 @@ class Driver:
     :ivar refuse_credentials: when not empty, ``user:password@`` is refused with this reason.
     :ivar one_name: the URL names one thing (a store), not servers: several hosts or a port
         are refused.
+    :ivar path: what the URL's path names: ``"prefix"``, the key prefix under which groups
+        live (ZooKeeper, etcd); ``"database"``, a database (PostgreSQL's name, Redis's
+        number), kept as :attr:`~followtheleader._coordinators.base.CoordinatorConfig.path`;
+        ``"socket"``, a Unix socket's path, and the URL names no server (``unix:///path``).
     """
 
     scheme: str
@@ -78,6 +82,7 @@ class Driver:
     backend: str = ""
     refuse_credentials: str = ""
     one_name: bool = False
+    path: str = "prefix"
 
     def __post_init__(self) -> None:
         if not _SCHEME.match(self.scheme):
@@ -86,6 +91,8 @@ class Driver:
             raise ValueError(f"a coordinator driver's target must be 'module:Class', not {self.target!r}")
         if not 0 <= self.default_port < 65536:
             raise ValueError(f"bad default port {self.default_port} for scheme {self.scheme!r}")
+        if self.path not in ("prefix", "database", "socket"):
+            raise ValueError(f"a coordinator driver's path must be 'prefix', 'database' or 'socket', not {self.path!r}")
         object.__setattr__(self, "query", frozenset(self.query))
         if not self.backend:
             object.__setattr__(self, "backend", self.scheme)
@@ -96,6 +103,36 @@ _ETCD_QUERY = frozenset({"ca", "cert", "key", "api_path"})
 _ETCD_NO_LOGIN = (
     "etcd3gw cannot log in with a user and password; use client certificates (etcds://...?cert=...&key=...)"
 )
+_POSTGRESQL_QUERY = frozenset(
+    {
+        # this library's: the schema and the tables' prefix (see the PostgreSQL driver)
+        "schema",
+        "table_prefix",
+        # libpq's connection parameters, passed through to psycopg
+        "application_name",
+        "channel_binding",
+        "connect_timeout",
+        "gssencmode",
+        "keepalives",
+        "keepalives_count",
+        "keepalives_idle",
+        "keepalives_interval",
+        "options",
+        "passfile",
+        "requirepeer",
+        "sslcert",
+        "sslcrl",
+        "sslkey",
+        "sslmode",
+        "sslpassword",
+        "sslrootcert",
+        "target_session_attrs",
+        "tcp_user_timeout",
+    }
+)
+_REDIS_QUERY = frozenset({"prefix", "db", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs"})
+_POSTGRESQL = "followtheleader._coordinators.postgresql:PostgreSQLCoordinator"
+_REDIS = "followtheleader._coordinators.redis:RedisCoordinator"
 _ZOOKEEPER = "followtheleader._coordinators.zookeeper:ZooKeeperCoordinator"
 _ETCD = "followtheleader._coordinators.etcd:EtcdCoordinator"
 
@@ -106,6 +143,21 @@ BUILTIN: dict[str, Driver] = {
         Driver("zookeepers", _ZOOKEEPER, 2181, "kazoo", "zookeeper", True, _ZOOKEEPER_QUERY, "zookeeper"),
         Driver("etcd", _ETCD, 2379, "etcd3gw", "etcd", False, _ETCD_QUERY, refuse_credentials=_ETCD_NO_LOGIN),
         Driver("etcds", _ETCD, 2379, "etcd3gw", "etcd", True, _ETCD_QUERY, "etcd", _ETCD_NO_LOGIN),
+        Driver("postgresql", _POSTGRESQL, 5432, "psycopg", "postgresql", False, _POSTGRESQL_QUERY, path="database"),
+        Driver(
+            "postgres",
+            _POSTGRESQL,
+            5432,
+            "psycopg",
+            "postgresql",
+            False,
+            _POSTGRESQL_QUERY,
+            "postgresql",
+            path="database",
+        ),
+        Driver("redis", _REDIS, 6379, "redis", "redis", False, _REDIS_QUERY, path="database"),
+        Driver("rediss", _REDIS, 6379, "redis", "redis", True, _REDIS_QUERY, "redis", path="database"),
+        Driver("unix", _REDIS, 0, "redis", "redis", False, _REDIS_QUERY, "redis", path="socket"),
         Driver(
             "memory",
             "followtheleader._coordinators.memory:MemoryCoordinator",
