@@ -7,6 +7,8 @@ with the event times the nodes report (one shared monotonic clock):
   leader (same id, same term);
 * crash failover: from SIGKILL of the leader to all N-1 agreeing on a new one;
 * clean handover: from ``stop()`` of that leader to its successor's ``leader`` event;
+* resign handover: from telling the new leader to ``resign()`` to all agreeing on another
+  (with at least 3 nodes left);
 * overlap: total time two nodes held the leader role at once during the round.
 
 With ``--peers list`` the nodes run in unicast mode, each given the address of every node
@@ -56,7 +58,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def one_round(lab: Lab, hosts: list, options: dict) -> dict[str, float]:
+def one_round(lab: Lab, hosts: list, options: dict, failover_too: bool = True) -> dict[str, float]:
     cluster = Cluster(lab)
     try:
         processes = [cluster.spawn(host, options=options, wait_go=True) for host in hosts]
@@ -67,9 +69,12 @@ def one_round(lab: Lab, hosts: list, options: dict) -> dict[str, float]:
         first = cluster.wait_agreement(timeout=30)
         cold = first.time - t_go
 
-        t_kill = cluster.process_of(first.leader).kill()
-        second = cluster.wait_agreement(timeout=30, other_than=first.leader, after_term=first.term)
-        failover = second.time - t_kill
+        if failover_too:
+            t_kill = cluster.process_of(first.leader).kill()
+            second = cluster.wait_agreement(timeout=30, other_than=first.leader, after_term=first.term)
+            failover = second.time - t_kill
+        else:
+            second, failover = first, float("nan")
 
         leader_process = cluster.process_of(second.leader)
         leader_process.send("stop 0")
@@ -82,8 +87,14 @@ def one_round(lab: Lab, hosts: list, options: dict) -> dict[str, float]:
             if r["kind"] == "leader" and r["node"] == third.leader and r["term"] == third.term
         )
         handover = successor - stopping
+
+        resign = float("nan")
+        if len(hosts) >= 3 + failover_too:  # a node left to hand over to
+            t_resign = cluster.process_of(third.leader).send("resign 0")
+            fourth = cluster.wait_agreement(timeout=30, other_than=third.leader, after_term=third.term)
+            resign = fourth.time - t_resign
         overlap = cluster.leader_overlap(since=t_go)
-        return {"cold": cold, "failover": failover, "handover": handover, "overlap": overlap}
+        return {"cold": cold, "failover": failover, "handover": handover, "resign": resign, "overlap": overlap}
     finally:
         cluster.finish()
 
@@ -102,6 +113,7 @@ def main() -> int:
     parser.add_argument("--coordinator", default=None, metavar="URL", help="zookeeper, etcd, or a coordinator URL")
     parser.add_argument("--coordinator-ttl", type=float, default=None, metavar="SECONDS")
     parser.add_argument("--servers", type=int, default=1, help="servers the benchmark starts (1 or 3)")
+    parser.add_argument("--no-failover", action="store_true", help="no SIGKILL: measure the handovers only")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so that the lab is removed
     reason = lab_unavailable_reason()
@@ -116,7 +128,7 @@ def main() -> int:
     if backend is not None and (reason := unavailable_reason(backend)):
         print(f"cannot run: {reason}", file=sys.stderr)
         return 2
-    results: dict[str, list[float]] = {"cold": [], "failover": [], "handover": [], "overlap": []}
+    results: dict[str, list[float]] = {"cold": [], "failover": [], "handover": [], "resign": [], "overlap": []}
     with Lab() as lab, contextlib.ExitStack() as stack:
         hosts = [lab.add_host(f"n{i}") for i in range(args.nodes)]
         if args.peers is not None:
@@ -135,19 +147,21 @@ def main() -> int:
         elif args.coordinator:
             options["coordinator"] = args.coordinator
         for number in range(1, args.rounds + 1):
-            figures = one_round(lab, hosts, options)
+            figures = one_round(lab, hosts, options, failover_too=not args.no_failover)
             for key, value in figures.items():
                 results[key].append(value)
             print(
                 f"round {number:3d}: cold start {figures['cold'] * 1000:7.1f} ms  "
                 f"failover {figures['failover'] * 1000:7.1f} ms  "
-                f"handover {figures['handover'] * 1000:6.1f} ms  overlap {figures['overlap'] * 1000:.1f} ms",
+                f"handover {figures['handover'] * 1000:6.1f} ms  resign {figures['resign'] * 1000:6.1f} ms  "
+                f"overlap {figures['overlap'] * 1000:.1f} ms",
                 flush=True,
             )
     labels = {
         "cold": f"cold start of {args.nodes} nodes to one agreed leader",
         "failover": "SIGKILL of the leader to a new agreed leader",
         "handover": "stop() of the leader to the successor's leader event",
+        "resign": "resign() of the leader to a new agreed leader",
     }
     print()
     mode = "mDNS" if args.peers is None else f"unicast, peers from a {args.peers}, multicast dropped"
@@ -156,7 +170,9 @@ def main() -> int:
     print(f"{args.rounds} rounds, {args.nodes} nodes, interval {options.get('interval', 'default')}, {mode}")
     print(f"{'measure':55s} {'p50 ms':>9s} {'p99 ms':>9s} {'max ms':>9s}")
     for key, label in labels.items():
-        values = results[key]
+        values = [v for v in results[key] if v == v]  # NaN: not measured
+        if not values:
+            continue
         print(
             f"{label:55s} {percentile(values, 50) * 1000:9.1f} {percentile(values, 99) * 1000:9.1f} "
             f"{max(values) * 1000:9.1f}"

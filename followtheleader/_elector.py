@@ -240,12 +240,14 @@ class Elector:
         self._callbacks.forget_thread_after_fork()
 
     def _close_resources(self) -> None:
-        """Close in reverse order of opening: the ticker, then the backend."""
+        """Ask the ticker to finish, close the backend (a coordinated leader releases its
+        leadership there: first, so that the successor is not kept waiting for the ticker),
+        then wait for the ticker. The machine is already stopped: a last tick decides nothing."""
         if self._ticker is not None:
             self._ticker.stop()
-            if not self._ticker.join(5.0):
-                log.warning("the ticker thread did not finish")
         self._backend.close()
+        if self._ticker is not None and not self._ticker.join(5.0):
+            log.warning("the ticker thread did not finish")
         with self._state_changed:
             self._state_changed.notify_all()
 

@@ -275,6 +275,50 @@ class ServerSet:
         tls = self._client_context() if self.tls else None
         return Server(host, argv, log, lambda: _http_ok(host, ETCD_PORT, "/health", tls))
 
+    def requests_served(self) -> int:
+        """Requests the servers have received so far, by their own counters, summed over the
+        set (for ``benchmarks/idle_load.py``): ``_requests_served_<backend>`` does the work."""
+        count = getattr(self, f"_requests_served_{self.backend}", None)
+        if count is None:
+            raise NotImplementedError(f"requests_served: not implemented for {self.backend}")
+        return int(count())
+
+    def _requests_served_zookeeper(self) -> int:
+        """The ``Received`` line of ``srvr`` (packets received, pings included)."""
+        total = 0
+        for host in self.hosts:
+            answer: list[bytes] = []
+
+            def ask(sock: socket.socket, answer: list[bytes] = answer) -> bool:
+                sock.sendall(b"srvr")
+                while chunk := sock.recv(4096):
+                    answer.append(chunk)
+                return True
+
+            if not _tcp_ready(host, ZK_PORT, ask):
+                raise RuntimeError(f"ZooKeeper at {host.address} did not answer srvr")
+            for line in b"".join(answer).decode().splitlines():
+                if line.startswith("Received:"):
+                    total += int(line.split(":", 1)[1])
+        return total
+
+    def _requests_served_etcd(self) -> int:
+        """``grpc_server_started_total`` of ``/metrics``, every method summed (the JSON
+        gateway's requests are gRPC calls; a watch stream counts once)."""
+        tls = self._client_context() if self.tls else None
+        total = 0
+        for host in self.hosts:
+            url = f"{'https' if tls else 'http'}://{host.address}:{ETCD_PORT}/metrics"
+
+            def fetch(url: str = url) -> bytes:
+                with urllib.request.urlopen(url, timeout=5, context=tls) as answer:
+                    return bytes(answer.read())
+
+            for line in host.call_in_namespace(fetch, timeout=10).decode().splitlines():
+                if line.startswith("grpc_server_started_total{"):
+                    total += int(float(line.rsplit(" ", 1)[1]))
+        return total
+
     def start(self, timeout: float = 60.0) -> ServerSet:
         for server in self.servers:
             server.start()

@@ -70,9 +70,9 @@ class Capabilities:
         ``lab``.
     :ivar pushed: ``wait()`` is woken by a change of the group (a ZooKeeper watch, the
         memory store's condition): it blocks until then, however long its timeout. False for
-        a driver that polls: its ``wait()`` returns within :attr:`poll` seconds whether or
-        not anything changed (etcd3gw's watches would outlive the client, so the etcd
-        driver reads the group every ``etcd.POLL`` = 100 ms).
+        a driver that may poll: its ``wait()`` returns within :attr:`poll` seconds whether or
+        not anything changed (the etcd driver reads the group every ``etcd.POLL`` = 100 ms
+        while its watch stream is not yet, or no longer, current).
     :ivar poll: the longest a polling driver's ``wait()`` blocks (None when pushed).
     :ivar self_renewing: the client library keeps the session alive by itself while it is
         connected (kazoo pings the server every third of the session timeout), so a session
@@ -85,6 +85,8 @@ class Capabilities:
     :ivar foreign_data: the test can write foreign keys or nodes in a group's namespace with
         a raw client. False for memory: its store holds typed members only, there is no
         namespace to write garbage into.
+    :ivar watched: ``watched_view()`` returns a view (kept current by a watch) once the
+        group is quiet; False: it may always return None (the session thread then reads).
     """
 
     lab: bool
@@ -93,6 +95,7 @@ class Capabilities:
     self_renewing: bool
     observe_checks_session: bool
     foreign_data: bool
+    watched: bool = False
 
 
 CAPABILITIES: dict[str, Capabilities] = {
@@ -100,10 +103,22 @@ CAPABILITIES: dict[str, Capabilities] = {
         lab=False, pushed=True, poll=None, self_renewing=False, observe_checks_session=True, foreign_data=False
     ),
     "zookeeper": Capabilities(
-        lab=True, pushed=True, poll=None, self_renewing=True, observe_checks_session=True, foreign_data=True
+        lab=True,
+        pushed=True,
+        poll=None,
+        self_renewing=True,
+        observe_checks_session=True,
+        foreign_data=True,
+        watched=True,
     ),
     "etcd": Capabilities(
-        lab=True, pushed=False, poll=0.1, self_renewing=False, observe_checks_session=False, foreign_data=True
+        lab=True,
+        pushed=False,
+        poll=0.1,
+        self_renewing=False,
+        observe_checks_session=False,
+        foreign_data=True,
+        watched=True,
     ),
 }
 
@@ -531,6 +546,32 @@ def test_wake_from_another_thread_makes_wait_return_at_once(service: Service) ->
     started = time.monotonic()
     waiter.wait(DEADLINE)
     assert time.monotonic() - started < 1.0
+
+
+def test_a_watched_view_includes_own_writes_and_is_never_stale_after_a_change(service: Service) -> None:
+    """``watched_view()`` is None or a view that holds this member's acknowledged writes; a
+    change by another member shows in it (or makes it None) once ``wait()`` says so."""
+    me = service.member("w", 1).start()
+    other = service.member("o", 2).start()
+
+    def watched() -> View | None:
+        return me.run(me.coordinator.watched_view)
+
+    def shows(check: Callable[[View], bool]) -> Callable[[], bool]:
+        return lambda: (view := watched()) is None or check(view)
+
+    term = me.claim()
+    assert term is not None
+    assert shows(lambda v: v.leadership == Leadership(me.me, term, True))()
+    until(shows(lambda v: v.leadership == Leadership(me.me, term, True) and names(v) == ["o", "w"]), me, "the view")
+    if service.caps.watched:  # quiet now: the watched view is there, and it is the group
+        me.observe()
+        view = until(watched, me, "a watched view")
+        assert view == me.observe()
+    other.close()
+    until(shows(lambda v: names(v) == ["w"]), me, "the other member gone")
+    me.release(term)
+    assert shows(lambda v: v.leadership is None and names(v) == [])()
 
 
 # --------------------------------------------------------------------- status

@@ -10,7 +10,9 @@ port. Its thread (a daemon thread, gone after :meth:`CoordinatorBackend.close`):
   ``resign()``, and ends the session on ``stop()``. It reports to the
   :class:`followtheleader._core.lease.LeaseMachine` through the facade's feed
   (:attr:`CoordinatorBackend._feed`), as the heartbeat threads do on the LAN.
-* the client library's own threads (kazoo's connection and watcher threads; none for etcd3gw).
+* the driver's own threads: kazoo's connection and watcher threads; for etcd,
+  ``followtheleader-watch-<name>`` (:class:`followtheleader._coordinators.etcd.GroupWatch`),
+  which keeps the group's view current from a watch stream and wakes the session thread.
 
 The facade's threads serve it as they serve every backend: the ticker ends the local lease at
 its deadline, even while the session thread waits for an answer that does not come; the
@@ -180,7 +182,7 @@ class CoordinatorBackend:
             elif do.op is Op.RENEW:
                 sent = time.monotonic()
                 ttl = coordinator.keep_alive()
-                view = coordinator.observe()
+                view = coordinator.watched_view() or coordinator.observe()
                 self._feed(lambda now, s=sent, t=ttl, v=view: lease.on_view(s, t, v, now))  # type: ignore[misc]
                 if policy.viewed(time.monotonic(), view):
                     log.warning("%s %s: %s answers again", self.name, self.node_id, self._service)

@@ -275,6 +275,14 @@ class Election(abc.ABC):
     def observe(self) -> View:
         """Read the group (and watch it for the next change, where the service can)."""
 
+    def watched_view(self) -> View | None:
+        """The group as a watch keeps it, without a request; None when the driver keeps no
+        such view or cannot vouch for it now (then the session thread calls :meth:`observe`).
+
+        A driver that returns a view must return one that includes its own writes (claim,
+        release, rejoin) once they were acknowledged. The default: None."""
+        return None
+
     @abc.abstractmethod
     def claim(self) -> int | None:
         """Try to take the vacant leadership (campaign); its term when this member won, else None."""

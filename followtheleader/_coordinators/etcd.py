@@ -9,18 +9,26 @@ The leadership is claimed with one transaction (``create_revision(leader) == 0``
 it with this member's lease), as etcd's own ``concurrency.Election`` does for its keys.
 etcd3gw talks to one endpoint; this client tries the URL's endpoints in turn.
 
-etcd3gw's watches run on a thread pool that outlives any one client, so the group is read
-by polling (:data:`POLL`); a read is one range request over the group's prefix.
+The group is watched, not polled: :class:`GroupWatch` (thread ``followtheleader-watch-<group>``)
+reads the group's prefix once, then keeps that view current from one long-lived ``/v3/watch``
+stream of the gateway, and wakes the session thread on every change. etcd3gw's own watches
+run on a thread pool that outlives any one client, so the stream is read here with requests.
+A stream that breaks is opened again after a full read; an idle stream is replaced by a full
+read every :data:`RESYNC` seconds (a safety net). While the stream is down the session thread
+reads the group itself every :data:`POLL` seconds, as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import etcd3gw
@@ -42,12 +50,14 @@ from .base import (
     ranked,
 )
 
-__all__ = ["POLL", "EtcdCoordinator"]
+__all__ = ["POLL", "RESYNC", "EtcdCoordinator", "GroupWatch", "parse_watch_message"]
 
 log = logging.getLogger(__name__)
 
 POLL = 0.1
-"""Seconds between two reads of the group while nothing else wakes the session thread."""
+"""Seconds between two reads of the group while the watch stream is down."""
+RESYNC = 30.0
+"""Seconds an idle watch stream runs before a full read replaces it (at least the TTL)."""
 
 
 def _member_data(member: Member) -> str:
@@ -75,6 +85,8 @@ class EtcdCoordinator(Coordinator):
         self._granted = 0.0
         self._renewed_sent = 0.0
         self._wake = threading.Event()
+        self._watch: GroupWatch | None = None
+        self._written = 0  # the revision of this member's last acknowledged write
         self._base = f"{config.prefix}/{quote_group(group)}"
         self._leader_key = f"{self._base}/leader"
         self._members_prefix = f"{self._base}/members/"
@@ -137,6 +149,15 @@ class EtcdCoordinator(Coordinator):
 
     # ----------------------------------------------------------------- session
 
+    def _note_written(self, result: Any, wrote: bool = True) -> Any:
+        """Remember the revision a write that changed a key of the group was acknowledged
+        at: the watched view waits for it. (A request that changed nothing is not noted:
+        the watch would see no event of its revision.)"""
+        if wrote:
+            with _suppress_bad_revision():
+                self._written = max(self._written, int(result["header"]["revision"]))
+        return result
+
     def connect_only(self) -> None:
         self._make_clients()
 
@@ -147,6 +168,8 @@ class EtcdCoordinator(Coordinator):
         grant = self._post("/lease/grant", {"TTL": math.ceil(self.ttl), "ID": 0})
         self._lease_id = int(grant["ID"])
         self._granted, self._renewed_sent = float(grant.get("TTL", self.ttl)), sent
+        self._watch = GroupWatch(self, self._base + "/", self._wake.set)
+        self._watch.start()
 
     def keep_alive(self) -> float:
         started = time.monotonic()
@@ -161,6 +184,9 @@ class EtcdCoordinator(Coordinator):
         return self._renewed_sent + self._granted - started
 
     def close(self) -> None:
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.stop()
         lease, self._lease_id = self._lease_id, None
         if lease is not None:
             try:
@@ -175,7 +201,8 @@ class EtcdCoordinator(Coordinator):
         self._clients = []
 
     def wait(self, timeout: float) -> None:
-        self._wake.wait(min(timeout, POLL))
+        watch = self._watch
+        self._wake.wait(timeout if watch is not None and watch.current() is not None else min(timeout, POLL))
         self._wake.clear()
 
     def wake(self) -> None:
@@ -211,6 +238,14 @@ class EtcdCoordinator(Coordinator):
                     members.append(member)
         return View(leadership, ranked(members))
 
+    def watched_view(self) -> View | None:
+        """The watch's view, once it includes this member's last write (else None)."""
+        watch = self._watch
+        current = watch.current() if watch is not None else None
+        if current is None or current[0] < self._written:
+            return None
+        return self._view(current[1], self._base + "/")
+
     def claim(self) -> int | None:
         key = _encode(self._leader_key)
         txn = {
@@ -221,6 +256,7 @@ class EtcdCoordinator(Coordinator):
             "failure": [],
         }
         result = self._post("/kv/txn", txn)
+        self._note_written(result, wrote=bool(result.get("succeeded")))
         if not result.get("succeeded"):
             return None
         return int(result["header"]["revision"])
@@ -237,12 +273,28 @@ class EtcdCoordinator(Coordinator):
         return bool(self._post("/kv/txn", txn).get("succeeded"))
 
     def release(self, term: int) -> None:
-        self._post("/kv/deleterange", {"key": _encode(self._my_key)})
-        if self._lease_id is not None:  # only a leadership this very lease holds
-            self._delete_if(self._leader_key, "CREATE", term, self._lease_id)
+        """One transaction: the member key goes, and with it the leadership of ``term`` if
+        this very lease holds it, so that the others learn of both from one watch event."""
+        leader, mine = _encode(self._leader_key), _encode(self._my_key)
+        if self._lease_id is None:  # no lease, no leadership of this member's to give up
+            result = self._post("/kv/deleterange", {"key": mine})
+            self._note_written(result, wrote=int(result.get("deleted") or 0) > 0)
+            return
+        compare = [
+            {"key": leader, "result": "EQUAL", "target": "CREATE", "create_revision": str(term)},
+            {"key": leader, "result": "EQUAL", "target": "LEASE", "lease": str(self._lease_id)},
+        ]
+        txn = {
+            "compare": compare,
+            "success": [{"request_delete_range": {"key": mine}}, {"request_delete_range": {"key": leader}}],
+            "failure": [{"request_delete_range": {"key": mine}}],
+        }
+        result = self._post("/kv/txn", txn)
+        self._note_written(result, wrote=bool(result.get("succeeded")) or _deleted_any(result))
 
     def rejoin(self) -> None:
-        self._post("/kv/put", {"key": _encode(self._my_key), "value": _encode(""), "lease": self._lease_id})
+        key, value = _encode(self._my_key), _encode("")
+        self._note_written(self._post("/kv/put", {"key": key, "value": value, "lease": self._lease_id}))
 
     def groups(self) -> list[GroupInfo]:
         prefix = self.config.prefix + "/"
@@ -262,3 +314,201 @@ def _describe(exc: BaseException) -> str:
     text = str(exc).strip() or " ".join(str(a) for a in getattr(exc, "args", ()) if a)
     detail = getattr(exc, "detail_text", None)
     return f"{type(exc).__name__}: {text or detail or 'no detail'}"
+
+
+def _deleted_any(txn_result: Any) -> bool:
+    """Whether a transaction's delete requests deleted a key."""
+    with _suppress_bad_revision():
+        for response in txn_result.get("responses") or []:
+            if int(response.get("response_delete_range", {}).get("deleted") or 0) > 0:
+                return True
+    return False
+
+
+@contextlib.contextmanager
+def _suppress_bad_revision() -> Iterator[None]:
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        yield
+
+
+@dataclass
+class WatchMessage:
+    """One message of a ``/v3/watch`` stream (see :func:`parse_watch_message`)."""
+
+    revision: int
+    """The store's revision when the message was sent (0 if not given)."""
+    created: bool = False
+    """The watch was created: the events from its start revision follow."""
+    ended: bool = False
+    """The server cancelled the watch (or its start revision was compacted): read again."""
+    events: list[tuple[bool, dict[str, Any]]] = field(default_factory=list)
+    """(deleted, key-value) in order; a put's key-value is the key's new one."""
+
+
+def parse_watch_message(line: bytes | str) -> WatchMessage:
+    """One line of the gateway's watch stream, as JSON ``{"result": {...}}``.
+
+    :raises CoordinatorError: for an ``error`` message or a line that is no such JSON.
+    """
+    try:
+        message = json.loads(line)
+    except ValueError as exc:
+        raise CoordinatorError(f"etcd watch stream: not JSON: {line[:80]!r}") from exc
+    if not isinstance(message, dict):
+        raise CoordinatorError(f"etcd watch stream: unexpected message {line[:80]!r}")
+    if "error" in message or "result" not in message:
+        error = message.get("error", message)
+        text = error.get("message", error) if isinstance(error, dict) else error
+        raise CoordinatorError(f"etcd watch stream: {text}")
+    result = message["result"]
+    if not isinstance(result, dict):
+        raise CoordinatorError(f"etcd watch stream: unexpected result {line[:80]!r}")
+    revision = 0
+    with _suppress_bad_revision():
+        revision = int(result["header"]["revision"])
+    events = []
+    for event in result.get("events") or []:
+        kv = event.get("kv") if isinstance(event, dict) else None
+        if not isinstance(kv, dict) or "key" not in kv:
+            raise CoordinatorError(f"etcd watch stream: unexpected event {event!r:.80}")
+        events.append((event.get("type") in ("DELETE", 1), kv))
+    compacted = int(result.get("compact_revision") or 0) > 0
+    return WatchMessage(revision, bool(result.get("created")), bool(result.get("canceled")) or compacted, events)
+
+
+class GroupWatch:
+    """The group's keys, kept current by one ``/v3/watch`` stream of the gateway.
+
+    Its thread ``followtheleader-watch-<group>`` reads the prefix once (a range request),
+    then opens a watch from the next revision and applies its events, calling ``on_change``
+    (the session thread's wake-up) after each message that changed the view and whenever the
+    view becomes current or stops being so. When the stream breaks or ends, or runs idle for
+    ``max(RESYNC, ttl)`` seconds, the view stops being current until the next full read.
+    :meth:`stop` (the session thread) shuts the stream's socket down and joins the thread.
+
+    :param owner: the coordinator (its endpoints, TLS settings and timeouts).
+    :param prefix: the group's key prefix.
+    :param on_change: called on the watch thread; must not block.
+    """
+
+    def __init__(self, owner: EtcdCoordinator, prefix: str, on_change: Callable[[], None]) -> None:
+        self._prefix = prefix
+        self._on_change = on_change
+        self._clients = list(owner._clients)
+        self._next = owner._current
+        self._http = owner._session()
+        self._timeout = owner._timeout
+        self._idle = max(RESYNC, owner.ttl)
+        self._longest_backoff = max(1.0, owner.ttl / 5)
+        self._lock = threading.Lock()
+        self._kvs: dict[str, dict[str, Any]] | None = None  # None: not current
+        self._revision = 0
+        self._response: requests.Response | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"followtheleader-watch-{owner.group}", daemon=True)
+
+    def start(self) -> None:
+        """Start the watch thread."""
+        self._thread.start()
+
+    def current(self) -> tuple[int, list[dict[str, Any]]] | None:
+        """Any thread: (revision, key-values) while the view is current, else None."""
+        with self._lock:
+            if self._kvs is None:
+                return None
+            return self._revision, list(self._kvs.values())
+
+    def stop(self) -> None:
+        """End the stream and the thread (any thread but the watch thread). Idempotent."""
+        self._stopping.set()
+        with self._lock:
+            response = self._response
+        if response is not None:
+            with contextlib.suppress(Exception):
+                response.raw.shutdown()  # a blocked read returns
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(self._timeout + 1.0)
+            if self._thread.is_alive():
+                log.warning("the etcd watch thread did not finish")
+        with contextlib.suppress(Exception):
+            self._http.close()
+
+    # ----------------------------------------------------------------- the watch thread
+
+    def _run(self) -> None:
+        """Watch thread: read and follow the group until stopped; errors are logged, the view
+        is marked not current (the session thread then polls), and the watch starts again
+        after a backoff."""
+        backoff = 0.05
+        while not self._stopping.is_set():
+            try:
+                if self._follow():
+                    backoff = 0.05
+                    continue
+            except Exception as exc:  # noqa: BLE001 - every error of a stream: read again later
+                if self._stopping.is_set():
+                    break
+                log.info("etcd watch of %s: %s (watching again)", self._prefix, _describe(exc))
+            self._set(None, 0)
+            self._stopping.wait(backoff)
+            backoff = min(backoff * 2, self._longest_backoff)
+        self._set(None, 0)
+
+    def _follow(self) -> bool:
+        """Watch thread: one full read and one stream; True if the stream ran (idle or
+        cancelled), False if it could not be opened."""
+        # (get_url may ask the endpoint for its API path first: an error here is the loop's)
+        base = self._clients[self._next % len(self._clients)].get_url("").rstrip("/")
+        self._next += 1
+        key, end = _encode(self._prefix), _encode(_increment_last_byte(self._prefix))
+        reply = self._http.post(base + "/kv/range", json={"key": key, "range_end": end}, timeout=self._timeout)
+        reply.raise_for_status()
+        result = reply.json()
+        revision = int(result["header"]["revision"])
+        kvs = {kv["key"]: kv for kv in result.get("kvs", [])}
+        create = {"key": key, "range_end": end, "start_revision": str(revision + 1)}
+        response = self._http.post(
+            base + "/watch", json={"create_request": create}, stream=True, timeout=(self._timeout, self._idle)
+        )
+        with self._lock:
+            self._response = response
+        try:
+            if self._stopping.is_set():
+                return True
+            response.raise_for_status()
+            self._next -= 1  # this endpoint answers: keep it
+            return self._apply_stream(response.iter_lines(), kvs, revision)
+        except requests.exceptions.ConnectionError as exc:
+            if isinstance(exc.__context__, Exception) and "timed out" in str(exc):
+                self._set(None, 0)
+                return True  # idle for self._idle seconds: the full read again (safety net)
+            raise
+        finally:
+            with self._lock:
+                self._response = None
+            response.close()
+
+    def _apply_stream(self, lines: Iterator[bytes], kvs: dict[str, dict[str, Any]], revision: int) -> bool:
+        """Watch thread: apply the stream's messages to ``kvs``; True when it ends."""
+        for line in lines:
+            if not line.strip():
+                continue
+            message = parse_watch_message(line)
+            for deleted, kv in message.events:
+                if deleted:
+                    kvs.pop(kv["key"], None)
+                else:
+                    kvs[kv["key"]] = kv
+            revision = max(revision, message.revision)
+            if message.ended:
+                return True
+            if message.created or message.events:
+                self._set(dict(kvs), revision)
+        return True
+
+    def _set(self, kvs: dict[str, dict[str, Any]] | None, revision: int) -> None:
+        with self._lock:
+            changed = kvs is not None or self._kvs is not None
+            self._kvs, self._revision = kvs, revision
+        if changed:
+            self._on_change()
