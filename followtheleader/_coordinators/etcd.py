@@ -184,15 +184,15 @@ class EtcdCoordinator(Coordinator):
         return self._renewed_sent + self._granted - started
 
     def close(self) -> None:
-        watch, self._watch = self._watch, None
-        if watch is not None:
-            watch.stop()
         lease, self._lease_id = self._lease_id, None
-        if lease is not None:
+        if lease is not None:  # first: the others are told at once, before the watch ends
             try:
                 self._post("/kv/lease/revoke", {"ID": lease})  # its keys go at once
             except Exception:  # closing must never raise; the lease then expires by itself
                 log.debug("could not revoke etcd lease %x", lease, exc_info=True)
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.stop()
         for client in self._clients:
             try:
                 client.session.close()

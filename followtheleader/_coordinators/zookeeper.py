@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import threading
+import time
 import urllib.parse
 from typing import Any
 
@@ -100,6 +101,7 @@ class ZooKeeperCoordinator(Coordinator):
         self._lost = False
         self._cached: View | None = None  # the last view read, while no watch has fired since
         self._dirty = True
+        self._synced_sent: float | None = None  # when the last sync that succeeded was sent
         base = f"{config.prefix}/{quote_group(group)}"
         self._leader_path = f"{base}/leader"
         self._members_path = f"{base}/members"
@@ -151,7 +153,7 @@ class ZooKeeperCoordinator(Coordinator):
 
     def _connect(self) -> KazooClient:
         self.close()
-        self._dirty, self._cached = True, None
+        self._dirty, self._cached, self._synced_sent = True, None, None
         self._granted = _GrantedTimeout()
         self._lost = False
         client = self._new_client()
@@ -185,12 +187,17 @@ class ZooKeeperCoordinator(Coordinator):
         self._connect()
 
     def keep_alive(self) -> float:
+        """A ``sync``, unless one was sent less than TTL/10 ago (a round a watch woke soon
+        after a renewal): the TTL left is then counted from that sync's send time."""
         client = self._live_client()
-        # A sync goes to the ensemble's leader, which expires sessions: a server cut off from
-        # it (it may go on answering reads for syncLimit ticks) makes it fail.
-        self._call(client.sync_async(self._leader_path))
+        started = time.monotonic()
+        if self._synced_sent is None or started - self._synced_sent >= self.ttl / 10:
+            # A sync goes to the ensemble's leader, which expires sessions: a server cut off
+            # from it (it may go on answering reads for syncLimit ticks) makes it fail.
+            self._call(client.sync_async(self._leader_path))
+            self._synced_sent = started
         granted = self._granted.seconds if self._granted is not None else None
-        return granted if granted is not None else self.ttl
+        return (granted if granted is not None else self.ttl) - (started - self._synced_sent)
 
     # ----------------------------------------------------------------- election
 
