@@ -227,8 +227,11 @@ class ZooKeeperCoordinator(Coordinator):
         client = self._live_client()
         self._dirty = False  # before the reads: a watch that fires during them makes it True
         try:
-            held = self._read_leader(client, watch=True)
-            labels = self._call(client.get_children_async(self._members_path, watch=self._watch))
+            # both requests sent at once: one round trip, not two
+            leader = client.get_async(self._leader_path, watch=self._watch)
+            children = client.get_children_async(self._members_path, watch=self._watch)
+            held = self._read_leader(client, watch=True, sent=leader)
+            labels = self._call(children)
             self._check_session()
         except BaseException:
             self._dirty = True
@@ -310,13 +313,18 @@ class ZooKeeperCoordinator(Coordinator):
         if client_id is None:
             raise CoordinatorError("not connected to ZooKeeper (kazoo is reconnecting)")
 
-    def _read_leader(self, client: KazooClient, watch: bool) -> tuple[Leadership, int] | None:
-        """The leadership and its znode's data version, or None (then watched for creation)."""
+    def _read_leader(self, client: KazooClient, watch: bool, sent: Any = None) -> tuple[Leadership, int] | None:
+        """The leadership and its znode's data version, or None (then watched for creation).
+
+        :param sent: the pending result of the ``get`` (with the watch) if already sent."""
+        if sent is None:
+            sent = client.get_async(self._leader_path, watch=self._watch if watch else None)
         try:
-            data, stat = self._call(client.get_async(self._leader_path, watch=self._watch if watch else None))
+            data, stat = self._call(sent)
         except _Missing:
             # vacant: be told when someone claims it (claimed in between: look again at once)
             if watch and self._call(client.exists_async(self._leader_path, watch=self._watch)) is not None:
+                self._dirty = True
                 self._changed.set()
             return None
         leader = _decode_member(data)
