@@ -10,13 +10,14 @@ Keys, under the URL's ``prefix`` setting (``/followtheleader`` by default)::
 
     <prefix>/<quoted group>/leader    "<term> <session> <label>", with a TTL (PX)
     <prefix>/<quoted group>/fence     the fencing counter: each claim INCRs it
-    <prefix>/<quoted group>/members   sorted set: member label -> server time (ms) of its last renewal
+    <prefix>/<quoted group>/members   sorted set: "<label> <session>" -> its expiry (server time in ms)
     <prefix>/<quoted group>/events    pub/sub channel: a message on each claim, release and join
 
 A Redis "session" is a random id made by :meth:`RedisCoordinator.open`: the leader key names
 it, and only that session may renew (PEXPIRE) or release (DEL) the key, each checked in one
-Lua script. A member whose entry is older than the TTL by the server's clock is dead to the
-others (old entries are removed on claims and joins).
+Lua script. A member's entry is scored with its expiry, the server's time at its last
+renewal plus its TTL; past it, the member is dead to the others (expired entries are removed
+on claims and joins).
 
 The term (fencing token) is the fence counter after INCR, in the same script as the SET NX
 that takes the leadership. It never repeats, even when Redis restarts without persistence and
@@ -24,8 +25,8 @@ loses the counter: a missing counter is seeded from the server's ``TIME`` in mic
 a new token is greater than any token given before, as long as the server's clock did not go
 back and fewer than one claim per microsecond was made since the counter was first seeded.
 
-Idle cost: one renewal is one ``EVALSHA`` running ``TIME``, ``ZADD``, ``GET``, ``ZRANGE``
-(and ``PEXPIRE`` for the leader): 5 (6) commands in ``INFO stats``
+Idle cost: one renewal is one ``EVALSHA`` running ``TIME``, ``ZSCORE``, ``ZADD``, ``GET``,
+``ZRANGE`` (and ``PEXPIRE`` for the leader): at most 6 (7) commands in ``INFO stats``
 ``total_commands_processed``. The session thread renews every ``renew_fraction`` (0.6) of the
 TTL: 0.83 (1.0) commands per second per member at the default TTL of 10 s. The local lease
 ends a fifth of the TTL before the server's key could expire, so a failed renewal leaves a
@@ -63,9 +64,14 @@ from .base import (
     ranked,
 )
 
-__all__ = ["RedisCoordinator"]
+__all__ = ["FRESH", "RedisCoordinator"]
 
 log = logging.getLogger(__name__)
+
+FRESH = 0.05
+"""Seconds after a renewal during which :meth:`RedisCoordinator.observe` returns the group as
+the renewal read it (the session thread observes right after renewing) instead of reading it
+again: one script per round."""
 
 # KEYS: leader, members. ARGV: my label, my leader value ("" when I hold nothing), ttl ms.
 # Returns {my entry was there (0/1), leader value or false, live member labels}.
@@ -74,10 +80,16 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[3])
 local present = 0
-if ARGV[1] ~= '' then present = redis.call('ZADD', KEYS[2], 'XX', 'CH', now, ARGV[1]) end
+if ARGV[1] ~= '' then
+  local expiry = redis.call('ZSCORE', KEYS[2], ARGV[1])
+  if expiry and tonumber(expiry) >= now then
+    redis.call('ZADD', KEYS[2], 'XX', now + ttl, ARGV[1])
+    present = 1
+  end
+end
 local leader = redis.call('GET', KEYS[1])
 if leader and ARGV[2] ~= '' and leader == ARGV[2] then redis.call('PEXPIRE', KEYS[1], ttl) end
-local live = redis.call('ZRANGE', KEYS[2], now - ttl, '+inf', 'BYSCORE')
+local live = redis.call('ZRANGE', KEYS[2], now, '+inf', 'BYSCORE')
 return {present, leader, live}
 """
 
@@ -86,7 +98,7 @@ return {present, leader, live}
 _CLAIM = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. (now - tonumber(ARGV[3])))
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. now)
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 if redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('SET', KEYS[2], t[1] .. string.rep('0', 6 - #t[2]) .. t[2])
@@ -115,7 +127,7 @@ return released
 _JOIN = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - tonumber(ARGV[3])))
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. now)
 local leader = redis.call('GET', KEYS[1])
 if leader then
   local _, _, session, label = string.find(leader, '^%d+ (%S+) (.*)$')
@@ -123,10 +135,22 @@ if leader then
     redis.call('DEL', KEYS[1])
   end
 end
-redis.call('ZADD', KEYS[2], now, ARGV[1])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
 redis.call('PUBLISH', KEYS[3], 'join')
 return 1
 """
+
+
+def _members(entries: list[bytes]) -> tuple[Member, ...]:
+    """The members of the sorted set's entries ``"<label> <session>"``, once each, best-ranked
+    first (entries this library did not write are skipped)."""
+    found = {}
+    for entry in entries:
+        label = entry.decode(errors="replace").rpartition(" ")[0]
+        member = member_from_label(label)
+        if member is not None:
+            found[label] = member
+    return ranked(list(found.values()))
 
 
 def _leadership(value: bytes | str | None, session: str | None) -> Leadership | None:
@@ -169,6 +193,8 @@ class RedisCoordinator(Coordinator):
         self._joined = False
         self._renewed_sent = 0.0
         self._view: View | None = None
+        """The group as the last renewal read it, for the :meth:`observe` that follows it."""
+        self._view_at = 0.0
         self._wake_pair: tuple[socket.socket, socket.socket] | None = None
         """Written by :meth:`wake`, watched by :meth:`wait`; open between open() and close()."""
 
@@ -214,6 +240,10 @@ class RedisCoordinator(Coordinator):
         except OSError as exc:
             raise CoordinatorError(f"{what}: {exc}") from exc
 
+    def _entry(self) -> str:
+        """This member's entry in the sorted set: its label and its session."""
+        return f"{self._label} {self._session}"
+
     def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
         return self._call(name, lambda _client: self._scripts[name](keys=keys, args=args))
 
@@ -221,7 +251,7 @@ class RedisCoordinator(Coordinator):
         """Subscribe to the group's channel (idempotent; errors are left to the next wait)."""
         if self._pubsub is not None or self._client is None:
             return
-        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        pubsub = self._client.pubsub()
         try:
             pubsub.subscribe(self._channel)
         except (redis.RedisError, OSError):
@@ -250,28 +280,29 @@ class RedisCoordinator(Coordinator):
 
     def keep_alive(self) -> float:
         started = time.monotonic()
+        self._view = None
         if self._session is None:
             raise CoordinatorError("no Redis session")
         if self._joined and started - self._renewed_sent > self.ttl:
             raise SessionLost(f"no renewal reached Redis for more than the TTL ({self.ttl:g} s)")
-        label = self._label if self._joined else ""
-        _, leader, live = self._run(
+        label = self._entry() if self._joined else ""
+        present, leader, live = self._run(
             "renew", [self._leader_key, self._members_key], [label, self._holding, self._ttl_ms]
         )
-        if self._joined and self._label.encode() not in live:
+        if self._joined and not present:
             raise SessionLost("this member's entry is gone from Redis (expired or removed)")
         self._renewed_sent = started
         leadership = _leadership(leader, self._session)
         if self._holding and (leadership is None or not leadership.mine):
             self._holding = ""
-        members = [m for m in (member_from_label(x.decode(errors="replace")) for x in live) if m is not None]
-        self._view = View(leadership, ranked(members))
+        self._view, self._view_at = View(leadership, _members(live)), time.monotonic()
         return self.ttl
 
     def close(self) -> None:
         if self._session is not None and self._client is not None:
             try:  # what etcd's lease revoke does: the leadership and the entry go at once
-                self._run("release", [self._leader_key, self._members_key, self._channel], [self._holding, self._label])
+                keys = [self._leader_key, self._members_key, self._channel]
+                self._run("release", keys, [self._holding, self._entry()])
             except CoordinatorError:  # closing must never raise; the key then expires by itself
                 log.debug("could not release in Redis on close", exc_info=True)
         self._session, self._holding, self._joined, self._view = None, "", False, None
@@ -301,34 +332,34 @@ class RedisCoordinator(Coordinator):
         if self._wake_pair is None:
             raise CoordinatorError("no Redis session")
         wake_r = self._wake_pair[0]
-        watched: list[Any] = [wake_r]
-        pubsub = self._pubsub
-        try:
-            connection = pubsub.connection if pubsub is not None else None
-            if connection is not None:
-                if connection.can_read(timeout=0):
-                    self._drain(pubsub)
-                    return
-                if connection._sock is not None:
-                    watched.append(connection._sock)
-        except (redis.RedisError, OSError):
-            self._lost_subscription()
-            connection = None
-        readable, _, _ = select.select(watched, [], [], max(0.0, deadline - time.monotonic()))
-        if wake_r in readable:
-            with contextlib.suppress(BlockingIOError):
-                while wake_r.recv(512):
-                    pass
-        if pubsub is not None and len(readable) > (wake_r in readable):
-            self._drain(pubsub)
+        while not self._drain():
+            watched: list[Any] = [wake_r]
+            connection = self._pubsub.connection if self._pubsub is not None else None
+            if connection is not None and connection._sock is not None:
+                watched.append(connection._sock)
+            left = deadline - time.monotonic()
+            readable, _, _ = select.select(watched, [], [], max(0.0, left))
+            if wake_r in readable:
+                with contextlib.suppress(BlockingIOError):
+                    while wake_r.recv(512):
+                        pass
+                return
+            if not readable or left <= 0:
+                return
 
-    def _drain(self, pubsub: Any) -> None:
-        """Read the pending messages (their content does not matter: the group is read next)."""
+    def _drain(self) -> bool:
+        """Read the pending messages of the subscription: True when one was about the group
+        (its content does not matter: the group is read next), False for none or only the
+        subscription's confirmations."""
+        pubsub, changed = self._pubsub, False
+        if pubsub is None:
+            return False
         try:
-            while pubsub.get_message(timeout=0) is not None:
-                pass
+            while (message := pubsub.get_message(timeout=0)) is not None:
+                changed = changed or message.get("type") == "message"
         except (redis.RedisError, OSError):
             self._lost_subscription()
+        return changed
 
     def _lost_subscription(self) -> None:
         """The pub/sub connection broke (the server restarted?): subscribe again at the next wait."""
@@ -349,16 +380,17 @@ class RedisCoordinator(Coordinator):
     # ----------------------------------------------------------------- election
 
     def join(self) -> None:
+        self._view = None
         self._run(
             "join",
             [self._leader_key, self._members_key, self._channel],
-            [self._label, self.me.node_id, self._ttl_ms, self._session or ""],
+            [self._entry(), self.me.node_id, self._ttl_ms, self._session or ""],
         )
         self._joined = True
 
     def observe(self) -> View:
         view, self._view = self._view, None
-        if view is not None:
+        if view is not None and time.monotonic() - self._view_at < FRESH:
             return view
         self._joined, joined = False, self._joined  # a read only: no renewal
         try:
@@ -370,6 +402,7 @@ class RedisCoordinator(Coordinator):
         return view
 
     def claim(self) -> int | None:
+        self._view = None
         term = self._run(
             "claim",
             [self._leader_key, self._fence_key, self._members_key, self._channel],
@@ -381,8 +414,9 @@ class RedisCoordinator(Coordinator):
         return int(term)
 
     def release(self, term: int) -> None:
+        self._view = None
         holding = self._holding if self._holding.startswith(f"{term} ") else ""
-        self._run("release", [self._leader_key, self._members_key, self._channel], [holding, self._label])
+        self._run("release", [self._leader_key, self._members_key, self._channel], [holding, self._entry()])
         self._holding, self._joined = "", False
 
     def rejoin(self) -> None:
@@ -397,13 +431,12 @@ class RedisCoordinator(Coordinator):
             pattern = _glob_escape(prefix) + "*/members"
             quoted_names |= {key.decode()[len(prefix) :].rsplit("/", 1)[0] for key in client.scan_iter(match=pattern)}
             found = []
-            for quoted in sorted(quoted_names):
+            for quoted in sorted(q for q in quoted_names if "/" not in q):
                 base = f"{prefix}{quoted}"
                 now_s, now_us = client.time()
                 now = now_s * 1000 + now_us // 1000
-                live = client.zrange(f"{base}/members", now - self._ttl_ms, "+inf", byscore=True)
-                members = [m for m in (member_from_label(x.decode(errors="replace")) for x in live) if m]
-                view = View(_leadership(client.get(f"{base}/leader"), None), ranked(members))
+                live = client.zrange(f"{base}/members", now, "+inf", byscore=True)
+                view = View(_leadership(client.get(f"{base}/leader"), None), _members(live))
                 found.append(GroupInfo(urllib.parse.unquote(quoted), view))
             return found
 
