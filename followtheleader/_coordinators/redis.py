@@ -49,6 +49,8 @@ import urllib.parse
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .._core.lease import Leadership, View
 from .._core.model import Member
@@ -209,6 +211,8 @@ class RedisCoordinator(Coordinator):
             "username": config.username,
             "password": config.password,
             "client_name": f"followtheleader-{self.me.node_id}"[:100].replace(" ", "_"),
+            # no retries of redis-py's own: the session policy retries, and an error is seen at once
+            "retry": Retry(NoBackoff(), 0),
         }
         db_text = config.setting("db") or (config.path if config.scheme != "unix" else "") or "0"
         if not db_text.isdigit():
@@ -349,8 +353,8 @@ class RedisCoordinator(Coordinator):
 
     def _drain(self) -> bool:
         """Read the pending messages of the subscription: True when one was about the group
-        (its content does not matter: the group is read next), False for none or only the
-        subscription's confirmations."""
+        (its content does not matter: the group is read next) or the connection broke, False
+        for none or only the subscription's confirmations."""
         pubsub, changed = self._pubsub, False
         if pubsub is None:
             return False
@@ -359,6 +363,7 @@ class RedisCoordinator(Coordinator):
                 changed = changed or message.get("type") == "message"
         except (redis.RedisError, OSError):
             self._lost_subscription()
+            return True  # the server went away, or restarted: read the group now
         return changed
 
     def _lost_subscription(self) -> None:
