@@ -25,10 +25,12 @@ loses the counter: a missing counter is seeded from the server's ``TIME`` in mic
 a new token is greater than any token given before, as long as the server's clock did not go
 back and fewer than one claim per microsecond was made since the counter was first seeded.
 
-Idle cost: one renewal is one ``EVALSHA`` running ``TIME``, ``ZSCORE``, ``ZADD``, ``GET``,
-``ZRANGE`` (and ``PEXPIRE`` for the leader): at most 6 (7) commands in ``INFO stats``
-``total_commands_processed``. The session thread renews every ``renew_fraction`` (0.6) of the
-TTL: 0.83 (1.0) commands per second per member at the default TTL of 10 s. The local lease
+Idle cost: one renewal is one ``EVALSHA`` running ``TIME``, ``ZRANGE`` (the live entries,
+among which this member's must be: an expired entry is not renewed), ``ZADD``, ``GET`` (and
+``PEXPIRE`` for the leader): 5 (6) commands in ``INFO stats`` ``total_commands_processed``,
+which counts the commands a script runs too. The session thread renews every
+``renew_fraction`` (0.6) of the TTL: at most 0.83 (1.0) commands per second per member at
+the default TTL of 10 s (the pub/sub connection costs nothing while the group is quiet). The local lease
 ends a fifth of the TTL before the server's key could expire, so a failed renewal leaves a
 fifth of the TTL (2 s by default) for the retries (the first after 0.1 s, then doubling).
 
@@ -81,17 +83,16 @@ _RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[3])
+local live = redis.call('ZRANGE', KEYS[2], now, '+inf', 'BYSCORE')
 local present = 0
 if ARGV[1] ~= '' then
-  local expiry = redis.call('ZSCORE', KEYS[2], ARGV[1])
-  if expiry and tonumber(expiry) >= now then
-    redis.call('ZADD', KEYS[2], 'XX', now + ttl, ARGV[1])
-    present = 1
+  for _, entry in ipairs(live) do
+    if entry == ARGV[1] then present = 1 end
   end
+  if present == 1 then redis.call('ZADD', KEYS[2], 'XX', now + ttl, ARGV[1]) end
 end
 local leader = redis.call('GET', KEYS[1])
 if leader and ARGV[2] ~= '' and leader == ARGV[2] then redis.call('PEXPIRE', KEYS[1], ttl) end
-local live = redis.call('ZRANGE', KEYS[2], now, '+inf', 'BYSCORE')
 return {present, leader, live}
 """
 
