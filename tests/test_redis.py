@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from followtheleader import FencingToken, elect
-from followtheleader._coordinators.base import make_coordinator, parse_coordinator
+from followtheleader._coordinators.base import CoordinatorError, make_coordinator, parse_coordinator
 from followtheleader._core.model import Member
 
 from cluster import Cluster, check_pairing, leader_overlap
@@ -91,7 +91,8 @@ def unix_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[UnixR
 
 def _claim_once(url: str, node_id: str) -> int:
     """One member claims the vacant leadership and releases it; its term."""
-    coordinator = make_coordinator(parse_coordinator(url + "?prefix=/tokens"), "g", Member(node_id), 5.0)
+    url = url if "prefix=" in url else url + "?prefix=/tokens"
+    coordinator = make_coordinator(parse_coordinator(url), "g", Member(node_id), 5.0)
     try:
         coordinator.open()
         coordinator.join()
@@ -215,3 +216,91 @@ def test_redis_binaries_or_a_clear_skip() -> None:
     reason = _skip_reason()
     if shutil.which("redis-server") is None:
         assert reason and "redis-server" in reason
+
+
+# --------------------------------------------------------------------- rediss:// (TLS)
+
+
+def _certificates(directory: Path) -> tuple[str, str, str]:
+    """A CA and a server certificate for 127.0.0.1: (ca, cert, key) paths."""
+    ca, ca_key = str(directory / "ca.pem"), str(directory / "ca.key")
+    cert, key, csr, ext = (str(directory / n) for n in ("server.pem", "server.key", "server.csr", "server.ext"))
+
+    def run(*argv: str) -> None:
+        subprocess.run(["openssl", *argv], check=True, capture_output=True, timeout=60)
+
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=ftl-ca",
+        "-keyout",
+        ca_key,
+        "-out",
+        ca,
+    )
+    Path(ext).write_text("subjectAltName=IP:127.0.0.1\n")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=ftl-redis", "-keyout", key, "-out", csr)
+    run(
+        "x509",
+        "-req",
+        "-in",
+        csr,
+        "-CA",
+        ca,
+        "-CAkey",
+        ca_key,
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        ext,
+        "-out",
+        cert,
+    )
+    return ca, cert, key
+
+
+def test_rediss_url_talks_tls_and_refuses_an_unknown_certificate(tmp_path: Path) -> None:
+    if reason := _skip_reason():
+        pytest.skip(reason)
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    import socket
+
+    ca, cert, key = _certificates(tmp_path)
+    with socket.socket() as probe:  # a free loopback port (the server listens on loopback only)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = ["redis-server", "--port", "0", "--bind", "127.0.0.1", "--tls-port", str(port), "--save", ""]
+    argv += ["--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", ca, "--tls-auth-clients", "no"]
+    argv += ["--dir", str(tmp_path), "--logfile", str(tmp_path / "redis.log")]
+    server = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+    try:
+        url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}"
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            try:
+                assert _claim_once(url.replace("?", "?prefix=/tls&"), "t") > 0
+                break
+            except CoordinatorError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)  # the server is starting: polling its port, no event to wait on
+        other = tmp_path / "other"
+        other.mkdir()
+        other_ca, _, _ = _certificates(other)
+        coordinator = make_coordinator(
+            parse_coordinator(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={other_ca}"), "g", Member("x"), 5.0
+        )
+        with pytest.raises(CoordinatorError, match=r"(?i)certificate|SSL"):
+            coordinator.open()
+        coordinator.close()
+    finally:
+        server.kill()
+        server.wait(10)
