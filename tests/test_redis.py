@@ -304,3 +304,40 @@ def test_rediss_url_talks_tls_and_refuses_an_unknown_certificate(tmp_path: Path)
     finally:
         server.kill()
         server.wait(10)
+
+
+# --------------------------------------------------------------------- a client with a wrong clock
+
+
+@pytest.mark.lab
+def test_a_client_whose_wall_clock_is_a_day_off_elects_and_hands_over(
+    cluster: Cluster, hosts: list[Host], lab: Lab, coordinator_servers: ServerPool
+) -> None:
+    """Expiries are the server's (PX, and member entries scored by the server's TIME): a
+    member whose wall clock is wrong (libfaketime, monotonic clock left alone so that the
+    shared clock of the events stays true) leads and hands over like the others."""
+    if shutil.which("faketime") is None:
+        pytest.skip("faketime is not installed (apt-get install faketime)")
+    servers = coordinator_servers.get(lab, "redis", 1)
+    options = {"coordinator": servers.url, "coordinator_ttl": 3.0}
+    skewed = cluster.spawn(
+        hosts[2],
+        node_ids=["c2"],
+        options={**options, "priority": 2},
+        wrapper=["faketime", "-f", "-1d"],
+        env={"FAKETIME_DONT_FAKE_MONOTONIC": "1"},
+    )
+    first = cluster.wait_agreement(timeout=DEADLINE)
+    assert first.leader == "c2" and skewed.alive
+    for i in (0, 1):  # the others follow it (a leadership is sticky)
+        cluster.spawn(hosts[i], node_ids=[f"c{i}"], options={**options, "priority": i})
+    cluster.wait(
+        lambda: [r.leader for r in cluster.roles_locked().values()] == ["c2"] * 3 or None,
+        DEADLINE,
+        "the others to follow the skewed leader",
+    )
+    sent = cluster.process_of("c2").send("stop 0")
+    second = cluster.wait_agreement(timeout=DEADLINE, other_than="c2", after_term=first.term)
+    assert second.leader == "c1" and second.time - sent < 0.5
+    assert cluster.leader_overlap() == 0.0
+    check_pairing(cluster.all_events())
