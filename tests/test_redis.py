@@ -341,3 +341,11 @@ def test_a_client_whose_wall_clock_is_a_day_off_elects_and_hands_over(
     assert second.leader == "c1" and second.time - sent < 0.5
     assert cluster.leader_overlap() == 0.0
     check_pairing(cluster.all_events())
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1/notanumber", "unix:///tmp/r.sock?db=x"])
+def test_a_database_that_is_no_number_fails_at_elect(url: str) -> None:
+    if importlib.util.find_spec("redis") is None:
+        pytest.skip("redis-py is not installed")
+    with pytest.raises(ValueError, match="a Redis database is a number"):
+        elect("g", coordinator=url)

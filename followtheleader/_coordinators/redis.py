@@ -187,6 +187,10 @@ class RedisCoordinator(Coordinator):
         self._label = member_label(me)
         self._ttl_ms = max(1, int(ttl * 1000))
         self._timeout = max(1.0, ttl / 4)
+        db_text = config.setting("db") or (config.path if config.scheme != "unix" else "") or "0"
+        if not db_text.isdigit():
+            raise ValueError(f"option 'coordinator': a Redis database is a number, not {db_text!r}")
+        self._db = int(db_text)
         self._client: redis.Redis | None = None
         self._pubsub: Any = None
         self._scripts: dict[str, Any] = {}
@@ -215,10 +219,7 @@ class RedisCoordinator(Coordinator):
             # no retries of redis-py's own: the session policy retries, and an error is seen at once
             "retry": Retry(NoBackoff(), 0),
         }
-        db_text = config.setting("db") or (config.path if config.scheme != "unix" else "") or "0"
-        if not db_text.isdigit():
-            raise CoordinatorError(f"Redis: the database must be a number, not {db_text!r}")
-        common["db"] = int(db_text)
+        common["db"] = self._db
         if config.scheme == "unix":
             return redis.Redis(unix_socket_path=config.path, **common)
         host, port = config.hosts[0]
