@@ -22,10 +22,10 @@ Run as root (it creates network namespaces; all traffic stays inside them)::
     python benchmarks/election.py --rounds 20 --nodes 10 --peers dns
     python benchmarks/election.py --rounds 10 --nodes 10 --coordinator zookeeper
 
-With ``--coordinator zookeeper`` or ``--coordinator etcd`` (or a URL without hosts, such as
-``zookeeper://``), the nodes hold their leadership in a ZooKeeper or etcd server that the
+With ``--coordinator zookeeper``, ``etcd`` or ``redis`` (or a URL without hosts, such as
+``zookeeper://``), the nodes hold their leadership in a ZooKeeper, etcd or Redis server that the
 benchmark starts in a lab host of its own (``tests/coordservers.py``; ``--servers 3`` for a
-3-member cluster); a URL with hosts is used as given. ``--coordinator-ttl`` sets the
+3-member cluster; Redis is always one primary); a URL with hosts is used as given. ``--coordinator-ttl`` sets the
 session/lease TTL (default: the library's, 10 s), which bounds the crash failover.
 """
 
@@ -110,7 +110,7 @@ def main() -> int:
         default=None,
         help="unicast mode: every node's address in a list, or behind one DNS name (multicast dropped)",
     )
-    parser.add_argument("--coordinator", default=None, metavar="URL", help="zookeeper, etcd, or a coordinator URL")
+    parser.add_argument("--coordinator", default=None, metavar="URL", help="zookeeper, etcd, redis or a URL")
     parser.add_argument("--coordinator-ttl", type=float, default=None, metavar="SECONDS")
     parser.add_argument("--servers", type=int, default=1, help="servers the benchmark starts (1 or 3)")
     parser.add_argument("--no-failover", action="store_true", help="no SIGKILL: measure the handovers only")
@@ -123,7 +123,7 @@ def main() -> int:
     options: dict[str, object] = {} if args.interval is None else {"interval": args.interval}
     if args.coordinator_ttl is not None:
         options["coordinator_ttl"] = args.coordinator_ttl
-    own_server = args.coordinator in ("zookeeper", "etcd", "zookeeper://", "etcd://")
+    own_server = args.coordinator in ("zookeeper", "etcd", "redis", "zookeeper://", "etcd://", "redis://")
     backend = args.coordinator.split(":")[0] if own_server else None
     if backend is not None and (reason := unavailable_reason(backend)):
         print(f"cannot run: {reason}", file=sys.stderr)
@@ -141,7 +141,8 @@ def main() -> int:
                 host.set_resolver(dns.address)
             options["peers"] = f"dns:{PEERS_NAME}"
         if backend is not None:
-            servers = ServerSet(backend, [lab.add_host(f"srv{i}") for i in range(args.servers)])
+            count = 1 if backend == "redis" else args.servers  # Redis: one primary
+            servers = ServerSet(backend, [lab.add_host(f"srv{i}") for i in range(count)])
             stack.callback(servers.close)
             options["coordinator"] = servers.start().url
         elif args.coordinator:

@@ -122,7 +122,8 @@ class JsonLinesProcess:
 class NodeProcess(JsonLinesProcess):
     """One node process (one or more electors) in a lab host.
 
-    ``package_path`` is a directory holding another copy of the ``followtheleader`` package
+    ``wrapper`` goes before the command (e.g. ``["faketime", "-1d"]``), ``env`` adds to its
+    environment. ``package_path`` is a directory holding another copy of the ``followtheleader`` package
     (an older release) for the process to import instead of this checkout's; :attr:`package`
     and :attr:`version` are the package directory and version the process reports it imported.
     """
@@ -137,6 +138,8 @@ class NodeProcess(JsonLinesProcess):
         node_ids: list[str] | None = None,
         wait_go: bool = False,
         package_path: str | None = None,
+        wrapper: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.cluster = cluster
         self.node_ids: list[str] = []
@@ -147,8 +150,9 @@ class NodeProcess(JsonLinesProcess):
             argv += ["--node-ids", ",".join(node_ids)]
         if wait_go:
             argv.append("--wait-go")
-        env = {"NODE_RUNNER_PACKAGE_PATH": package_path} if package_path else None
-        super().__init__(host, argv, cluster.changed, env)
+        environment = {"NODE_RUNNER_PACKAGE_PATH": package_path} if package_path else {}
+        environment.update(env or {})
+        super().__init__(host, [*(wrapper or []), *argv], cluster.changed, environment or None)
 
     def take(self, record: dict[str, Any]) -> None:
         if record["kind"] == "ready":

@@ -30,10 +30,21 @@ ZOOKEEPER_CONF = "/etc/zookeeper/conf"
 TICK_MS = 250
 """ZooKeeper's tickTime in the tests: sessions may then be from 0.5 to 5 s... and 20 ticks max."""
 ZK_PORT, ETCD_PORT = 2181, 2379
+REDIS_PORT, SENTINEL_PORT = 6379, 26379
+REDIS_BACKENDS = ("redis", "redis-aof")
+"""``redis``: no persistence; ``redis-aof``: the same with ``appendonly yes`` (fsync always)."""
 
 
 def unavailable_reason(backend: str) -> str | None:
     """Why ``backend`` cannot be tested on this machine, or None."""
+    if backend in REDIS_BACKENDS or backend == "redis-sentinel":
+        if importlib.util.find_spec("redis") is None:
+            return "redis-py is not installed (pip install 'followtheleader[redis]')"
+        if shutil.which("redis-server") is None:
+            return "Redis is not installed (apt-get install redis-server)"
+        if backend == "redis-sentinel" and shutil.which("redis-sentinel") is None:
+            return "Redis Sentinel is not installed (apt-get install redis-sentinel)"
+        return None
     if backend == "zookeeper":
         if importlib.util.find_spec("kazoo") is None:
             return "kazoo is not installed (pip install 'followtheleader[zookeeper]')"
@@ -70,6 +81,23 @@ def _zk_mode(sock: socket.socket) -> bool:
     while chunk := sock.recv(4096):
         data += chunk
     return b"Mode:" in data
+
+
+def _redis_ping(sock: socket.socket) -> bool:
+    sock.sendall(b"PING\r\n")
+    return sock.recv(16).startswith(b"+PONG")
+
+
+def redis_info(host: Host, port: int, section: str) -> dict[str, str]:
+    """``INFO section`` of the Redis server (or sentinel) at ``host``'s address, as a dict."""
+
+    def ask() -> dict[str, str]:
+        import redis
+
+        with redis.Redis(host=host.address, port=port, socket_timeout=5, decode_responses=True) as client:
+            return {key: str(value) for key, value in client.info(section).items()}
+
+    return host.call_in_namespace(ask, timeout=10)
 
 
 def _http_ok(host: Host, port: int, path: str, tls: ssl.SSLContext | None = None) -> bool:
@@ -128,6 +156,10 @@ class ServerSet:
         self.dir = tempfile.mkdtemp(prefix=f"ftl-{backend}-")
         self.servers: list[Server] = []
         self.tls = tls
+        if backend in REDIS_BACKENDS:
+            self.url = f"redis://{hosts[0].address}:{REDIS_PORT}/0?prefix=/ftltest"
+            self.servers.append(self._redis(0, hosts[0], appendonly=backend == "redis-aof"))
+            return
         port = ZK_PORT if backend == "zookeeper" else ETCD_PORT
         scheme = ("zookeeper" if backend == "zookeeper" else "etcd") + ("s" if tls else "")
         self.url = f"{scheme}://" + ",".join(f"{h.address}:{port}" for h in hosts) + "/ftltest"
@@ -175,6 +207,43 @@ class ServerSet:
             config,
         ]
         return Server(host, argv, os.path.join(self.dir, f"zk{index}.log"), lambda: _tcp_ready(host, ZK_PORT, _zk_mode))
+
+    def _redis(self, index: int, host: Host, appendonly: bool = False, extra: tuple[str, ...] = ()) -> Server:
+        """One redis-server on ``host``'s lab address only; no persistence unless ``appendonly``
+        (then fsync at every write, so that a SIGKILL loses nothing)."""
+        data = os.path.join(self.dir, f"redis{index}")
+        os.makedirs(data)
+        argv = [
+            shutil.which("redis-server") or "redis-server",
+            "--bind",
+            host.address,
+            "--port",
+            str(REDIS_PORT),
+            "--protected-mode",
+            "no",
+            "--dir",
+            data,
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if appendonly else "no",
+            "--appendfsync",
+            "always",
+            "--daemonize",
+            "no",
+            *extra,
+        ]
+        log = os.path.join(self.dir, f"redis{index}.log")
+        return Server(host, argv, log, lambda: _tcp_ready(host, REDIS_PORT, _redis_ping))
+
+    def requests_served(self) -> int:
+        """Requests the servers have served so far: Redis's ``total_commands_processed`` (the
+        ``INFO`` that reads it is counted in the next reading), summed over the servers."""
+        if self.backend not in REDIS_BACKENDS:
+            raise NotImplementedError(f"requests_served: not counted for {self.backend}")
+        return sum(
+            int(redis_info(server.host, REDIS_PORT, "stats")["total_commands_processed"]) for server in self.servers
+        )
 
     def _make_certificates(self) -> None:
         """A CA, a server certificate for every host's address, and a client certificate. The server
@@ -355,7 +424,7 @@ class ServerPool:
             pytest.skip(reason)
         key = f"{backend}{size}"
         if key not in self._sets:
-            tag = "z" if backend == "zookeeper" else "e"
+            tag = {"zookeeper": "z", "etcd": "e", "redis": "r", "redis-aof": "ra"}.get(backend, backend[:2])
             servers = ServerSet(backend, server_hosts(lab, [f"{tag}s{size}{i}" for i in range(size)]))
             try:
                 servers.start()

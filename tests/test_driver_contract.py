@@ -120,6 +120,9 @@ CAPABILITIES: dict[str, Capabilities] = {
         foreign_data=True,
         watched=True,
     ),
+    "redis": Capabilities(
+        lab=True, pushed=True, poll=None, self_renewing=False, observe_checks_session=False, foreign_data=True
+    ),
 }
 
 
@@ -257,6 +260,18 @@ class Service:
                     client.put(key, value)
                 finally:
                     client.session.close()
+
+        elif self.name == "redis":
+            import redis
+
+            base = f"{self.config.setting('prefix')}/{quote_group(self.group)}"
+
+            def write() -> None:
+                with redis.Redis(host=server.address, port=port, socket_timeout=10) as client:
+                    if relative.startswith("members/"):  # a foreign entry in the members' sorted set
+                        seconds, _micros = client.time()
+                        client.zadd(f"{base}/members", {relative[len("members/") :]: seconds * 1000 + 60_000})
+                    client.set(f"{base}/{relative}", value)
 
         else:
             raise AssertionError(f"no raw client for {self.name}")
