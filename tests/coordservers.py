@@ -10,6 +10,7 @@ backend cannot be tested here.
 from __future__ import annotations
 
 import contextlib
+import glob
 import importlib.util
 import os
 import shutil
@@ -32,8 +33,31 @@ TICK_MS = 250
 ZK_PORT, ETCD_PORT = 2181, 2379
 
 
+PG_PORT, PGBOUNCER_PORT = 5432, 6432
+PG_DATABASE, PG_USER = "ftltest", "root"
+"""The test user is the clients' own (root): libpq's default, so the URLs carry no credentials."""
+POSTGRESQL_BACKENDS = ("postgresql", "pgbouncer")
+"""``pgbouncer``: a PostgreSQL server with pgbouncer in transaction mode in front of it."""
+
+
+def _pg_bin(name: str) -> str | None:
+    """The path of a PostgreSQL server program (Debian keeps them out of $PATH)."""
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found[-1] if found else shutil.which(name)
+
+
 def unavailable_reason(backend: str) -> str | None:
     """Why ``backend`` cannot be tested on this machine, or None."""
+    if backend in POSTGRESQL_BACKENDS:
+        if importlib.util.find_spec("psycopg") is None:
+            return "psycopg is not installed (pip install 'followtheleader[postgresql]')"
+        if _pg_bin("postgres") is None or _pg_bin("initdb") is None:
+            return "PostgreSQL is not installed (apt-get install postgresql)"
+        if shutil.which("setpriv") is None:
+            return "setpriv is not installed (apt-get install util-linux)"
+        if backend == "pgbouncer" and shutil.which("pgbouncer") is None:
+            return "pgbouncer is not installed (apt-get install pgbouncer)"
+        return None
     if backend == "zookeeper":
         if importlib.util.find_spec("kazoo") is None:
             return "kazoo is not installed (pip install 'followtheleader[zookeeper]')"
@@ -128,6 +152,11 @@ class ServerSet:
         self.dir = tempfile.mkdtemp(prefix=f"ftl-{backend}-")
         self.servers: list[Server] = []
         self.tls = tls
+        if backend in POSTGRESQL_BACKENDS:
+            if tls or len(hosts) != 1:
+                raise ValueError("PostgreSQL test servers: one, without TLS")
+            self._postgresql(hosts[0], bouncer=backend == "pgbouncer")
+            return
         port = ZK_PORT if backend == "zookeeper" else ETCD_PORT
         scheme = ("zookeeper" if backend == "zookeeper" else "etcd") + ("s" if tls else "")
         self.url = f"{scheme}://" + ",".join(f"{h.address}:{port}" for h in hosts) + "/ftltest"
@@ -275,6 +304,81 @@ class ServerSet:
         tls = self._client_context() if self.tls else None
         return Server(host, argv, log, lambda: _http_ok(host, ETCD_PORT, "/health", tls))
 
+    def _postgresql(self, host: Host, bouncer: bool) -> None:
+        """A PostgreSQL server (run as the ``postgres`` user, trust authentication for the
+        user ``ftl`` from the lab only) and, with ``bouncer``, pgbouncer in transaction mode
+        in front of it; :attr:`url` then names pgbouncer."""
+        shutil.chown(self.dir, "postgres", "postgres")
+        data = os.path.join(self.dir, "data")
+        as_postgres = [shutil.which("setpriv") or "setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
+        subprocess.run(
+            [*as_postgres, _pg_bin("initdb") or "initdb", "-D", data, "-A", "trust", "-U", PG_USER, "--no-sync"],
+            check=True,
+            capture_output=True,
+            cwd=self.dir,
+        )
+        with open(os.path.join(data, "pg_hba.conf"), "w") as hba:
+            hba.write("local all all trust\nhost all all all trust\n")
+        argv = [*as_postgres, _pg_bin("postgres") or "postgres", "-D", data, "-h", host.address]
+        argv += ["-p", str(PG_PORT), "-k", self.dir, "-c", "fsync=off", "-c", "max_connections=200"]
+        log = os.path.join(self.dir, "postgresql.log")
+        self.servers.append(Server(host, argv, log, lambda: self._pg_ready(host)))
+        self.url = f"postgresql://{host.address}:{PG_PORT}/{PG_DATABASE}"
+        if bouncer:
+            ini = os.path.join(self.dir, "pgbouncer.ini")
+            users = os.path.join(self.dir, "users.txt")
+            with open(users, "w") as file:
+                file.write(f'"{PG_USER}" ""\n')
+            with open(ini, "w") as file:
+                file.write(
+                    f"[databases]\n{PG_DATABASE} = host={host.address} port={PG_PORT} dbname={PG_DATABASE}\n"
+                    f"[pgbouncer]\nlisten_addr = {host.address}\nlisten_port = {PGBOUNCER_PORT}\n"
+                    f"unix_socket_dir =\nauth_type = trust\nauth_file = {users}\npool_mode = transaction\n"
+                    "max_client_conn = 500\ndefault_pool_size = 20\n"
+                    "ignore_startup_parameters = extra_float_digits,options\n"
+                )
+            os.chmod(ini, 0o644)
+            os.chmod(users, 0o644)
+            bouncer_argv = [*as_postgres, shutil.which("pgbouncer") or "pgbouncer", ini]
+            bouncer_log = os.path.join(self.dir, "pgbouncer.log")
+            self.servers.append(Server(host, bouncer_argv, bouncer_log, lambda: _tcp_ready(host, PGBOUNCER_PORT)))
+            self.url = f"postgresql://{host.address}:{PGBOUNCER_PORT}/{PG_DATABASE}"
+
+    def _pg_ready(self, host: Host) -> bool:
+        """PostgreSQL answers: the test database is created (once) and True."""
+        import psycopg
+
+        def attempt() -> bool:
+            try:
+                with psycopg.connect(
+                    host=host.address, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True, connect_timeout=2
+                ) as conn:
+                    if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (PG_DATABASE,)).fetchone() is None:
+                        conn.execute(f"CREATE DATABASE {PG_DATABASE}")
+                    return True
+            except psycopg.Error:
+                return False
+
+        return host.call_in_namespace(attempt, timeout=10)
+
+    def requests_served(self) -> int:
+        """PostgreSQL: the transactions the test database has committed and rolled back (each
+        statement of the driver is one); the statistics lag by up to a second."""
+        if self.backend not in POSTGRESQL_BACKENDS:
+            raise NotImplementedError(f"requests_served: not for {self.backend}")
+        import psycopg
+
+        host = self.hosts[0]
+
+        def count() -> int:
+            with psycopg.connect(host=host.address, port=PG_PORT, user=PG_USER, dbname="postgres") as conn:
+                row = conn.execute(
+                    "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s", (PG_DATABASE,)
+                ).fetchone()
+                return int(row[0]) if row else 0
+
+        return host.call_in_namespace(count, timeout=10)
+
     def start(self, timeout: float = 60.0) -> ServerSet:
         for server in self.servers:
             server.start()
@@ -311,7 +415,7 @@ class ServerPool:
             pytest.skip(reason)
         key = f"{backend}{size}"
         if key not in self._sets:
-            tag = "z" if backend == "zookeeper" else "e"
+            tag = {"zookeeper": "z", "etcd": "e", "postgresql": "p", "pgbouncer": "b"}.get(backend, "x")
             servers = ServerSet(backend, server_hosts(lab, [f"{tag}s{size}{i}" for i in range(size)]))
             try:
                 servers.start()

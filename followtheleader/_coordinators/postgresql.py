@@ -100,10 +100,12 @@ class PostgreSQLCoordinator(Coordinator):
         self._view: View | None = None
         self._viewed_at = 0.0
         self._dirty = True
-        self._wake_r, self._wake_w = self._wake_pair()
+        self._wake_pair: tuple[socket.socket, socket.socket] | None = None
+        """A socket pair that :meth:`wake` writes to and :meth:`wait` selects on; made by
+        :meth:`open`, closed by :meth:`close`."""
 
     @staticmethod
-    def _wake_pair() -> tuple[socket.socket, socket.socket]:
+    def _make_wake_pair() -> tuple[socket.socket, socket.socket]:
         reader, writer = socket.socketpair()
         reader.setblocking(False)
         writer.setblocking(False)
@@ -217,16 +219,19 @@ class PostgreSQLCoordinator(Coordinator):
 
     def open(self) -> None:
         self.close()
-        self._wake_r, self._wake_w = self._wake_pair()
+        self._wake_pair = self._make_wake_pair()
         self._session = uuid.uuid4().hex
         self._execute(sql.SQL("SELECT 1"))
         self._listen()
 
     def keep_alive(self) -> float:
         """Renew this member's row (and its leadership's) and read the group: one statement,
-        sent only when a notification came or a fifth of the TTL has passed."""
+        sent only when a notification came, a fifth of the TTL has passed or the leadership
+        was vacant (the claim must rest on a fresh view)."""
         started = time.monotonic()
-        if self._view is not None and not self._dirty and started - self._viewed_at < self.ttl * self.renew_fraction:
+        view = self._view
+        vacant = view is None or view.leadership is None
+        if not vacant and not self._dirty and started - self._viewed_at < self.ttl * self.renew_fraction:
             return self._viewed_at + self.ttl - started
         query = sql.SQL(
             "WITH m AS (UPDATE {member} SET expires = clock_timestamp() + %(ttl)s * interval '1 second'"
@@ -288,21 +293,26 @@ class PostgreSQLCoordinator(Coordinator):
         self._listener = None
         self._drop(self._conn)
         self._conn = None
-        self._wake_r.close()
-        self._wake_w.close()
+        pair, self._wake_pair = self._wake_pair, None
+        if pair is not None:
+            pair[0].close()
+            pair[1].close()
 
     def wait(self, timeout: float) -> None:
         """Wait for a notification of the group, a :meth:`wake` or ``timeout`` seconds."""
-        listener = self._listener
+        listener, pair = self._listener, self._wake_pair
+        if pair is None:
+            time.sleep(timeout)  # not open: nothing to wait for
+            return
         with selectors.DefaultSelector() as selector:
-            selector.register(self._wake_r, selectors.EVENT_READ)
+            selector.register(pair[0], selectors.EVENT_READ)
             if listener is not None:
                 selector.register(listener.fileno(), selectors.EVENT_READ)
             ready = selector.select(timeout)
         for key, _ in ready:
-            if key.fileobj is self._wake_r:
+            if key.fileobj is pair[0]:
                 try:
-                    while self._wake_r.recv(64):
+                    while pair[0].recv(64):
                         pass
                 except BlockingIOError:
                     pass
@@ -319,8 +329,10 @@ class PostgreSQLCoordinator(Coordinator):
                 self._dirty = True
 
     def wake(self) -> None:
-        with contextlib.suppress(OSError):  # already woken (a full buffer), or closed
-            self._wake_w.send(b"x")
+        pair = self._wake_pair
+        if pair is not None:
+            with contextlib.suppress(OSError):  # already woken (a full buffer), or closed
+                pair[1].send(b"x")
 
     # ----------------------------------------------------------------- election
 
@@ -372,6 +384,7 @@ class PostgreSQLCoordinator(Coordinator):
             " VALUES (%(g)s, %(n)s, %(p)s, %(s)s, clock_timestamp() + %(ttl)s * interval '1 second', true)"
             " ON CONFLICT (grp, node_id) DO UPDATE SET priority = excluded.priority,"
             " session = excluded.session, expires = excluded.expires, active = true"
+            " RETURNING pg_notify(%(c)s, 'join')"
         ).format(member=self._member)
         self._execute(query, self._args())
         self._dirty = True
