@@ -100,6 +100,8 @@ class PostgreSQLCoordinator(Coordinator):
         self._view: View | None = None
         self._viewed_at = 0.0
         self._dirty = True
+        self._fresh = False
+        """True from :meth:`keep_alive` to the next :meth:`observe`, which returns its view."""
         self._wake_pair: tuple[socket.socket, socket.socket] | None = None
         """A socket pair that :meth:`wake` writes to and :meth:`wait` selects on; made by
         :meth:`open`, closed by :meth:`close`."""
@@ -229,9 +231,11 @@ class PostgreSQLCoordinator(Coordinator):
         sent only when a notification came, a fifth of the TTL has passed or the leadership
         was vacant (the claim must rest on a fresh view)."""
         started = time.monotonic()
+        self._fresh = False
         view = self._view
         vacant = view is None or view.leadership is None
         if not vacant and not self._dirty and started - self._viewed_at < self.ttl * self.renew_fraction:
+            self._fresh = True
             return self._viewed_at + self.ttl - started
         query = sql.SQL(
             "WITH m AS (UPDATE {member} SET expires = clock_timestamp() + %(ttl)s * interval '1 second'"
@@ -251,8 +255,9 @@ class PostgreSQLCoordinator(Coordinator):
             self._listen()  # it died with the server: listen again
         view, alive = self._read_view(rows)
         if not alive:
+            self._view = None
             raise SessionLost("this member's PostgreSQL row expired")
-        self._view, self._viewed_at = view, started
+        self._view, self._viewed_at, self._fresh = view, started, True
         return self.ttl
 
     def _args(self) -> dict[str, Any]:
@@ -337,13 +342,29 @@ class PostgreSQLCoordinator(Coordinator):
     # ----------------------------------------------------------------- election
 
     def join(self) -> None:
+        """End what an older session of this node left (its leadership has lapsed locally),
+        then register: one statement each."""
+        query = sql.SQL(
+            "UPDATE {leader} SET expires = '-infinity', session = ''"
+            " WHERE grp = %(g)s AND holder = %(n)s AND session <> %(s)s AND expires > clock_timestamp()"
+        ).format(leader=self._leader)
+        self._execute(query, self._args())
         self.rejoin()
 
     def observe(self) -> View:
-        if self._view is None:
-            self.keep_alive()
-        assert self._view is not None
-        return self._view
+        """The view :meth:`keep_alive` has just read, or a read of the group (one statement)."""
+        fresh, self._fresh = self._fresh, False
+        if fresh and self._view is not None:
+            return self._view
+        query = sql.SQL(
+            "SELECT 'S', '', 1, 0::bigint, ''"
+            " UNION ALL SELECT 'L', holder, priority, epoch, session FROM {leader}"
+            " WHERE grp = %(g)s AND expires > clock_timestamp()"
+            " UNION ALL SELECT 'M', node_id, priority, 0::bigint, session FROM {member}"
+            " WHERE grp = %(g)s AND active AND expires > clock_timestamp()"
+        ).format(member=self._member, leader=self._leader)
+        view, _ = self._read_view(self._execute(query, self._args()))
+        return view
 
     def claim(self) -> int | None:
         """Take the leadership if it is vacant or lapsed: one statement; the epoch grows."""
@@ -370,7 +391,7 @@ class PostgreSQLCoordinator(Coordinator):
             " u AS (UPDATE {leader} SET expires = '-infinity', session = ''"
             " WHERE grp = %(g)s AND session = %(s)s AND (%(t)s::bigint IS NULL OR epoch = %(t)s::bigint)"
             " RETURNING 1)"
-            " SELECT pg_notify(%(c)s, 'release') FROM u"
+            " SELECT pg_notify(%(c)s, 'release')"
         ).format(leader=self._leader, member=self._member)
         self._execute(query, {**self._args(), "t": term})
 
