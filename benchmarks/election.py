@@ -99,7 +99,12 @@ def main() -> int:
         default=None,
         help="unicast mode: every node's address in a list, or behind one DNS name (multicast dropped)",
     )
-    parser.add_argument("--coordinator", default=None, metavar="URL", help="zookeeper, etcd, or a coordinator URL")
+    parser.add_argument(
+        "--coordinator",
+        default=None,
+        metavar="URL",
+        help="zookeeper, etcd, postgresql, pgbouncer (PostgreSQL behind pgbouncer), or a coordinator URL",
+    )
     parser.add_argument("--coordinator-ttl", type=float, default=None, metavar="SECONDS")
     parser.add_argument("--servers", type=int, default=1, help="servers the benchmark starts (1 or 3)")
     args = parser.parse_args()
@@ -111,7 +116,10 @@ def main() -> int:
     options: dict[str, object] = {} if args.interval is None else {"interval": args.interval}
     if args.coordinator_ttl is not None:
         options["coordinator_ttl"] = args.coordinator_ttl
-    own_server = args.coordinator in ("zookeeper", "etcd", "zookeeper://", "etcd://")
+    own_server = args.coordinator in (
+        *("zookeeper", "etcd", "zookeeper://", "etcd://"),
+        *("postgresql", "postgresql://", "pgbouncer"),
+    )
     backend = args.coordinator.split(":")[0] if own_server else None
     if backend is not None and (reason := unavailable_reason(backend)):
         print(f"cannot run: {reason}", file=sys.stderr)
