@@ -7,6 +7,8 @@ Servers come from ``coordservers.py`` (one per module); nodes are processes on l
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from test_coordinator import TTL, _start
 
@@ -75,3 +77,28 @@ def test_terminated_connections_are_replaced_and_leadership_stays_single(
 
 def test_requests_served_counts_the_test_database_s_transactions(direct: ServerSet) -> None:
     assert direct.requests_served() >= 0
+
+
+def test_the_epoch_guard_refuses_an_older_epoch(direct: ServerSet) -> None:
+    """examples/fencing.py's PostgreSQLEpochGuard: a write under an older epoch changes nothing."""
+    import importlib.util
+    import pathlib
+
+    from followtheleader import FencingToken
+
+    path = pathlib.Path(__file__).parent.parent / "examples" / "fencing.py"
+    spec = importlib.util.spec_from_file_location("fencing_recipe_pg", path)
+    assert spec is not None and spec.loader is not None
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    host = direct.hosts[0]
+    dsn = f"host={host.address} port={PG_PORT} user={PG_USER} dbname={PG_DATABASE}"
+
+    def run() -> tuple[bool, bool, bool, Any]:
+        guard = recipe.PostgreSQLEpochGuard(dsn, name="epoch-test")
+        new = guard.write(FencingToken(5, 0, "a", 0), "from 5")
+        old = guard.write(FencingToken(4, 9, "b", 0), "from 4")
+        same = guard.write(FencingToken(5, 0, "a", 0), "again 5")
+        return new, old, same, guard.read()
+
+    assert host.call_in_namespace(run, timeout=30) == (True, False, True, (5, "again 5"))
