@@ -110,7 +110,12 @@ def main() -> int:
         default=None,
         help="unicast mode: every node's address in a list, or behind one DNS name (multicast dropped)",
     )
-    parser.add_argument("--coordinator", default=None, metavar="URL", help="zookeeper, etcd, redis or a URL")
+    parser.add_argument(
+        "--coordinator",
+        default=None,
+        metavar="URL",
+        help="zookeeper, etcd, postgresql, pgbouncer (PostgreSQL behind pgbouncer), redis, or a coordinator URL",
+    )
     parser.add_argument("--coordinator-ttl", type=float, default=None, metavar="SECONDS")
     parser.add_argument("--servers", type=int, default=1, help="servers the benchmark starts (1 or 3)")
     parser.add_argument("--no-failover", action="store_true", help="no SIGKILL: measure the handovers only")
@@ -123,7 +128,11 @@ def main() -> int:
     options: dict[str, object] = {} if args.interval is None else {"interval": args.interval}
     if args.coordinator_ttl is not None:
         options["coordinator_ttl"] = args.coordinator_ttl
-    own_server = args.coordinator in ("zookeeper", "etcd", "redis", "zookeeper://", "etcd://", "redis://")
+    own_server = args.coordinator in (
+        *("zookeeper", "etcd", "zookeeper://", "etcd://"),
+        *("postgresql", "postgresql://", "pgbouncer"),
+        *("redis", "redis://"),
+    )
     backend = args.coordinator.split(":")[0] if own_server else None
     if backend is not None and (reason := unavailable_reason(backend)):
         print(f"cannot run: {reason}", file=sys.stderr)

@@ -47,7 +47,7 @@ from followtheleader import Elector, Event, FencingToken, State, elect
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["FileGuard", "RedisGuard", "SqliteGuard"]
+__all__ = ["FileGuard", "PostgreSQLEpochGuard", "RedisGuard", "SqliteGuard"]
 
 log = logging.getLogger("fencing")
 
@@ -111,6 +111,55 @@ class SqliteGuard:
         with self._connect() as db:
             row = db.execute("SELECT fence_key, value FROM fenced WHERE name = ?", (self.name,)).fetchone()
         return None if row is None else (row[0], row[1])
+
+
+class PostgreSQLEpochGuard:
+    """A row ``name`` of table ``fenced_epoch`` in PostgreSQL, written only by the newest
+    leadership: for a group whose coordinator is PostgreSQL, the fence is the epoch (the
+    token's term), in the same database as the coordinator's tables if you like.
+
+    ``dsn`` is a libpq connection string or URL; each call opens its own connection (any
+    thread). The statement is one atomic compare-and-set in autocommit, so it works through
+    pgbouncer in transaction mode.
+    """
+
+    CREATE = """
+        CREATE TABLE IF NOT EXISTS fenced_epoch (
+            name  text PRIMARY KEY,
+            epoch bigint NOT NULL,
+            value text NOT NULL
+        )
+    """
+    WRITE = """
+        INSERT INTO fenced_epoch (name, epoch, value) VALUES (%(name)s, %(epoch)s, %(value)s)
+        ON CONFLICT (name) DO UPDATE SET epoch = excluded.epoch, value = excluded.value
+        WHERE fenced_epoch.epoch <= excluded.epoch
+    """
+    """Insert the row, or update it if the stored epoch is not greater: 0 rows when fenced."""
+
+    def __init__(self, dsn: str, name: str = "singleton") -> None:
+        import psycopg  # only this guard needs the package
+
+        self._psycopg = psycopg
+        self.dsn = dsn
+        self.name = name
+        with self._connect() as db:
+            db.execute(self.CREATE)
+
+    def _connect(self) -> Any:
+        return self._psycopg.connect(self.dsn, autocommit=True, prepare_threshold=None)
+
+    def write(self, token: FencingToken, value: str) -> bool:
+        """Store ``value`` unless a greater epoch has written; True if it was written."""
+        with self._connect() as db:
+            cursor = db.execute(self.WRITE, {"name": self.name, "epoch": int(token.term), "value": value})
+            return bool(cursor.rowcount == 1)
+
+    def read(self) -> tuple[int, str] | None:
+        """``(epoch, value)`` of the last accepted write, or None before any."""
+        with self._connect() as db:
+            row = db.execute("SELECT epoch, value FROM fenced_epoch WHERE name = %s", (self.name,)).fetchone()
+        return None if row is None else (int(row[0]), str(row[1]))
 
 
 # --------------------------------------------------------------------- Redis

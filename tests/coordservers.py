@@ -10,6 +10,7 @@ backend cannot be tested here.
 from __future__ import annotations
 
 import contextlib
+import glob
 import importlib.util
 import os
 import shutil
@@ -35,6 +36,19 @@ REDIS_BACKENDS = ("redis", "redis-aof")
 """``redis``: no persistence; ``redis-aof``: the same with ``appendonly yes`` (fsync always)."""
 
 
+PG_PORT, PGBOUNCER_PORT = 5432, 6432
+PG_DATABASE, PG_USER = "ftltest", "root"
+"""The test user is the clients' own (root): libpq's default, so the URLs carry no credentials."""
+POSTGRESQL_BACKENDS = ("postgresql", "pgbouncer")
+"""``pgbouncer``: a PostgreSQL server with pgbouncer in transaction mode in front of it."""
+
+
+def _pg_bin(name: str) -> str | None:
+    """The path of a PostgreSQL server program (Debian keeps them out of $PATH)."""
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found[-1] if found else shutil.which(name)
+
+
 def unavailable_reason(backend: str) -> str | None:
     """Why ``backend`` cannot be tested on this machine, or None."""
     if backend in REDIS_BACKENDS or backend == "redis-sentinel":
@@ -44,6 +58,16 @@ def unavailable_reason(backend: str) -> str | None:
             return "Redis is not installed (apt-get install redis-server)"
         if backend == "redis-sentinel" and shutil.which("redis-sentinel") is None:
             return "Redis Sentinel is not installed (apt-get install redis-sentinel)"
+        return None
+    if backend in POSTGRESQL_BACKENDS:
+        if importlib.util.find_spec("psycopg") is None:
+            return "psycopg is not installed (pip install 'followtheleader[postgresql]')"
+        if _pg_bin("postgres") is None or _pg_bin("initdb") is None:
+            return "PostgreSQL is not installed (apt-get install postgresql)"
+        if shutil.which("setpriv") is None:
+            return "setpriv is not installed (apt-get install util-linux)"
+        if backend == "pgbouncer" and shutil.which("pgbouncer") is None:
+            return "pgbouncer is not installed (apt-get install pgbouncer)"
         return None
     if backend == "zookeeper":
         if importlib.util.find_spec("kazoo") is None:
@@ -160,6 +184,11 @@ class ServerSet:
             self.url = f"redis://{hosts[0].address}:{REDIS_PORT}/0?prefix=/ftltest"
             self.servers.append(self._redis(0, hosts[0], appendonly=backend == "redis-aof"))
             return
+        if backend in POSTGRESQL_BACKENDS:
+            if tls or len(hosts) != 1:
+                raise ValueError("PostgreSQL test servers: one, without TLS")
+            self._postgresql(hosts[0], bouncer=backend == "pgbouncer")
+            return
         port = ZK_PORT if backend == "zookeeper" else ETCD_PORT
         scheme = ("zookeeper" if backend == "zookeeper" else "etcd") + ("s" if tls else "")
         self.url = f"{scheme}://" + ",".join(f"{h.address}:{port}" for h in hosts) + "/ftltest"
@@ -236,11 +265,9 @@ class ServerSet:
         log = os.path.join(self.dir, f"redis{index}.log")
         return Server(host, argv, log, lambda: _tcp_ready(host, REDIS_PORT, _redis_ping))
 
-    def requests_served(self) -> int:
-        """Requests the servers have served so far: Redis's ``total_commands_processed`` (the
-        ``INFO`` that reads it is counted in the next reading), summed over the servers."""
-        if self.backend not in REDIS_BACKENDS:
-            raise NotImplementedError(f"requests_served: not counted for {self.backend}")
+    def _requests_served_redis(self) -> int:
+        """Redis's ``total_commands_processed`` (the ``INFO`` that reads it is counted in the
+        next reading), summed over the servers."""
         return sum(
             int(redis_info(server.host, REDIS_PORT, "stats")["total_commands_processed"]) for server in self.servers
         )
@@ -347,7 +374,7 @@ class ServerSet:
     def requests_served(self) -> int:
         """Requests the servers have received so far, by their own counters, summed over the
         set (for ``benchmarks/idle_load.py``): ``_requests_served_<backend>`` does the work."""
-        count = getattr(self, f"_requests_served_{self.backend}", None)
+        count = getattr(self, f"_requests_served_{self.backend.replace('-', '_')}", None)
         if count is None:
             raise NotImplementedError(f"requests_served: not implemented for {self.backend}")
         return int(count())
@@ -388,6 +415,82 @@ class ServerSet:
                     total += int(float(line.rsplit(" ", 1)[1]))
         return total
 
+    def _postgresql(self, host: Host, bouncer: bool) -> None:
+        """A PostgreSQL server (run as the ``postgres`` user, trust authentication for the
+        user ``ftl`` from the lab only) and, with ``bouncer``, pgbouncer in transaction mode
+        in front of it; :attr:`url` then names pgbouncer."""
+        shutil.chown(self.dir, "postgres", "postgres")
+        data = os.path.join(self.dir, "data")
+        as_postgres = [shutil.which("setpriv") or "setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
+        subprocess.run(
+            [*as_postgres, _pg_bin("initdb") or "initdb", "-D", data, "-A", "trust", "-U", PG_USER, "--no-sync"],
+            check=True,
+            capture_output=True,
+            cwd=self.dir,
+        )
+        with open(os.path.join(data, "pg_hba.conf"), "w") as hba:
+            hba.write("local all all trust\nhost all all all trust\n")
+        argv = [*as_postgres, _pg_bin("postgres") or "postgres", "-D", data, "-h", host.address]
+        argv += ["-p", str(PG_PORT), "-k", self.dir, "-c", "fsync=off", "-c", "max_connections=200"]
+        log = os.path.join(self.dir, "postgresql.log")
+        self.servers.append(Server(host, argv, log, lambda: self._pg_ready(host)))
+        self.url = f"postgresql://{host.address}:{PG_PORT}/{PG_DATABASE}"
+        if bouncer:
+            ini = os.path.join(self.dir, "pgbouncer.ini")
+            users = os.path.join(self.dir, "users.txt")
+            with open(users, "w") as file:
+                file.write(f'"{PG_USER}" ""\n')
+            with open(ini, "w") as file:
+                file.write(
+                    f"[databases]\n{PG_DATABASE} = host={host.address} port={PG_PORT} dbname={PG_DATABASE}\n"
+                    f"[pgbouncer]\nlisten_addr = {host.address}\nlisten_port = {PGBOUNCER_PORT}\n"
+                    f"unix_socket_dir =\nauth_type = trust\nauth_file = {users}\npool_mode = transaction\n"
+                    "max_client_conn = 500\ndefault_pool_size = 20\n"
+                    "ignore_startup_parameters = extra_float_digits,options\n"
+                )
+            os.chmod(ini, 0o644)
+            os.chmod(users, 0o644)
+            bouncer_argv = [*as_postgres, shutil.which("pgbouncer") or "pgbouncer", ini]
+            bouncer_log = os.path.join(self.dir, "pgbouncer.log")
+            self.servers.append(Server(host, bouncer_argv, bouncer_log, lambda: _tcp_ready(host, PGBOUNCER_PORT)))
+            self.url = f"postgresql://{host.address}:{PGBOUNCER_PORT}/{PG_DATABASE}"
+
+    def _pg_ready(self, host: Host) -> bool:
+        """PostgreSQL answers: the test database is created (once) and True."""
+        import psycopg
+
+        def attempt() -> bool:
+            try:
+                with psycopg.connect(
+                    host=host.address, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True, connect_timeout=2
+                ) as conn:
+                    if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (PG_DATABASE,)).fetchone() is None:
+                        conn.execute(f"CREATE DATABASE {PG_DATABASE}")
+                    return True
+            except psycopg.Error:
+                return False
+
+        return host.call_in_namespace(attempt, timeout=10)
+
+    def _requests_served_postgresql(self) -> int:
+        """PostgreSQL: the transactions the test database has committed and rolled back (each
+        statement of the driver is one); the statistics lag by up to a second."""
+        import psycopg
+
+        host = self.hosts[0]
+
+        def count() -> int:
+            with psycopg.connect(host=host.address, port=PG_PORT, user=PG_USER, dbname="postgres") as conn:
+                row = conn.execute(
+                    "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s", (PG_DATABASE,)
+                ).fetchone()
+                return int(row[0]) if row else 0
+
+        return host.call_in_namespace(count, timeout=10)
+
+    _requests_served_pgbouncer = _requests_served_postgresql
+    _requests_served_redis_aof = _requests_served_redis
+
     def start(self, timeout: float = 60.0) -> ServerSet:
         for server in self.servers:
             server.start()
@@ -424,7 +527,14 @@ class ServerPool:
             pytest.skip(reason)
         key = f"{backend}{size}"
         if key not in self._sets:
-            tag = {"zookeeper": "z", "etcd": "e", "redis": "r", "redis-aof": "ra"}.get(backend, backend[:2])
+            tag = {
+                "zookeeper": "z",
+                "etcd": "e",
+                "redis": "r",
+                "redis-aof": "ra",
+                "postgresql": "p",
+                "pgbouncer": "b",
+            }.get(backend, backend[:2])
             servers = ServerSet(backend, server_hosts(lab, [f"{tag}s{size}{i}" for i in range(size)]))
             try:
                 servers.start()

@@ -32,7 +32,7 @@ from netlab import Host, Lab
 
 TTL = 3.0
 """The session/lease TTL of the test nodes, in seconds."""
-BACKENDS = ("zookeeper", "etcd", "redis")
+BACKENDS = ("zookeeper", "etcd", "postgresql", "redis")
 
 
 # --------------------------------------------------------------------- options (no servers)
@@ -146,9 +146,11 @@ def single(request: Any, lab: Lab, coordinator_servers: ServerPool) -> ServerSet
 
 @pytest.fixture(params=BACKENDS)
 def trio(request: Any, lab: Lab, coordinator_servers: ServerPool) -> ServerSet:
-    """A 3-member cluster of each backend."""
+    """A 3-member cluster of each backend (PostgreSQL and Redis: none, one server is the service)."""
     if request.param == "redis":
-        pytest.skip("Redis: one primary, no ensemble (Sentinel is tested in test_redis.py)")
+        pytest.skip("Redis: one primary, no ensemble")
+    if request.param == "postgresql":
+        pytest.skip("PostgreSQL is one server here: no 3-member cluster")
     return coordinator_servers.get(lab, request.param, 3)
 
 
@@ -375,7 +377,9 @@ def test_server_down_gives_an_error_event_and_retries_until_stopped(local: Local
         local(elector.start)
         assert got_error.wait(15), "no error event while the server is down"
         assert elector.state is State.ELECTING and not elector.is_leader
-        assert isinstance(errors[0].error, OSError) and errors[0].reason.startswith(("ZooKeeper", "etcd", "Redis"))
+        assert isinstance(errors[0].error, OSError) and errors[0].reason.startswith(
+            ("ZooKeeper", "etcd", "PostgreSQL", "Redis")
+        )
     finally:
         assert elector.stop(timeout=TTL + 10)
     assert elector.stop() and elector.stop()  # idempotent

@@ -123,6 +123,11 @@ CAPABILITIES: dict[str, Capabilities] = {
     "redis": Capabilities(
         lab=True, pushed=True, poll=None, self_renewing=False, observe_checks_session=False, foreign_data=True
     ),
+    # PostgreSQL: NOTIFY wakes wait() on joins, claims and releases; typed columns leave no
+    # namespace to write foreign data into; observe() returns the view keep_alive() read.
+    "postgresql": Capabilities(
+        lab=True, pushed=True, poll=None, self_renewing=False, observe_checks_session=False, foreign_data=False
+    ),
 }
 
 
@@ -299,6 +304,8 @@ def service(request: pytest.FixtureRequest) -> Iterator[Service]:
         lab = request.getfixturevalue("lab")
         servers: ServerSet = request.getfixturevalue("coordinator_servers").get(lab, name, 1)
         url = servers.url.replace("/ftltest", "/" + _unique("contract"))  # a prefix of the test's own
+        if name == "postgresql":  # the path is the database: tables of the test's own instead
+            url = f"{servers.url}?table_prefix={_unique('contract')}_"
         made = Service(name, url, request.getfixturevalue("hosts"), servers)
     else:
         made = Service(name, f"memory://{_unique('contract')}/contract", None, None)
