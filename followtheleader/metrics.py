@@ -1,0 +1,114 @@
+"""Prometheus metrics of electors (optional extra: ``pip install 'followtheleader[prometheus]'``).
+
+:class:`ElectorCollector` reads :meth:`.Elector.stats` of the electors it was given at each
+scrape (the scraping thread runs it), so nothing is pushed and the electors keep no reference
+to prometheus-client. :func:`serve_metrics` serves ``/metrics`` from a thread named
+``followtheleader-metrics``; its :meth:`MetricsServer.stop` closes the socket and joins it.
+
+Multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set): a custom collector is not written to the
+shared directory, so :func:`serve_metrics` then serves the merged files of all processes plus
+this process' own electors, whose series carry ``node`` labels that differ between processes,
+so nothing is summed twice.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+try:
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+    from prometheus_client.registry import Collector
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "followtheleader.metrics needs prometheus-client: pip install 'followtheleader[prometheus]'"
+    ) from exc
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+    from ._elector import Elector
+
+__all__ = ["ElectorCollector", "MetricsServer", "serve_metrics"]
+
+LABELS = ["group", "node"]
+
+
+class ElectorCollector(Collector):
+    """A collector of the given electors' figures (``group``/``node`` labelled)."""
+
+    def __init__(self, electors: Iterable[Elector]) -> None:
+        self._electors = list(electors)
+
+    def collect(self) -> Iterator[Metric]:
+        """Scraping thread: one family per figure, one series per elector."""
+        is_leader = GaugeMetricFamily("followtheleader_is_leader", "1 while this node leads", labels=LABELS)
+        term = GaugeMetricFamily("followtheleader_term", "Term led or followed", labels=LABELS)
+        members = GaugeMetricFamily("followtheleader_members", "Live members known", labels=LABELS)
+        changes = CounterMetricFamily(
+            "followtheleader_leadership_changes", "Leadership events by kind", labels=[*LABELS, "kind"]
+        )
+        trouble = CounterMetricFamily(
+            "followtheleader_trouble", "Dropped datagrams/records and errors by reason", labels=[*LABELS, "reason"]
+        )
+        wait = HistogramMetricFamily(
+            "followtheleader_wait_for_leader_seconds", "Wait for a leader", labels=[*LABELS, "phase"]
+        )
+        for elector in self._electors:
+            figures: dict[str, Any] = elector.stats()
+            labels = [elector.name, elector.node_id]
+            is_leader.add_metric(labels, 1.0 if figures["is_leader"] else 0.0)
+            term.add_metric(labels, float(figures["term"]))
+            members.add_metric(labels, float(figures["members"]))
+            for kind, count in sorted(figures["leadership_changes"].items()):
+                changes.add_metric([*labels, kind], float(count))
+            for reason, count in sorted(figures["counters"].items()):
+                trouble.add_metric([*labels, reason], float(count))
+            for phase, hist in figures["wait_for_leader"].items():
+                buckets = [(str(bound), float(n)) for bound, n in hist["buckets"].items()]
+                buckets.append(("+Inf", float(hist["count"])))
+                wait.add_metric([*labels, phase], buckets, hist["sum"])
+        yield from (is_leader, term, members, changes, trouble, wait)
+
+
+class MetricsServer:
+    """A running ``/metrics`` server; :meth:`stop` closes it and joins its thread."""
+
+    def __init__(self, server: Any, thread: threading.Thread) -> None:
+        self._server = server
+        self._thread = thread
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Any thread: stop serving, close the socket, join the thread."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout)
+
+
+def make_registry(electors: Iterable[Elector]) -> CollectorRegistry:
+    """A registry of the electors' collector, plus the merged multiprocess files when
+    ``PROMETHEUS_MULTIPROC_DIR`` is set."""
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    registry.register(ElectorCollector(electors))
+    return registry
+
+
+def serve_metrics(electors: Iterable[Elector], port: int, address: str = "127.0.0.1") -> MetricsServer:
+    """Serve the electors' metrics on ``http://address:port/metrics`` (port 0: any free one).
+
+    :raises OSError: when the port cannot be bound.
+    """
+    server, thread = start_http_server(port, address, registry=make_registry(electors))
+    thread.name = "followtheleader-metrics"
+    return MetricsServer(server, thread)

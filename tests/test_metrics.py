@@ -1,0 +1,117 @@
+"""Elector.stats() and followtheleader.metrics, with the in-memory driver (no root, no network
+but loopback for the /metrics server)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+
+import pytest
+
+from followtheleader import Elector, elect
+
+pytest.importorskip("prometheus_client")
+
+from prometheus_client import generate_latest
+
+from followtheleader.metrics import make_registry, serve_metrics
+
+TIMEOUT = 10.0
+TTL = 2.0
+
+
+def store() -> str:
+    return "memory://m" + os.urandom(4).hex()
+
+
+def member(url: str, node_id: str) -> Elector:
+    return elect("g", coordinator=url, node_id=node_id, coordinator_ttl=TTL)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        threading.Event().wait(0.02)
+
+
+def test_stats_count_election_and_failover() -> None:
+    url = store()
+    a, b = member(url, "a"), member(url, "b")
+    with a, b:
+        assert a.wait_for_leader(TIMEOUT) is not None and b.wait_for_leader(TIMEOUT) is not None
+        leader, other = (a, b) if a.is_leader else (b, a)
+        wait_until(lambda: other.stats()["members"] == 2)
+        figures = leader.stats()
+        assert figures["is_leader"] is True and figures["term"] >= 1
+        assert figures["leadership_changes"].get("leader") == 1
+        assert figures["wait_for_leader"]["election"]["count"] == 1
+        assert figures["wait_for_leader"]["failover"]["count"] == 0
+        assert isinstance(figures["counters"], dict)
+        leader.stop()
+        wait_until(lambda: other.is_leader)
+        wait_until(lambda: other.stats()["wait_for_leader"]["failover"]["count"] == 1)
+        figures = other.stats()
+        assert figures["leadership_changes"]["reelection"] >= 1
+        assert figures["leadership_changes"]["leader"] == 1
+        histogram = figures["wait_for_leader"]["failover"]
+        assert histogram["buckets"][60.0] == 1 and 0 <= histogram["sum"] < TIMEOUT
+
+
+def test_collector_output_labels_each_elector() -> None:
+    url = store()
+    a, b = member(url, "a"), member(url, "b")
+    with a, b:
+        assert a.wait_for_leader(TIMEOUT) is not None and b.wait_for_leader(TIMEOUT) is not None
+        text = generate_latest(make_registry([a, b])).decode()
+    assert 'followtheleader_is_leader{group="g",node="a"}' in text
+    assert 'followtheleader_is_leader{group="g",node="b"}' in text
+    leaders = [line for line in text.splitlines() if line.startswith("followtheleader_is_leader{")]
+    assert sum(float(line.split()[-1]) for line in leaders) == 1.0
+    assert 'followtheleader_leadership_changes_total{group="g",kind="leader"' in text
+    assert 'followtheleader_wait_for_leader_seconds_count{group="g",node="a",phase="election"} 1.0' in text
+
+
+def test_serve_metrics_serves_and_stops_cleanly() -> None:
+    url = store()
+    with member(url, "a") as a:
+        assert a.wait_for_leader(TIMEOUT) is not None
+        server = serve_metrics([a], 0)
+        assert any(t.name == "followtheleader-metrics" for t in threading.enumerate())
+        try:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=TIMEOUT).read()
+        finally:
+            server.stop()
+    assert b'followtheleader_is_leader{group="g",node="a"} 1.0' in body
+    assert not any(t.name == "followtheleader-metrics" for t in threading.enumerate())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_cli_elect_serves_metrics_port() -> None:
+    port = free_port()
+    argv = [sys.executable, "-m", "followtheleader", "elect", "cligroup"]
+    argv += ["--coordinator", store(), "--node-id", "solo", "--json", "--metrics-port", str(port)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert '"leader"' in proc.stdout.readline()
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=TIMEOUT).read()
+        assert b'followtheleader_is_leader{group="cligroup",node="solo"} 1.0' in body
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(TIMEOUT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
