@@ -462,7 +462,8 @@ class Elector:
 
     def stats(self) -> dict[str, Any]:
         """This node's figures as plain data (any thread): ``is_leader``, ``term``, ``members``
-        (how many live members it knows), ``counters`` (as :attr:`counters`),
+        (how many live members it knows), ``counters`` (as :attr:`counters`), ``io`` (datagrams
+        sent and received, coordinator errors),
         ``leadership_changes`` (events by kind) and ``wait_for_leader`` (``election`` and
         ``failover`` histograms: ``count``, ``sum`` in seconds, cumulative ``buckets``)."""
         with self._lock:
@@ -473,6 +474,7 @@ class Elector:
                 "members": len(self._machine.members(now)),
             }
         figures["counters"] = self._backend.counters()
+        figures["io"] = self._backend.io.snapshot()
         figures.update(self._stats.snapshot())
         return figures
 

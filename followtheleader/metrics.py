@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 __all__ = ["ElectorCollector", "MetricsServer", "serve_metrics"]
 
 LABELS = ["group", "node"]
+DROP_REASONS = ("unauthenticated", "replayed", "bad-datagram")
+"""The reasons a heartbeat datagram is dropped (keys of :attr:`.Elector.counters`)."""
 
 
 class ElectorCollector(Collector):
@@ -54,6 +56,15 @@ class ElectorCollector(Collector):
         trouble = CounterMetricFamily(
             "followtheleader_trouble", "Dropped datagrams/records and errors by reason", labels=[*LABELS, "reason"]
         )
+        datagrams = CounterMetricFamily(
+            "followtheleader_heartbeat_datagrams", "Heartbeat datagrams by direction", labels=[*LABELS, "direction"]
+        )
+        dropped = CounterMetricFamily(
+            "followtheleader_heartbeat_dropped", "Heartbeat datagrams dropped by reason", labels=[*LABELS, "reason"]
+        )
+        coordinator_errors = CounterMetricFamily(
+            "followtheleader_coordinator_errors", "Failed coordinator sessions and calls", labels=LABELS
+        )
         wait = HistogramMetricFamily(
             "followtheleader_wait_for_leader_seconds", "Wait for a leader", labels=[*LABELS, "phase"]
         )
@@ -67,11 +78,17 @@ class ElectorCollector(Collector):
                 changes.add_metric([*labels, kind], float(count))
             for reason, count in sorted(figures["counters"].items()):
                 trouble.add_metric([*labels, reason], float(count))
+            io: dict[str, int] = figures["io"]
+            for direction in ("sent", "received"):
+                datagrams.add_metric([*labels, direction], float(io.get(f"heartbeat-{direction}", 0)))
+            for reason in DROP_REASONS:
+                dropped.add_metric([*labels, reason], float(figures["counters"].get(reason, 0)))
+            coordinator_errors.add_metric(labels, float(io.get("coordinator-errors", 0)))
             for phase, hist in figures["wait_for_leader"].items():
                 buckets = [(str(bound), float(n)) for bound, n in hist["buckets"].items()]
                 buckets.append(("+Inf", float(hist["count"])))
                 wait.add_metric([*labels, phase], buckets, hist["sum"])
-        yield from (is_leader, term, members, changes, trouble, wait)
+        yield from (is_leader, term, members, changes, trouble, datagrams, dropped, coordinator_errors, wait)
 
 
 class MetricsServer:

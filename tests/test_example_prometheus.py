@@ -108,3 +108,6 @@ def test_one_leader_in_metrics_and_failover_counted(copies: dict[Host, subproces
         samples = scrape(host)
         assert samples['followtheleader_leadership_changes_total{kind="reelection"}'] >= 1
         assert samples["followtheleader_term{}"] >= 2
+        assert samples['followtheleader_heartbeat_datagrams_total{direction="sent"}'] > 0
+        assert samples['followtheleader_heartbeat_datagrams_total{direction="received"}'] > 0
+        assert samples['followtheleader_heartbeat_dropped_total{reason="unauthenticated"}'] == 0

@@ -54,7 +54,7 @@ def test_stats_count_election_and_failover() -> None:
         assert figures["leadership_changes"].get("leader") == 1
         assert figures["wait_for_leader"]["election"]["count"] == 1
         assert figures["wait_for_leader"]["failover"]["count"] == 0
-        assert isinstance(figures["counters"], dict)
+        assert isinstance(figures["counters"], dict) and figures["io"].get("coordinator-errors", 0) == 0
         leader.stop()
         wait_until(lambda: other.is_leader)
         wait_until(lambda: other.stats()["wait_for_leader"]["failover"]["count"] == 1)
@@ -76,6 +76,7 @@ def test_collector_output_labels_each_elector() -> None:
     leaders = [line for line in text.splitlines() if line.startswith("followtheleader_is_leader{")]
     assert sum(float(line.split()[-1]) for line in leaders) == 1.0
     assert 'followtheleader_leadership_changes_total{group="g",kind="leader"' in text
+    assert 'followtheleader_coordinator_errors_total{group="g",node="a"} 0.0' in text
     assert 'followtheleader_wait_for_leader_seconds_count{group="g",node="a",phase="election"} 1.0' in text
 
 

@@ -83,3 +83,22 @@ class Stats:
                 "leadership_changes": dict(self._changes),
                 "wait_for_leader": {kind: hist.summary() for kind, hist in self._waits.items()},
             }
+
+
+class IoCounts:
+    """Counts a backend's threads keep of their I/O (``heartbeat-sent``, ``heartbeat-received``,
+    ``coordinator-errors``). Thread-safe; :meth:`add` is one locked addition."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+
+    def add(self, key: str, n: int = 1) -> None:
+        """Any thread: count ``n`` more of ``key``."""
+        with self._lock:
+            self._counts[key] = self._counts.get(key, 0) + n
+
+    def snapshot(self) -> dict[str, int]:
+        """Any thread: the counts so far."""
+        with self._lock:
+            return dict(self._counts)
