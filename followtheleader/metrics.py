@@ -5,10 +5,10 @@ scrape (the scraping thread runs it), so nothing is pushed and the electors keep
 to prometheus-client. :func:`serve_metrics` serves ``/metrics`` from a thread named
 ``followtheleader-metrics``; its :meth:`MetricsServer.stop` closes the socket and joins it.
 
-Multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set): a custom collector is not written to the
-shared directory, so :func:`serve_metrics` then serves the merged files of all processes plus
-this process' own electors, whose series carry ``node`` labels that differ between processes,
-so nothing is summed twice.
+Multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set): a collector is not written to the shared
+directory, so :func:`track_multiprocess` writes an elector's gauges (``livesum`` and
+``livemostrecent``, see docs/metrics.rst) and leadership changes there at each event, and
+:func:`make_registry` adds the ``MultiProcessCollector`` that merges every process's files.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 try:
-    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+    from prometheus_client import CollectorRegistry, Counter, Gauge, multiprocess, start_http_server
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
     from prometheus_client.registry import Collector
 except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     from ._elector import Elector
 
-__all__ = ["ElectorCollector", "MetricsServer", "serve_metrics"]
+__all__ = ["ElectorCollector", "MetricsServer", "make_registry", "serve_metrics", "track_multiprocess"]
 
 LABELS = ["group", "node"]
 DROP_REASONS = ("unauthenticated", "replayed", "bad-datagram")
@@ -127,3 +127,55 @@ def serve_metrics(electors: Iterable[Elector], port: int, address: str = "127.0.
     server, thread = start_http_server(port, address, registry=make_registry(electors))
     thread.name = "followtheleader-metrics"
     return MetricsServer(server, thread)
+
+
+_shared: dict[str, Any] = {}
+_shared_lock = threading.Lock()
+
+
+def _shared_metrics() -> dict[str, Any]:
+    """The metrics written to ``PROMETHEUS_MULTIPROC_DIR``, made once per process.
+
+    ``is_leader`` is ``livesum``: a process that died (``mark_process_dead``) drops out, so a
+    dead leader's 1 does not linger, and each process's series has its own ``node`` label, so
+    the sum over a group counts leaders. ``term`` and ``members`` are ``livemostrecent``: the
+    last value set by a live process.
+    """
+    with _shared_lock:
+        if not _shared:
+            _shared["is_leader"] = Gauge(
+                "followtheleader_is_leader", "1 while this node leads", LABELS, multiprocess_mode="livesum"
+            )
+            _shared["term"] = Gauge(
+                "followtheleader_term", "Term led or followed", LABELS, multiprocess_mode="livemostrecent"
+            )
+            _shared["members"] = Gauge(
+                "followtheleader_members", "Live members known", LABELS, multiprocess_mode="livemostrecent"
+            )
+            _shared["changes"] = Counter(
+                "followtheleader_leadership_changes", "Leadership events by kind", [*LABELS, "kind"]
+            )
+        return _shared
+
+
+def track_multiprocess(elector: Elector) -> None:
+    """Multiprocess mode: write ``elector``'s gauges and leadership changes to
+    ``PROMETHEUS_MULTIPROC_DIR`` at each of its events (its callback thread does), so that the
+    ``/metrics`` of any process of the application (a ``MultiProcessCollector``) shows it.
+
+    Call it before :meth:`.Elector.start`, in the process that runs the elector.
+    """
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        raise RuntimeError("track_multiprocess() needs PROMETHEUS_MULTIPROC_DIR (prometheus-client multiprocess mode)")
+    shared = _shared_metrics()
+    labels = (elector.name, elector.node_id)
+
+    def on_event(event: Any) -> None:
+        shared["changes"].labels(*labels, event.kind).inc()
+        figures = elector.stats()
+        shared["is_leader"].labels(*labels).set(1 if figures["is_leader"] else 0)
+        shared["term"].labels(*labels).set(figures["term"])
+        shared["members"].labels(*labels).set(figures["members"])
+
+    for kind in ("leader", "follower", "reelection", "error"):
+        elector.on(kind, on_event)

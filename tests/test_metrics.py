@@ -116,3 +116,56 @@ def test_cli_elect_serves_metrics_port() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+CHILD = """
+import os, sys
+from followtheleader import elect
+from followtheleader.metrics import track_multiprocess
+elector = elect("mp", coordinator="memory://mp", node_id=sys.argv[1], coordinator_ttl=2.0)
+track_multiprocess(elector)
+with elector:
+    assert elector.wait_for_leader(10) is not None
+    print("ready", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_multiprocess_mode_two_processes(tmp_path: object) -> None:
+    """Two processes write to one PROMETHEUS_MULTIPROC_DIR; a third reads both; a dead one's
+    is_leader drops out (livesum) once marked dead."""
+    directory = str(tmp_path)
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": directory}
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, node], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
+        for node in ("p1", "p2")
+    ]
+    read = [
+        sys.executable,
+        "-c",
+        "from followtheleader.metrics import make_registry; "
+        "from prometheus_client import generate_latest; print(generate_latest(make_registry([])).decode())",
+    ]
+    try:
+        for child in children:
+            assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        text = subprocess.run(read, env=env, capture_output=True, text=True, timeout=30, check=True).stdout
+        assert 'followtheleader_is_leader{group="mp",node="p1"} 1.0' in text
+        assert 'followtheleader_is_leader{group="mp",node="p2"} 1.0' in text  # one memory store each
+        assert 'followtheleader_leadership_changes_total{group="mp",kind="leader",node="p1"} 1.0' in text
+        first = children[0]
+        assert first.stdin is not None
+        first.stdin.close()
+        assert first.wait(TIMEOUT) == 0
+        mark = f"from prometheus_client import multiprocess; multiprocess.mark_process_dead({first.pid})"
+        subprocess.run([sys.executable, "-c", mark], env=env, timeout=30, check=True)
+        text = subprocess.run(read, env=env, capture_output=True, text=True, timeout=30, check=True).stdout
+        assert 'node="p1"} 1.0' not in text.split("followtheleader_is_leader{")[1].split("# HELP")[0]
+        assert 'followtheleader_is_leader{group="mp",node="p2"} 1.0' in text
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
