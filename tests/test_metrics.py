@@ -169,3 +169,17 @@ def test_multiprocess_mode_two_processes(tmp_path: object) -> None:
             if child.poll() is None:
                 child.kill()
                 child.wait()
+
+
+@pytest.mark.parametrize("command", [["elect", "busy"], ["run", "busy"]])
+def test_cli_metrics_port_in_use_is_a_clear_error(command: list[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        argv = [sys.executable, "-m", "followtheleader", *command, "--coordinator", store(), "--metrics-port", port]
+        if command[0] == "run":
+            argv += ["--", "true"]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().endswith("Address already in use"), result.stderr
