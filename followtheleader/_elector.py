@@ -43,6 +43,7 @@ from ._lan.settings import LanSettings
 from ._options import Options, parse_options
 from ._runtime.backend import Backend, Description, Feeder, Step
 from ._runtime.callbacks import EVENT_KINDS, Callback, CallbackThread
+from ._runtime.stats import Stats
 from ._runtime.ticker import Ticker
 
 __all__ = ["Elector", "elect", "make_backend"]
@@ -114,6 +115,7 @@ class Elector:
         self._ticker: Ticker | None = None
         self._started = False
         self._stopping = False
+        self._stats = Stats()
         self._backend = make_backend(options, Feeder(self._feed, self._locked, self._report_error))
         self._machine = self._backend.machine
 
@@ -182,6 +184,7 @@ class Elector:
                 raise RuntimeError("an elector starts only once; create a new one with elect()")
             self._started = True
             self._callbacks.start()
+            self._stats.started(time.monotonic())
             try:
                 self._open()
             except Exception as exc:
@@ -406,6 +409,7 @@ class Elector:
             for action in actions:
                 if isinstance(action, Notify):
                     self._log_event(action.event)
+                    self._stats.event(action.event)
                     self._callbacks.put(action.event)
                     self._state_changed.notify_all()
                 else:
@@ -457,6 +461,24 @@ class Elector:
             event.term,
             leader,
         )
+
+    def stats(self) -> dict[str, Any]:
+        """This node's figures as plain data (any thread): ``is_leader``, ``term``, ``members``
+        (how many live members it knows), ``counters`` (as :attr:`counters`), ``io`` (datagrams
+        sent and received, coordinator errors),
+        ``leadership_changes`` (events by kind) and ``wait_for_leader`` (``election`` and
+        ``failover`` histograms: ``count``, ``sum`` in seconds, cumulative ``buckets``)."""
+        with self._lock:
+            now = time.monotonic()
+            figures: dict[str, Any] = {
+                "is_leader": self._machine.is_leader(now),
+                "term": self._machine.term,
+                "members": len(self._machine.members(now)),
+            }
+        figures["counters"] = self._backend.counters()
+        figures["io"] = self._backend.io.snapshot()
+        figures.update(self._stats.snapshot())
+        return figures
 
 
 _running: weakref.WeakSet[Elector] = weakref.WeakSet()

@@ -12,6 +12,7 @@ Bad arguments give a one-line error on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -20,7 +21,7 @@ import queue
 import shutil
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -186,6 +187,7 @@ def _parser() -> _Parser:
     )
     elect_parser.add_argument("name", metavar="NAME", help="the group name")
     _add_elector_options(elect_parser)
+    _add_metrics_options(elect_parser)
     elect_parser.add_argument("--json", action="store_true", help="print one JSON object per line")
     elect_parser.set_defaults(handler=_elect, parser=elect_parser)
 
@@ -234,6 +236,7 @@ def _parser() -> _Parser:
     )
     run_parser.add_argument("name", metavar="NAME", help="the group name")
     _add_elector_options(run_parser)
+    _add_metrics_options(run_parser)
     run_parser.add_argument(
         "--grace",
         type=_seconds,
@@ -257,6 +260,34 @@ def _add_elector_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("election options")
     for option in ELECTOR_OPTIONS:
         group.add_argument(option.flag, dest=option.option, type=option.type, metavar=option.metavar, help=option.help)
+
+
+def _add_metrics_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("metrics options (need the [prometheus] extra)")
+    group.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics on this port")
+    group.add_argument(
+        "--metrics-address",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="address to serve /metrics on (default 127.0.0.1: this host only; 0.0.0.0 for all)",
+    )
+
+
+@contextlib.contextmanager
+def _metrics(args: argparse.Namespace, elector: Elector) -> Iterator[None]:
+    """Main thread: serve the elector's /metrics while the body runs, if --metrics-port asks."""
+    if args.metrics_port is None:
+        yield
+        return
+    try:
+        from ..metrics import serve_metrics
+    except ImportError as exc:
+        raise OSError(str(exc)) from exc
+    server = serve_metrics([elector], args.metrics_port, args.metrics_address)
+    try:
+        yield
+    finally:
+        server.stop()
 
 
 def _make_elector(args: argparse.Namespace, parser: _Parser) -> Elector:
@@ -313,8 +344,9 @@ def _elect(args: argparse.Namespace, parser: _Parser, command: list[str] | None)
     for kind in EVENT_KINDS:
         elector.on(kind, console.event)
     signals: queue.SimpleQueue[int] = queue.SimpleQueue()
-    with catch_signals(signals.put):
+    with catch_signals(signals.put), contextlib.ExitStack() as stack:
         try:
+            stack.enter_context(_metrics(args, elector))
             elector.start()
         except OSError as exc:
             print(f"followtheleader: {exc}", file=sys.stderr)
@@ -400,4 +432,9 @@ def _run(args: argparse.Namespace, parser: _Parser, command: list[str] | None) -
         parser.error(f"command not found or not executable: {command[0]!r}")
     elector = _make_elector(args, parser)
     console = Console(sys.stderr, elector.node_id, args.json)
-    return Runner(elector, command, args.grace, args.on_exit, console).run()
+    try:
+        with _metrics(args, elector):
+            return Runner(elector, command, args.grace, args.on_exit, console).run()
+    except OSError as exc:
+        print(f"followtheleader: {exc}", file=sys.stderr)
+        return 1

@@ -33,6 +33,7 @@ from .._core.machine import Action
 from .._core.model import Member, State
 from .._runtime.backend import Description, Feeder
 from .._runtime.logs import RateLimitedWarning
+from .._runtime.stats import IoCounts
 from .base import Coordinator, CoordinatorConfig, CoordinatorError, SessionLost, make_coordinator
 
 __all__ = ["CoordinatorBackend"]
@@ -61,6 +62,7 @@ class CoordinatorBackend:
         self._feeder = feeder
         self._feed = feeder.feed
         self._report_error = feeder.report_error
+        self.io = IoCounts()
         self._ttl = ttl
         self._coordinator: Coordinator = make_coordinator(config, group, me, ttl)
         self._service = self._coordinator.service
@@ -195,11 +197,13 @@ class CoordinatorBackend:
                 self._closing.wait(do.seconds)
                 policy.waited()
         except CoordinatorError as exc:
+            self.io.add("coordinator-errors")
             lost = isinstance(exc, SessionLost)
             if lost:
                 self._feed(lambda now: lease.on_lost(f"the {self._service} session expired", now))
             self._report_session_error(exc, first=policy.failed(lost=lost))
         except Exception as exc:  # an unexpected client error: a new session, after a backoff
+            self.io.add("coordinator-errors")
             log.exception("error in the %s session thread", self._service)
             self._report_error(exc, f"{self._service} session: {exc!r}")
             policy.failed(expected=False)

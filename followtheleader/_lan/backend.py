@@ -33,6 +33,7 @@ from .._core.messages import ANYONE, Message, PeerRecord
 from .._core.model import Member, State
 from .._runtime.backend import Description, Feeder
 from .._runtime.logs import RateLimitedWarning
+from .._runtime.stats import IoCounts
 from .._wire.auth import MAX_CLOCK_SKEW, Authenticator
 from .._wire.protocol import NPM_PING, NPM_PONG, decode_datagram, encode_message
 from .discovery import Discovery
@@ -67,6 +68,7 @@ class LanBackend:
         self._peer_source = peer_source
         self._feeder = feeder
         self._warn = RateLimitedWarning(log)
+        self.io = IoCounts()
         self._auth = Authenticator(settings.secret, settings.name) if settings.secret is not None else None
         self.machine = Machine(
             settings.name,
@@ -199,6 +201,7 @@ class LanBackend:
                 data = cached if cached is not None else encode_message(send.message)
                 encoded[id(send.message)] = data
             server.send(data, send.address)
+            self.io.add("heartbeat-sent")
 
     def _encode(self, message: Message, to: str) -> bytes:
         """The datagram for ``message``: stamped and tagged in an authenticated group."""
@@ -210,6 +213,7 @@ class LanBackend:
 
     def _on_datagrams(self, batch: list[tuple[bytes, tuple[str, int]]]) -> None:
         """Heartbeat thread: the datagrams read in one wake-up, decided on in one step."""
+        self.io.add("heartbeat-received", len(batch))
         steps: list[Callable[[float], list[Action]]] = []
         for data, source in batch:
             step = self._step_for(data, source)

@@ -26,6 +26,7 @@ from typing import Protocol, TypeVar
 
 from .._core.machine import Action
 from .._core.model import FencingToken, Member, State
+from .stats import IoCounts
 
 __all__ = ["Backend", "Description", "ElectionMachine", "Feeder", "Locked", "Step"]
 
@@ -119,6 +120,11 @@ class Backend(Protocol):
     @property
     def machine(self) -> ElectionMachine:
         """The state machine; the facade calls and reads it under the state lock only."""
+        ...
+
+    @property
+    def io(self) -> IoCounts:
+        """Counts of the backend's I/O, for :meth:`.Elector.stats`."""
         ...
 
     @property
