@@ -96,3 +96,31 @@ def test_fastapi_job_runs_on_one_worker_and_fails_over(
     print(f"takeover after SIGKILL: {took_over - killed:.3f} s")
     later = wait_runs(log, took_over + 2.0, time.monotonic() + TIMEOUT)
     assert {pid for pid, stamp in later if stamp > took_over} == {successor}
+
+
+@pytest.mark.lab
+def test_apscheduler_asyncio_runs_on_the_leader_only(
+    lab: Lab, processes: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    pytest.importorskip("apscheduler")
+    log = tmp_path / "jobs.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOLLOWTHELEADER_")}
+    env.update(FTL_GROUP="ap" + os.urandom(3).hex(), FOLLOWTHELEADER_JOB_LOG=str(log), PYTHONPATH=str(ROOT))
+    argv = [sys.executable, str(ROOT / "examples" / "apscheduler_asyncio.py")]
+    for name in ("n2", "n3"):
+        processes.append(lab.hosts[name].popen(argv, env=env, cwd=str(tmp_path), start_new_session=True))
+
+    first = wait_runs(log, 0.0, time.monotonic() + TIMEOUT)
+    settled = first[-1][1] + 3.0
+    runs = wait_runs(log, settled + 2.0, time.monotonic() + TIMEOUT)
+    writers = {pid for pid, stamp in runs if stamp >= settled}
+    assert len(writers) == 1, f"both nodes ran the job: {writers}"
+    (leader,) = writers
+    (leading,) = [p for p in processes if p.pid == leader]
+
+    # SIGTERM: the leader shuts its scheduler down, then hands over; the other node takes over.
+    stopped = time.monotonic()
+    leading.send_signal(signal.SIGTERM)
+    assert leading.wait(TIMEOUT) == 0
+    later = wait_runs(log, time.monotonic() + 1.0, time.monotonic() + TIMEOUT)
+    assert {pid for pid, stamp in later if stamp > stopped + 0.5} == {p.pid for p in processes} - {leader}
