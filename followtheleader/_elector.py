@@ -43,6 +43,7 @@ from ._lan.settings import LanSettings
 from ._options import Options, parse_options
 from ._runtime.backend import Backend, Description, Feeder, Step
 from ._runtime.callbacks import EVENT_KINDS, Callback, CallbackThread
+from ._runtime.leader_work import LeaderWork
 from ._runtime.stats import Stats
 from ._runtime.ticker import Ticker
 
@@ -479,6 +480,27 @@ class Elector:
         figures["io"] = self._backend.io.snapshot()
         figures.update(self._stats.snapshot())
         return figures
+
+    # ----------------------------------------------------------------- leader-only work
+
+    def run_while_leader(
+        self, function: Callable[[FencingToken, threading.Event], Any], grace: float = 5.0
+    ) -> LeaderWork:
+        """Run ``function(token, demoted)`` on a thread of its own at each leadership.
+
+        ``demoted`` (a :class:`threading.Event`) is set as soon as this node stops leading
+        (``is_leader`` reads False or a ``reelection``/``follower`` event). A function still
+        running ``grace`` seconds later is reported through the ``error`` event; it cannot be
+        interrupted. Returns the :class:`~followtheleader._runtime.leader_work.LeaderWork`;
+        its ``close()`` ends it. See :doc:`leader-work`.
+        """
+        work = LeaderWork(self, function, grace, self.name)
+        for kind in ("leader", "follower", "reelection"):
+            self.on(kind, work.on_event)
+        token = self.fencing_token
+        if self.is_leader and token is not None:
+            work.begin(token)
+        return work
 
 
 _running: weakref.WeakSet[Elector] = weakref.WeakSet()

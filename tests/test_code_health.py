@@ -59,7 +59,7 @@ LAYERS = (
     ("_wire",),
     ("_runtime",),
     ("_lan", "_coordinators"),
-    ("_options", "_elector", "__init__", "metrics"),
+    ("_options", "_elector", "__init__", "metrics", "aio"),
     ("_cli", "__main__"),
 )
 """The package's layers, bottom first: a module imports only from its own layer or below it."""
