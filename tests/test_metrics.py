@@ -119,21 +119,41 @@ def test_cli_elect_serves_metrics_port() -> None:
 
 
 CHILD = """
-import os, sys
+import os, sys, threading
 from followtheleader import elect
 from followtheleader.metrics import track_multiprocess
 elector = elect("mp", coordinator="memory://mp", node_id=sys.argv[1], coordinator_ttl=2.0)
 track_multiprocess(elector)
 with elector:
     assert elector.wait_for_leader(10) is not None
+    # counts that grow without an event (as datagrams do on a LAN backend) reach the shared
+    # files through the sync thread
+    elector._backend.io.add("heartbeat-sent", 5)
     print("ready", flush=True)
     sys.stdin.readline()
+syncs = [t for t in threading.enumerate() if t.name == "followtheleader-metrics-sync"]
+assert syncs, "no sync thread"
+for thread in syncs:
+    thread.join(5)
+    assert not thread.is_alive(), "sync thread left running"
+print("clean", flush=True)
 """
 
 
+def series(text: str, name: str) -> dict[str, float]:
+    """The samples of ``name`` in an exposition text, by their label text."""
+    found = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            labels, value = line[len(name) :].rsplit(" ", 1)
+            found[labels] = float(value)
+    return found
+
+
 def test_multiprocess_mode_two_processes(tmp_path: object) -> None:
-    """Two processes write to one PROMETHEUS_MULTIPROC_DIR; a third reads both; a dead one's
-    is_leader drops out (livesum) once marked dead."""
+    """Two processes write to one PROMETHEUS_MULTIPROC_DIR; a third reads both: gauges, counters
+    (including one grown without an event) and the wait histogram, summed over both; a dead
+    one's is_leader drops out (livesum) once marked dead, its counts stay."""
     directory = str(tmp_path)
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": directory}
     children = [
@@ -151,19 +171,43 @@ def test_multiprocess_mode_two_processes(tmp_path: object) -> None:
     try:
         for child in children:
             assert child.stdout is not None and child.stdout.readline().strip() == "ready"
-        text = subprocess.run(read, env=env, capture_output=True, text=True, timeout=30, check=True).stdout
+        scraped: list[str] = []
+
+        def scrape_shows_datagrams() -> bool:
+            scraped[:] = [subprocess.run(read, env=env, capture_output=True, text=True, timeout=30, check=True).stdout]
+            sent = series(scraped[0], "followtheleader_heartbeat_datagrams_total")
+            return sum(v for k, v in sent.items() if 'direction="sent"' in k) == 10.0
+
+        wait_until(scrape_shows_datagrams, timeout=20)  # both processes' sync threads wrote 5
+        text = scraped[0]
         assert 'followtheleader_is_leader{group="mp",node="p1"} 1.0' in text
         assert 'followtheleader_is_leader{group="mp",node="p2"} 1.0' in text  # one memory store each
         assert 'followtheleader_leadership_changes_total{group="mp",kind="leader",node="p1"} 1.0' in text
+        changes = series(text, "followtheleader_leadership_changes_total")
+        assert sum(v for k, v in changes.items() if 'kind="leader"' in k) == 2.0
+        waits = series(text, "followtheleader_wait_for_leader_seconds_count")
+        assert sum(v for k, v in waits.items() if 'phase="election"' in k) == 2.0
+        inf = series(text, "followtheleader_wait_for_leader_seconds_bucket")
+        assert sum(v for k, v in inf.items() if 'le="+Inf"' in k and 'phase="election"' in k) == 2.0
+        assert sum(series(text, "followtheleader_wait_for_leader_seconds_sum").values()) >= 0.0
+        for name in ("heartbeat_dropped", "trouble", "coordinator_errors"):
+            assert all(v == 0.0 for v in series(text, f"followtheleader_{name}_total").values()), name
+        assert 'followtheleader_heartbeat_dropped_total{group="mp",node="p2",reason="replayed"} 0.0' in text
+        assert 'followtheleader_coordinator_errors_total{group="mp",node="p1"} 0.0' in text
         first = children[0]
-        assert first.stdin is not None
+        assert first.stdin is not None and first.stdout is not None
         first.stdin.close()
+        assert first.stdout.readline().strip() == "clean"  # its sync thread ended with the elector
         assert first.wait(TIMEOUT) == 0
         mark = f"from prometheus_client import multiprocess; multiprocess.mark_process_dead({first.pid})"
         subprocess.run([sys.executable, "-c", mark], env=env, timeout=30, check=True)
         text = subprocess.run(read, env=env, capture_output=True, text=True, timeout=30, check=True).stdout
         assert 'node="p1"} 1.0' not in text.split("followtheleader_is_leader{")[1].split("# HELP")[0]
         assert 'followtheleader_is_leader{group="mp",node="p2"} 1.0' in text
+        # counters and the histogram keep a dead process's counts (prometheus-client sums them)
+        changes = series(text, "followtheleader_leadership_changes_total")
+        assert sum(v for k, v in changes.items() if 'kind="leader"' in k) == 2.0
+        assert sum(series(text, "followtheleader_wait_for_leader_seconds_count").values()) == 2.0
     finally:
         for child in children:
             if child.poll() is None:

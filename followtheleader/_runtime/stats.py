@@ -54,6 +54,23 @@ class Stats:
         self._waits = {"election": WaitHistogram(), "failover": WaitHistogram()}
         self._waiting_since: float | None = None
         self._waiting_kind = "election"
+        self._unread_waits: list[tuple[str, float]] | None = None
+
+    def keep_waits(self) -> None:
+        """From now on, also keep each wait duration until :meth:`drain_waits` reads it
+        (multiprocess metrics observe them one by one). Any thread."""
+        with self._lock:
+            if self._unread_waits is None:
+                self._unread_waits = []
+
+    def drain_waits(self) -> list[tuple[str, float]]:
+        """The ``(phase, seconds)`` waits closed since the last call (after :meth:`keep_waits`).
+        Any thread."""
+        with self._lock:
+            waits = self._unread_waits or []
+            if self._unread_waits is not None:
+                self._unread_waits = []
+            return waits
 
     def started(self, now: float) -> None:
         """The elector starts: the election wait begins."""
@@ -70,7 +87,10 @@ class Stats:
             settled = event.state in _SETTLED
             was_settled = event.previous_state in _SETTLED
             if settled and self._waiting_since is not None:
-                self._waits[self._waiting_kind].observe(max(0.0, event.time - self._waiting_since))
+                seconds = max(0.0, event.time - self._waiting_since)
+                self._waits[self._waiting_kind].observe(seconds)
+                if self._unread_waits is not None:
+                    self._unread_waits.append((self._waiting_kind, seconds))
                 self._waiting_since = None
             elif not settled and was_settled and event.state is not State.STOPPED:
                 self._waiting_since = event.time
