@@ -16,6 +16,8 @@ from collections.abc import Callable
 import pytest
 
 from followtheleader import Elector, elect
+from followtheleader._core.model import Event, State
+from followtheleader._runtime.stats import Stats
 
 pytest.importorskip("prometheus_client")
 
@@ -63,6 +65,24 @@ def test_stats_count_election_and_failover() -> None:
         assert figures["leadership_changes"]["leader"] == 1
         histogram = figures["wait_for_leader"]["failover"]
         assert histogram["buckets"][60.0] == 1 and 0 <= histogram["sum"] < TIMEOUT
+
+
+def test_stats_keep_unread_waits_only_once_asked() -> None:
+    """Pure: waits are kept for drain_waits() only after keep_waits(), each read once."""
+    stats = Stats()
+
+    def settle(kind: str, state: State, previous: State, at: float) -> None:
+        stats.event(Event(kind, "n", state, previous, 1, None, "test", at))
+
+    stats.started(10.0)
+    settle("leader", State.LEADER, State.ELECTING, 10.5)
+    assert stats.drain_waits() == []  # not kept before keep_waits()
+    stats.keep_waits()
+    settle("reelection", State.ELECTING, State.LEADER, 20.0)
+    settle("follower", State.FOLLOWER, State.ELECTING, 22.0)
+    assert stats.drain_waits() == [("failover", 2.0)]
+    assert stats.drain_waits() == []
+    assert stats.snapshot()["wait_for_leader"]["election"]["count"] == 1
 
 
 def test_collector_output_labels_each_elector() -> None:
@@ -119,7 +139,7 @@ def test_cli_elect_serves_metrics_port() -> None:
 
 
 CHILD = """
-import os, sys, threading
+import os, sys, threading, time
 from followtheleader import elect
 from followtheleader.metrics import track_multiprocess
 elector = elect("mp", coordinator="memory://mp", node_id=sys.argv[1], coordinator_ttl=2.0)
@@ -129,10 +149,13 @@ with elector:
     # counts that grow without an event (as datagrams do on a LAN backend) reach the shared
     # files through the sync thread
     elector._backend.io.add("heartbeat-sent", 5)
+    deadline = time.monotonic() + 10  # the sync thread starts at the first callback
+    while not (syncs := [t for t in threading.enumerate() if t.name == "followtheleader-metrics-sync"]):
+        assert time.monotonic() < deadline, "no sync thread"
+        threading.Event().wait(0.02)
+    assert len(syncs) == 1, "one sync thread per tracked elector"
     print("ready", flush=True)
     sys.stdin.readline()
-syncs = [t for t in threading.enumerate() if t.name == "followtheleader-metrics-sync"]
-assert syncs, "no sync thread"
 for thread in syncs:
     thread.join(5)
     assert not thread.is_alive(), "sync thread left running"
