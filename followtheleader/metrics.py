@@ -209,7 +209,7 @@ class _MultiprocessSync:
         self.update()
         with self._lock:
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="followtheleader-metrics-sync")
+                self._thread = threading.Thread(target=self._run, name="followtheleader-metrics-sync", daemon=True)
                 self._thread.start()
 
     def _run(self) -> None:
@@ -260,8 +260,11 @@ def track_multiprocess(elector: Elector) -> None:
     The elector's callback thread updates them at each event; from its first event on, a
     thread ``followtheleader-metrics-sync`` also updates them every :data:`SYNC_PERIOD`
     seconds (datagram counts grow without events) and ends, after a last update, when the
-    elector stops. Call it once per elector, before :meth:`.Elector.start`, in the process
-    that runs the elector.
+    elector stops. Like the elector's own threads it is a daemon thread, so an elector left
+    running to the ``atexit`` stop does not keep the interpreter from exiting.
+
+    Call it once per elector, before :meth:`.Elector.start`, in the process that runs the
+    elector.
     """
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         raise RuntimeError("track_multiprocess() needs PROMETHEUS_MULTIPROC_DIR (prometheus-client multiprocess mode)")
