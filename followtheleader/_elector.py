@@ -127,6 +127,7 @@ class Elector:
         self._state_changed = threading.Condition(self._lock)
         self._lifecycle = threading.Lock()
         self._torn_down = threading.Event()
+        self._leadership_end_signals: list[Callable[[], None]] = []
 
     def __repr__(self) -> str:
         service = self._backend.describe().service
@@ -354,7 +355,9 @@ class Elector:
         leader that was paused or cut off reads False here before any other node can lead.
         """
         with self._lock:
-            return self._machine.is_leader(time.monotonic())
+            now = time.monotonic()
+            self._signal_leadership_end(now)
+            return self._machine.is_leader(now)
 
     @property
     def term(self) -> int:
@@ -405,7 +408,9 @@ class Elector:
         the decisions.
         """
         with self._lock:
-            actions = step(time.monotonic())
+            now = time.monotonic()
+            actions = step(now)
+            self._signal_leadership_end(now)
             others: list[Action] = []
             for action in actions:
                 if isinstance(action, Notify):
@@ -427,6 +432,34 @@ class Elector:
         if ticker is not None and deadline is not None and deadline < ticker.planned:
             ticker.wake()
         return deadline
+
+    def _arm_leadership_end(self, signal: Callable[[], None]) -> bool:
+        """Any thread: have ``signal()`` called once, as soon as this node's current leadership
+        ends; False (and ``signal()`` called now) if it does not lead.
+
+        ``signal`` runs under the state lock, on whichever thread first sees the leadership
+        over: the ticker's step at the lease's end, an input's step, or a read of
+        :attr:`is_leader`. So no thread reads ``is_leader`` False before ``signal`` has run.
+        It must only signal (``threading.Event.set``, ``loop.call_soon_threadsafe``), never
+        block or call back into the elector. Used by leader-only work (:meth:`run_while_leader`,
+        :mod:`followtheleader.aio`).
+        """
+        with self._lock:
+            if self._machine.is_leader(time.monotonic()):
+                self._leadership_end_signals.append(signal)
+                return True
+        signal()
+        return False
+
+    def _signal_leadership_end(self, now: float) -> None:
+        """State lock held: call the armed signals if this node no longer leads at ``now``."""
+        if self._leadership_end_signals and not self._machine.is_leader(now):
+            signals, self._leadership_end_signals = self._leadership_end_signals, []
+            for signal in signals:
+                try:
+                    signal()
+                except Exception as error:  # noqa: BLE001 - reported, never lost
+                    log.error("a leadership-end signal failed: %r", error)
 
     def _locked(self, read: Callable[[], T]) -> T:
         """Any thread not holding the state lock: ``read()`` under it."""

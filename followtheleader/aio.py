@@ -110,16 +110,35 @@ class AsyncElector:
             await changed.wait()
 
     async def _until_demoted(self, token: FencingToken) -> None:
-        """Return once this node no longer leads under ``token`` (polled every :data:`POLL` s)."""
-        while self._elector.is_leader and self._elector.fencing_token == token:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), POLL)
+        """Return once this node no longer leads under ``token``.
+
+        The elector signals the loop from the thread that first sees the leadership over
+        (``_arm_leadership_end``: the ticker at the lease's end, or any read of ``is_leader``),
+        before ``is_leader`` can read False anywhere; events and a read every :data:`POLL` s
+        (a backstop, should the ticker be starved) also end the wait.
+        """
+        loop = asyncio.get_running_loop()
+        ended = asyncio.Event()
+
+        def signal() -> None:  # any thread, under the elector's state lock: only schedules
+            loop.call_soon_threadsafe(ended.set)
+
+        self._elector._arm_leadership_end(signal)
+        while not ended.is_set() and self._elector.is_leader and self._elector.fencing_token == token:
+            changed = self._changed
+            waits = {asyncio.ensure_future(changed.wait()), asyncio.ensure_future(ended.wait())}
+            try:
+                await asyncio.wait(waits, timeout=POLL, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
 
     async def run_while_leader(self, function: Callable[[FencingToken], Awaitable[Any]], repeat: bool = True) -> None:
         """At each leadership, run ``await function(token)``; cancel it when leadership ends.
 
-        Cancelled within :data:`POLL` seconds of ``is_leader`` reading False (the local lease's
-        end), or at once on a ``reelection`` event. With ``repeat=False``, return after the first
+        Cancelled when the leadership ends: the elector signals the loop at the local lease's
+        end, before ``is_leader`` can read False, and on a ``reelection`` event; the coroutine
+        receives ``CancelledError`` at its next ``await``. With ``repeat=False``, return after the first
         leadership. An exception of ``function`` propagates.
         """
         while True:

@@ -62,13 +62,25 @@ def test_demotion_at_lease_end_on_controlled_clock(monkeypatch: pytest.MonkeyPat
     clock = ShiftedClock()
     monkeypatch.setattr(elector_module, "time", types.SimpleNamespace(monotonic=clock.monotonic))
     told = threading.Event()
+    signals: list[threading.Event] = []
+    began = threading.Event()
+
+    def work(token: FencingToken, demoted: threading.Event) -> None:
+        signals.append(demoted)
+        began.set()
+        demoted.wait(TIMEOUT)
+        told.set()
+
     node = member(store(), "a").start()
     try:
-        node.run_while_leader(lambda token, demoted: (demoted.wait(TIMEOUT), told.set()), grace=1.0)
+        node.run_while_leader(work, grace=1.0)
         assert node.wait_for_leader(TIMEOUT) is not None
-        assert node.is_leader
+        assert began.wait(TIMEOUT)
+        assert node.is_leader and not signals[0].is_set()
         clock.offset = 10 * TTL  # the lease is over: is_leader reads False from now on
         assert not node.is_leader
+        # set before is_leader could read False (by the elector, under its lock), not after
+        assert signals[0].is_set()
         assert told.wait(1.0)
     finally:
         assert node.stop()

@@ -1,9 +1,13 @@
 """Leader-only work on threads: run a function on a thread of its own at each leadership.
 
 The elector's callback thread calls :meth:`LeaderWork.on_event`; the work runs on a thread
-named ``followtheleader-work-NAME``; a watcher thread sets the stop event when the node no
-longer leads (a ``reelection``/``follower`` event, or ``is_leader`` reading False, checked
-every :data:`POLL` seconds) and reports a function still running ``grace`` seconds later.
+named ``followtheleader-work-NAME``. Its stop event (``demoted``) is armed with the elector
+(``_arm_leadership_end``): it is set under the elector's state lock by the first thread that
+sees the leadership over (the ticker at the lease's end, an input, or a read of ``is_leader``),
+so ``is_leader`` never reads False before ``demoted`` is set. It is also set on a
+``reelection``/``follower`` event. A watcher thread reads ``is_leader`` every :data:`POLL`
+seconds as a backstop (should the ticker be starved) and reports a function still running
+``grace`` seconds after demotion.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from .._core.model import Event, FencingToken
 log = logging.getLogger(__name__)
 
 POLL = 0.05
-"""Seconds between two reads of ``is_leader`` by the watcher while the work runs."""
+"""Seconds between two reads of ``is_leader`` by the watcher while the work runs (a backstop:
+the elector sets ``demoted`` itself when the leadership ends)."""
 
 WorkFunction = Callable[[FencingToken, threading.Event], Any]
 
@@ -33,6 +38,8 @@ class Host(Protocol):
     def fencing_token(self) -> FencingToken | None: ...
 
     def _report_error(self, error: BaseException, reason: str) -> None: ...
+
+    def _arm_leadership_end(self, signal: Callable[[], None]) -> bool: ...
 
 
 class LeaderWork:
@@ -75,6 +82,7 @@ class LeaderWork:
                 daemon=True,
             )
             self._threads = [t for t in self._threads if t.is_alive()] + [worker, watcher]
+        self._host._arm_leadership_end(demoted.set)
         worker.start()
         watcher.start()
 
