@@ -22,6 +22,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from netlab import Host, Lab
@@ -135,6 +136,74 @@ def _http_ok(host: Host, port: int, path: str, tls: ssl.SSLContext | None = None
             return False
 
     return host.call_in_namespace(attempt, timeout=5)
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """Paths of the files :func:`make_certificates` wrote."""
+
+    ca: str
+    server_cert: str
+    server_key: str
+    client_cert: str
+    client_key: str
+
+
+def make_certificates(directory: str, addresses: list[str]) -> Certificates:
+    """A CA, a server certificate for ``addresses`` (IP subject names) and a client certificate,
+    in ``directory``. The server certificate is for client use too: etcd's JSON gateway dials
+    etcd's gRPC port with it."""
+    ca, ca_key = os.path.join(directory, "ca.pem"), os.path.join(directory, "ca.key")
+    openssl = shutil.which("openssl") or "openssl"
+
+    def run(*argv: str) -> None:
+        subprocess.run([openssl, *argv], check=True, capture_output=True, timeout=60)
+
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=ftl-test-ca",
+        "-keyout",
+        ca_key,
+        "-out",
+        ca,
+    )
+    sans = ",".join(f"IP:{address}" for address in addresses)
+    for name, extensions in (
+        ("server", [f"subjectAltName={sans}", "extendedKeyUsage=serverAuth,clientAuth"]),
+        ("client", ["extendedKeyUsage=clientAuth"]),
+    ):
+        key, request, cert, extfile = (os.path.join(directory, f"{name}.{e}") for e in ("key", "csr", "pem", "ext"))
+        with open(extfile, "w") as file:
+            file.write("\n".join(extensions) + "\n")
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=ftl-test-{name}", "-keyout", key, "-out", request)
+        run(
+            "x509",
+            "-req",
+            "-in",
+            request,
+            "-CA",
+            ca,
+            "-CAkey",
+            ca_key,
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            extfile,
+            "-out",
+            cert,
+        )
+    server_cert, server_key, client_cert, client_key = (
+        os.path.join(directory, n) for n in ("server.pem", "server.key", "client.pem", "client.key")
+    )
+    return Certificates(ca, server_cert, server_key, client_cert, client_key)
 
 
 class Server:
@@ -273,58 +342,9 @@ class ServerSet:
         )
 
     def _make_certificates(self) -> None:
-        """A CA, a server certificate for every host's address, and a client certificate. The server
-        certificate is for client use too: etcd's JSON gateway dials etcd's gRPC port with it."""
-        self.ca, self.cert, self.key = (os.path.join(self.dir, n) for n in ("ca.pem", "client.pem", "client.key"))
-        ca_key = os.path.join(self.dir, "ca.key")
-        openssl = shutil.which("openssl") or "openssl"
-
-        def run(*argv: str) -> None:
-            subprocess.run([openssl, *argv], check=True, capture_output=True, timeout=60)
-
-        run(
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=ftl-test-ca",
-            "-keyout",
-            ca_key,
-            "-out",
-            self.ca,
-        )
-        sans = ",".join(f"IP:{h.address}" for h in self.hosts)
-        for name, extensions in (
-            ("server", [f"subjectAltName={sans}", "extendedKeyUsage=serverAuth,clientAuth"]),
-            ("client", ["extendedKeyUsage=clientAuth"]),
-        ):
-            key, request, cert, extfile = (os.path.join(self.dir, f"{name}.{e}") for e in ("key", "csr", "pem", "ext"))
-            with open(extfile, "w") as file:
-                file.write("\n".join(extensions) + "\n")
-            run(
-                "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=ftl-test-{name}", "-keyout", key, "-out", request
-            )
-            run(
-                "x509",
-                "-req",
-                "-in",
-                request,
-                "-CA",
-                self.ca,
-                "-CAkey",
-                ca_key,
-                "-CAcreateserial",
-                "-days",
-                "1",
-                "-extfile",
-                extfile,
-                "-out",
-                cert,
-            )
+        """This set's certificates (:func:`make_certificates` for every host's address)."""
+        certificates = make_certificates(self.dir, [h.address for h in self.hosts])
+        self.ca, self.cert, self.key = certificates.ca, certificates.client_cert, certificates.client_key
 
     def _client_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=self.ca)

@@ -26,7 +26,7 @@ from followtheleader._coordinators.base import CoordinatorError, make_coordinato
 from followtheleader._core.model import Member
 
 from cluster import Cluster, check_pairing, leader_overlap
-from coordservers import ServerPool, unavailable_reason
+from coordservers import ServerPool, make_certificates, unavailable_reason
 from netlab import Host, Lab
 
 DEADLINE = 20.0
@@ -223,47 +223,8 @@ def test_redis_binaries_or_a_clear_skip() -> None:
 
 def _certificates(directory: Path) -> tuple[str, str, str]:
     """A CA and a server certificate for 127.0.0.1: (ca, cert, key) paths."""
-    ca, ca_key = str(directory / "ca.pem"), str(directory / "ca.key")
-    cert, key, csr, ext = (str(directory / n) for n in ("server.pem", "server.key", "server.csr", "server.ext"))
-
-    def run(*argv: str) -> None:
-        subprocess.run(["openssl", *argv], check=True, capture_output=True, timeout=60)
-
-    run(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=ftl-ca",
-        "-keyout",
-        ca_key,
-        "-out",
-        ca,
-    )
-    Path(ext).write_text("subjectAltName=IP:127.0.0.1\n")
-    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=ftl-redis", "-keyout", key, "-out", csr)
-    run(
-        "x509",
-        "-req",
-        "-in",
-        csr,
-        "-CA",
-        ca,
-        "-CAkey",
-        ca_key,
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        ext,
-        "-out",
-        cert,
-    )
-    return ca, cert, key
+    certificates = make_certificates(str(directory), ["127.0.0.1"])
+    return certificates.ca, certificates.server_cert, certificates.server_key
 
 
 def test_rediss_url_talks_tls_and_refuses_an_unknown_certificate(tmp_path: Path) -> None:
