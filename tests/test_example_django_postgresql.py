@@ -233,21 +233,21 @@ def _check_history(runs: list[tuple[int, int, str]]) -> None:
     assert all(len(nodes) == 1 for nodes in writers.values()), f"two nodes ran the job in one epoch: {writers}"
 
 
+def _migrate(host: Host, env: dict[str, str]) -> None:
+    """``manage.py migrate``: the job's tables (followtheleader's are made on first use)."""
+    argv = [sys.executable, MANAGE, "migrate", "--no-input"]
+    migrate = host.popen(argv, env=env, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output, _ = migrate.communicate(timeout=120)
+    assert migrate.returncode == 0, output.decode(errors="replace")
+
+
 @pytest.mark.lab
 def test_one_copy_runs_the_job_and_another_takes_over_after_a_sigkill(
     lab: Lab, postgresql: ServerSet, copies: Copies
 ) -> None:
     group = copies.env["FTL_GROUP"]
     hosts = [lab.hosts[f"n{i}"] for i in (7, 8, 9)]
-    migrate = hosts[0].popen(
-        [sys.executable, MANAGE, "migrate", "--no-input"],
-        env=copies.env,
-        cwd=PROJECT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    output, _ = migrate.communicate(timeout=120)
-    assert migrate.returncode == 0, output.decode(errors="replace")
+    _migrate(hosts[0], copies.env)
     for index, host in enumerate(hosts):
         copies.start(host, f"d{index}")
 
@@ -291,6 +291,45 @@ def test_one_copy_runs_the_job_and_another_takes_over_after_a_sigkill(
             survivor.send_signal(signal.SIGTERM)
             assert survivor.wait(TIMEOUT) == 0, copies.outputs()
     _check_history(_runs(postgresql, group))
+
+
+@pytest.mark.lab
+def test_a_paused_leader_s_late_run_is_refused_by_the_epoch_fence(
+    lab: Lab, postgresql: ServerSet, copies: Copies
+) -> None:
+    """SIGSTOP the leader during the job's work (before its write), until another copy leads
+    and writes; SIGCONT: the paused copy's write, under the older epoch, is refused."""
+    group = copies.env["FTL_GROUP"]
+    copies.env["JOB_WORK_SECONDS"] = "1.0"
+    hosts = [lab.hosts["n7"], lab.hosts["n8"]]
+    _migrate(hosts[0], copies.env)
+    for index, host in enumerate(hosts):
+        copies.start(host, f"p{index}")
+    first = _wait(lambda: _runs(postgresql, group), "the first run of the job")
+    leader, epoch = first[0][2], first[0][1]
+    other = next(node for node in copies.processes if node != leader)
+    process, _ = copies.processes[leader]
+
+    # Pause it right after it starts a run's work: it will write after the pause.
+    working = copies.output(leader).count("job: working")
+    _wait(lambda: copies.output(leader).count("job: working") > working, "the leader starting its work")
+    process.send_signal(signal.SIGSTOP)
+    try:
+        after = _wait(
+            lambda: [run for run in _runs(postgresql, group) if run[1] > epoch],
+            "a run by the other copy",
+            timeout=TTL + TIMEOUT,
+        )
+        assert {node for _, _, node in after} == {other}
+    finally:
+        process.send_signal(signal.SIGCONT)
+    _wait(lambda: f"job: refused (term {epoch})" in copies.output(leader), "the paused copy's write refused")
+    history = _runs(postgresql, group)
+    _check_history(history)
+    assert [node for _, e, node in history if e == epoch] == [leader] * sum(1 for run in history if run[1] == epoch)
+    new_epoch = max(e for _, e, _ in history)
+    assert new_epoch > epoch and _fence(postgresql, group) == new_epoch
+    assert f"job: ran (term {epoch})" not in copies.output(leader).split("job: refused", 1)[1]
 
 
 @pytest.mark.lab

@@ -2,17 +2,22 @@
 
 ``run_while_leading`` runs on the thread ``Elector.run_while_leader`` starts at each
 leadership (``followtheleader-work-<group>``): one run every ``JOB_PERIOD`` seconds until
-``demoted`` is set. Each run writes in one transaction of Django's connection, whose first
-statement is the fence: ``PostgreSQLEpochGuard.WRITE`` (examples/fencing.py), which stores
-this leadership's epoch on the row of the group, unless a greater epoch has written. The
-coordinator's epoch is the token's term; it is in the same database, so the fence and the
-job's rows commit together or not at all.
+``demoted`` is set. Each run does its work, then writes its result in one transaction of
+Django's connection, whose first statement is the fence: ``PostgreSQLEpochGuard.WRITE``
+(examples/fencing.py), which stores this leadership's epoch on the group's row unless a
+greater epoch has written. The coordinator's epoch is the token's term, and the fence is in
+the same database as the job's rows: they commit together or not at all.
+
+Nothing is checked between the work and the write, on purpose: however late a check, the
+process can be paused right after it (SIGSTOP, a long garbage collection, a frozen virtual
+machine) while another copy takes over. The fence refuses the late write.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
@@ -38,10 +43,17 @@ def fenced_run(token: FencingToken, group: str, node_id: str) -> bool:
         )
         if cursor.rowcount != 1:
             return False
-        # The job's real work goes here, in this transaction (send the reminders that are due,
-        # close expired orders...). This one records that it ran.
+        # The job's writes go here, in this transaction (mark the reminders sent, close the
+        # expired orders...). This one records that it ran.
         JobRun.objects.create(group=group, epoch=token.term, node_id=node_id)
     return True
+
+
+def work(token: FencingToken) -> None:
+    """The job's work before it writes (reading, computing, calling other services); here
+    it only takes ``JOB_WORK_SECONDS``."""
+    log.info("job: working (term %d)", token.term)
+    time.sleep(settings.JOB_WORK_SECONDS)
 
 
 def run_while_leading(token: FencingToken, demoted: threading.Event, node_id: str) -> None:
@@ -52,6 +64,7 @@ def run_while_leading(token: FencingToken, demoted: threading.Event, node_id: st
         while not demoted.is_set():
             close_old_connections()  # drops this thread's connection if it is broken or too old
             try:
+                work(token)
                 written = fenced_run(token, group, node_id)
             except Exception:  # the database may be down for a while: log, and try at the next run
                 log.exception("job: failed (term %d)", token.term)

@@ -41,6 +41,8 @@ FOLLOWTHELEADER_TTL = float(os.environ.get("FTL_TTL", "10"))
 FOLLOWTHELEADER_NODE_ID = os.environ.get("FTL_NODE_ID") or None
 # Seconds between two runs of the job while leading.
 JOB_PERIOD = float(os.environ.get("JOB_PERIOD", "60"))
+# Seconds the example job "works" before it writes (a stand-in for real work).
+JOB_WORK_SECONDS = float(os.environ.get("JOB_WORK_SECONDS", "0"))
 
 # followtheleader logs under the "followtheleader" logger (role changes at INFO) and never
 # configures logging itself: the project decides where its lines go.
