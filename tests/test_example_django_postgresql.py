@@ -27,7 +27,8 @@ from typing import IO, Any
 
 import pytest
 
-from followtheleader._coordinators.base import parse_coordinator
+from followtheleader._coordinators.base import CoordinatorConfig
+from followtheleader._coordinators.base import parse_coordinator as parse_url
 
 from coordservers import PG_DATABASE, PG_PORT, PG_USER, ServerPool, ServerSet
 from netlab import Host, Lab
@@ -49,6 +50,13 @@ def _load_coordinator_module() -> ModuleType:
 
 
 url_from_django: Callable[..., str] = _load_coordinator_module().coordinator_url_from_django
+
+
+def parse_coordinator(url: str) -> CoordinatorConfig:
+    """followtheleader's own reading of a coordinator URL (it checks that psycopg is installed)."""
+    pytest.importorskip("psycopg")
+    return parse_url(url)
+
 
 ENGINE = "django.db.backends.postgresql"
 
