@@ -293,12 +293,22 @@ def test_one_copy_runs_the_job_and_another_takes_over_after_a_sigkill(
     assert max(e for _, e, _ in history) == new_epoch
     assert _fence(postgresql, group) == new_epoch
 
-    # The others stop cleanly on SIGTERM (the leader hands over as it goes).
-    for node, (survivor, _) in copies.processes.items():
-        if node != leader:
-            survivor.send_signal(signal.SIGTERM)
-            assert survivor.wait(TIMEOUT) == 0, copies.outputs()
-    _check_history(_runs(postgresql, group))
+    # SIGTERM to the new leader: it stops its job, then hands over; the third copy runs the job.
+    (third,) = set(copies.processes) - {leader, successor}
+    successor_process, _ = copies.processes[successor]
+    successor_process.send_signal(signal.SIGTERM)
+    assert successor_process.wait(TIMEOUT) == 0, copies.outputs()
+    assert "not leading any more (stopped)" in copies.output(successor)
+    last = _wait(
+        lambda: [run for run in _runs(postgresql, group) if run[1] > new_epoch], "a run by the third copy", TTL + 10
+    )
+    assert {node for _, _, node in last} == {third}
+    third_process, _ = copies.processes[third]
+    third_process.send_signal(signal.SIGTERM)
+    assert third_process.wait(TIMEOUT) == 0, copies.outputs()
+    history = _runs(postgresql, group)
+    _check_history(history)
+    assert _fence(postgresql, group) == max(e for _, e, _ in history)
 
 
 @pytest.mark.lab
