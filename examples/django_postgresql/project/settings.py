@@ -32,6 +32,10 @@ DATABASES: dict[str, dict[str, Any]] = {
     }
 }
 
+# The coordinator: by default derived from DATABASES["default"] (jobs/coordinator.py); set
+# FTL_COORDINATOR to a postgresql:// URL to connect elsewhere or otherwise.
+FOLLOWTHELEADER_COORDINATOR = os.environ.get("FTL_COORDINATOR") or None
+
 # Every copy of run_singleton, on every host, uses the same group name.
 FOLLOWTHELEADER_GROUP = os.environ.get("FTL_GROUP", "mysite-singleton")
 # How long a crashed leader keeps its leadership before another copy takes over (seconds;

@@ -47,9 +47,10 @@ class Command(BaseCommand):
         # SIGTERM becomes a normal exit: it unwinds the blocks below, which stop the job's
         # thread first and then the elector, which hands leadership over.
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+        url = settings.FOLLOWTHELEADER_COORDINATOR or coordinator_url_from_django(settings.DATABASES["default"])
         elector = elect(
             settings.FOLLOWTHELEADER_GROUP,
-            coordinator=coordinator_url_from_django(settings.DATABASES["default"]),
+            coordinator=url,
             coordinator_ttl=settings.FOLLOWTHELEADER_TTL,
             node_id=settings.FOLLOWTHELEADER_NODE_ID,
         )
