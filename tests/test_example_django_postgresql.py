@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -179,9 +180,12 @@ class Copies:
 
 
 @pytest.fixture
-def postgresql(lab: Lab, coordinator_servers: ServerPool) -> ServerSet:
+def postgresql(request: pytest.FixtureRequest, lab: Lab, coordinator_servers: ServerPool) -> ServerSet:
+    """The PostgreSQL server (``postgresql``), or pgbouncer in transaction mode in front of one
+    (``pgbouncer``, by indirect parametrisation): ``DB_PORT`` is then pgbouncer's, and Django
+    and the elector both go through it."""
     pytest.importorskip("django")
-    return coordinator_servers.get(lab, "postgresql", 1)
+    return coordinator_servers.get(lab, getattr(request, "param", "postgresql"), 1)
 
 
 @pytest.fixture
@@ -190,7 +194,7 @@ def copies(tmp_path: Path, postgresql: ServerSet) -> Iterator[Copies]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FOLLOWTHELEADER_", "FTL_", "DB_", "PG"))}
     env |= {
         "DB_HOST": postgresql.hosts[0].address,
-        "DB_PORT": str(PG_PORT),
+        "DB_PORT": str(urllib.parse.urlsplit(postgresql.url).port),
         "DB_NAME": PG_DATABASE,
         "DB_USER": PG_USER,
         "FTL_GROUP": group,
@@ -250,6 +254,7 @@ def _migrate(host: Host, env: dict[str, str]) -> None:
 
 
 @pytest.mark.lab
+@pytest.mark.parametrize("postgresql", ["postgresql", "pgbouncer"], indirect=True)
 def test_one_copy_runs_the_job_and_another_takes_over_after_a_sigkill(
     lab: Lab, postgresql: ServerSet, copies: Copies
 ) -> None:
