@@ -102,3 +102,25 @@ def test_the_epoch_guard_refuses_an_older_epoch(direct: ServerSet) -> None:
         return new, old, same, guard.read()
 
     assert host.call_in_namespace(run, timeout=30) == (True, False, True, (5, "again 5"))
+
+
+def test_a_unix_socket_directory_as_host(direct: ServerSet) -> None:
+    """libpq's form for a local server: the percent-encoded socket directory as the host
+    (Django's HOST "/var/run/postgresql"), and a user without a password. The socket is a
+    file in the server's own directory: this elector sends nothing over any network."""
+    import threading
+    import urllib.parse
+
+    from followtheleader import elect
+
+    url = f"postgresql://{PG_USER}@{urllib.parse.quote(direct.dir, safe='')}:{PG_PORT}/{PG_DATABASE}"
+    elector = elect("unix-socket-group", coordinator=url, coordinator_ttl=TTL)
+    led = threading.Event()
+    elector.on("leader", lambda *_: led.set())
+    elector.start()
+    try:
+        assert led.wait(20), "no leadership through the Unix socket"
+        assert elector.is_leader and elector.fencing_token is not None
+    finally:
+        elector.stop()
+    assert not elector.is_leader

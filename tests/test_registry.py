@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,15 @@ def test_what_a_url_path_names() -> None:
     database = parse_coordinator("postgresql://u:pw@h/app%20db?sslmode=disable")
     assert (database.path, database.prefix, database.hosts) == ("app db", "/followtheleader", (("h", 5432),))
     assert parse_coordinator("redis://h:7000/3").path == "3"
+    local = parse_coordinator("postgresql://app@%2Fvar%2Frun%2Fpostgresql/app")
+    assert (local.hosts, local.path) == ((("%2Fvar%2Frun%2Fpostgresql", 5432),), "app")  # a socket directory
+    assert (local.username, local.password, local.url) == (
+        "app",
+        None,
+        "postgresql://app@%2Fvar%2Frun%2Fpostgresql/app",
+    )
+    with pytest.raises(ValueError, match="credentials must be given"):
+        parse_coordinator("postgresql://:pw@h/app")
     socket = parse_coordinator("unix:///run/redis/redis.sock?db=2")
     assert (socket.hosts, socket.path, socket.backend) == ((), "/run/redis/redis.sock", "redis")
     with pytest.raises(ValueError, match="names a socket"):
@@ -201,3 +211,13 @@ def _env(root: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
     return env
+
+
+@pytest.mark.parametrize("password", ["a/b", "a%2Fb", "p@ss:w?rd#1", "%41", "x"])
+def test_the_shown_url_never_contains_the_password(password: str) -> None:
+    written = urllib.parse.quote(password, safe="")
+    for url in (f"postgresql://me:{written}@h/db?sslmode=require", f"redis://me:{written}@h:6379/0"):
+        config = parse_coordinator(url)
+        assert config.password == password
+        assert written not in config.url and password not in config.url, config.url
+        assert config.url == url.replace(f":{written}@", ":***@")

@@ -114,14 +114,20 @@ def parse_coordinator(url: str) -> CoordinatorConfig:
     rest, _, query_text = rest.partition("?")
     netloc, slash, path = rest.partition("/")
     username = password = None
+    shown = url
     if "@" in netloc:
         credentials, _, netloc = netloc.rpartition("@")
         user, colon, secret = credentials.partition(":")
-        if not user or not colon:
-            raise ValueError("option 'coordinator': credentials must be given as user:password@")
+        if not user:
+            raise ValueError("option 'coordinator': credentials must be given as user:password@ or user@")
         if driver.refuse_credentials:
             raise ValueError(f"option 'coordinator': {driver.refuse_credentials}")
-        username, password = urllib.parse.unquote(user), urllib.parse.unquote(secret)
+        username = urllib.parse.unquote(user)
+        password = urllib.parse.unquote(secret) if colon else None  # user@: the client's own way (e.g. .pgpass)
+        # The credentials are the start of what follows "://": mask the password as written
+        # (percent-encoded or not), whatever characters it has.
+        after = len(scheme_name) + len("://") + len(credentials)
+        shown = f"{url[: len(scheme_name)]}://{user}:***{url[after:]}" if colon else url
     prefix, raw_path = DEFAULT_PREFIX, urllib.parse.unquote(path)
     if driver.path == "socket":  # unix:///path/to/socket: no server, a path
         if netloc:
@@ -150,11 +156,6 @@ def parse_coordinator(url: str) -> CoordinatorConfig:
         raise ValueError(
             f"option 'coordinator': {driver.backend} needs the {driver.library} package; install {_extra(driver)}"
         )
-    shown = (
-        url
-        if password is None
-        else url.replace(f":{urllib.parse.quote(password)}@", ":***@").replace(f":{password}@", ":***@")
-    )
     return CoordinatorConfig(
         driver.backend, hosts, prefix, driver.tls, username, password, query, shown, driver.scheme, raw_path
     )

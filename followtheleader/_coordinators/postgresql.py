@@ -31,6 +31,7 @@ import logging
 import selectors
 import socket
 import time
+import urllib.parse
 import uuid
 from typing import Any
 
@@ -128,7 +129,9 @@ class PostgreSQLCoordinator(Coordinator):
             params.setdefault("sslmode", "require")
         try:
             return psycopg.connect(
-                host=",".join(host for host, _ in config.hosts),
+                # A percent-encoded host such as %2Fvar%2Frun%2Fpostgresql is a Unix-socket
+                # directory, as in libpq's own URIs.
+                host=",".join(urllib.parse.unquote(host) for host, _ in config.hosts),
                 port=",".join(str(port) for _, port in config.hosts),
                 dbname=config.path or None,
                 user=config.username,
