@@ -111,13 +111,19 @@ def test_a_user_without_password_and_the_postgis_engine() -> None:
     assert config.username == "u" and not config.password  # libpq then reads ~/.pgpass
 
 
+def test_a_socket_directory_is_written_as_libpq_writes_it() -> None:
+    url = url_from_django({"ENGINE": ENGINE, "HOST": "/var/run/postgresql", "NAME": "app", "USER": "web"})
+    assert url == "postgresql://web@%2Fvar%2Frun%2Fpostgresql/app"
+    config = parse_coordinator(url)
+    assert (config.hosts, config.username, config.password) == ((("%2Fvar%2Frun%2Fpostgresql", 5432),), "web", None)
+
+
 @pytest.mark.parametrize(
     ("database", "message"),
     [
         ({"ENGINE": "django.db.backends.sqlite3", "NAME": "db.sqlite3"}, "is not PostgreSQL"),
-        ({"ENGINE": ENGINE, "HOST": "", "NAME": "app"}, "Unix socket"),
-        ({"ENGINE": ENGINE, "NAME": "app"}, "Unix socket"),
-        ({"ENGINE": ENGINE, "HOST": "/var/run/postgresql", "NAME": "app"}, "Unix socket"),
+        ({"ENGINE": ENGINE, "HOST": "", "NAME": "app"}, "default Unix socket"),
+        ({"ENGINE": ENGINE, "NAME": "app"}, "default Unix socket"),
         ({"ENGINE": ENGINE, "HOST": "db", "NAME": ""}, "NAME is empty"),
         ({"ENGINE": ENGINE, "HOST": "db", "NAME": "app", "PASSWORD": "x"}, "PASSWORD without USER"),
         ({"ENGINE": ENGINE, "HOST": "a,b,c", "PORT": "1,2", "NAME": "app"}, "2 ports for 3 hosts"),

@@ -38,8 +38,9 @@ def coordinator_url_from_django(
     ``settings.DATABASES``) does.
 
     * ``HOST``: one host name or address, or several separated by commas (libpq's multi-host
-      form; an IPv6 address is bracketed); ``PORT``: one port for every host, or one per
-      host; empty for 5432.
+      form; an IPv6 address is bracketed), or a Unix socket's directory such as
+      ``/var/run/postgresql`` (percent-encoded, as in libpq's URIs); ``PORT``: one port for
+      every host, or one per host; empty for 5432.
     * ``NAME``, ``USER`` and ``PASSWORD`` are percent-encoded into the URL (any character is
       allowed). Without ``USER`` libpq's defaults apply (the OS user, ``~/.pgpass``).
     * ``OPTIONS``: every libpq connection parameter (``sslmode``, ``sslrootcert``,
@@ -49,10 +50,10 @@ def coordinator_url_from_django(
     * ``schema`` and ``table_prefix`` name where the coordinator's two tables go (default:
       ``public.followtheleader_leader`` and ``public.followtheleader_member``).
 
-    :raises ValueError: for a database that is not PostgreSQL, one reached through a Unix
-        socket (an empty ``HOST``, or a directory such as ``/var/run/postgresql``) or a
-        ``service`` of ``pg_service.conf``, which the coordinator URL cannot name; the
-        message says what to set instead.
+    :raises ValueError: for a database that is not PostgreSQL, an empty ``HOST`` (libpq's
+        default socket, whose directory the URL must name) or a ``service`` of
+        ``pg_service.conf``, which the coordinator URL cannot name; the message says what to
+        set instead.
     """
     engine = str(database.get("ENGINE", ""))
     if engine not in POSTGRESQL_ENGINES:
@@ -62,11 +63,11 @@ def coordinator_url_from_django(
         raise ValueError("OPTIONS['service'] cannot be named in a coordinator URL: set HOST, PORT and NAME")
     hosts = [host.strip() for host in str(database.get("HOST") or "").split(",")]
     for host in hosts:
-        if not host or host.startswith(("/", "@")):
+        if not host or host.startswith("@"):
             raise ValueError(
-                f"HOST {host!r} reaches PostgreSQL through a Unix socket, and followtheleader's PostgreSQL "
-                "driver connects over TCP only: set HOST to the server's name or address (127.0.0.1 on "
-                "the same machine), or give the coordinator URL yourself"
+                f"HOST {host!r} means libpq's default Unix socket, which a coordinator URL cannot name: "
+                "set HOST to the socket's directory (such as /var/run/postgresql) or to the server's "
+                "name or address, or give the coordinator URL yourself"
             )
     ports = [port.strip() for port in str(database.get("PORT") or "").split(",") if port.strip()]
     if len(ports) == 1:
@@ -83,11 +84,13 @@ def coordinator_url_from_django(
     def quoted(text: Any) -> str:
         return urllib.parse.quote(str(text), safe="")
 
-    netloc = ",".join(
-        (f"[{host}]" if ":" in host else host) + (f":{ports[index]}" if ports else "")
-        for index, host in enumerate(hosts)
-    )
-    credentials = f"{quoted(user)}:{quoted(password)}@" if user else ""
+    def written(host: str) -> str:
+        if host.startswith("/"):  # a Unix socket's directory: percent-encoded, as libpq's URIs write it
+            return quoted(host)
+        return f"[{host}]" if ":" in host else host
+
+    netloc = ",".join(written(host) + (f":{ports[index]}" if ports else "") for index, host in enumerate(hosts))
+    credentials = f"{quoted(user)}:{quoted(password)}@" if password else f"{quoted(user)}@" if user else ""
     settings = [(key, str(value)) for key, value in options.items() if key not in DJANGO_ONLY_OPTIONS]
     settings += [(key, value) for key, value in (("schema", schema), ("table_prefix", table_prefix)) if value]
     query = f"?{urllib.parse.urlencode(settings)}" if settings else ""
