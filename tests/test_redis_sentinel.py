@@ -1,0 +1,260 @@
+"""The Redis driver through Sentinel (``redis+sentinel://``, issue 21): a primary, one replica
+and three sentinels in lab hosts (tests/coordservers.py, ``redis-sentinel``), replication
+asynchronous as Redis makes it.
+
+* A group elects through the sentinels; the primary is killed (SIGKILL); the sentinels
+  promote the replica and the group leads on through it, its leader key on the new primary.
+* What asynchronous replication can do, made to happen: the replication link is cut, so a
+  claim the primary acknowledges is never replicated; the primary is then killed and the
+  replica promoted without it. The leader of the lost claim, which cannot reach the new
+  primary, leads on by its local lease beside the successor elected there: two leaders, for
+  less than the lease (0.8 TTL after its last renewal). The promoted replica's fence counter
+  is behind the lost token, yet the successor's token is greater (a claim through Sentinel
+  takes the server's TIME in microseconds when it is ahead of the counter).
+* ``min-replicas-to-write`` on the primary: once its replica is cut off for longer than
+  ``min-replicas-max-lag``, the primary refuses the leader's renewals, and the leader demotes
+  by its lease; the window for writes that can be lost is then the lag, not the cut.
+
+The docs page "Beyond one subnet" (section Redis, "Sentinel and replication") says the same.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from followtheleader import elect
+
+from cluster import Cluster, check_pairing, leader_overlap
+from coordservers import REDIS_PORT, ServerSet, server_hosts, unavailable_reason
+from netlab import Host, Lab
+
+pytestmark = pytest.mark.lab
+
+DEADLINE = 30.0
+"""Seconds any one step may take (a failover takes about 2 s: 1 s down-after, then the vote)."""
+LEASE_FRACTION = 0.8
+"""The local lease ends this fraction of the TTL after the renewal's send time (backend.py)."""
+
+
+def _servers(lab: Lab, tag: str) -> Iterator[ServerSet]:
+    """A primary, a replica and three sentinels on lab hosts ``<tag>0``..``<tag>4`` of their own
+    (the test kills the primary: no other test may share them)."""
+    reason = unavailable_reason("redis-sentinel")
+    if reason:
+        pytest.skip(reason)
+    servers = ServerSet("redis-sentinel", server_hosts(lab, [f"{tag}{i}" for i in range(5)]))
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.close()
+
+
+@pytest.fixture
+def sentinel_a(lab: Lab) -> Iterator[ServerSet]:
+    yield from _servers(lab, "sna")
+
+
+@pytest.fixture
+def sentinel_b(lab: Lab) -> Iterator[ServerSet]:
+    yield from _servers(lab, "snb")
+
+
+@pytest.fixture
+def sentinel_c(lab: Lab) -> Iterator[ServerSet]:
+    yield from _servers(lab, "snc")
+
+
+def _on(host: Host, request: Callable[[Any], Any]) -> Any:
+    """``request(client)`` with a client of the Redis server on ``host`` (from its namespace)."""
+
+    def ask() -> Any:
+        import redis
+
+        with redis.Redis(host=host.address, port=REDIS_PORT, socket_timeout=5, decode_responses=True) as client:
+            return request(client)
+
+    return host.call_in_namespace(ask, timeout=DEADLINE + 10)
+
+
+def _until(host: Host, condition: Callable[[Any], Any], what: str, timeout: float = DEADLINE) -> Any:
+    """Poll the Redis server on ``host`` every 10 ms until ``condition(client)`` is truthy; its value."""
+
+    def poll(client: Any) -> Any:
+        deadline = time.monotonic() + timeout
+        while not (value := condition(client)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+            time.sleep(0.01)  # polling a server from outside: it has no event to wait on
+        return value
+
+    return _on(host, poll)
+
+
+def _primary_becomes(servers: ServerSet, address: str) -> float:
+    """Wait until the sentinels name ``address`` as the primary; the monotonic time then."""
+    deadline = time.monotonic() + DEADLINE
+    while servers.sentinel_primary() != address:
+        assert time.monotonic() < deadline, "the sentinels did not promote the replica"
+        time.sleep(0.05)  # polling the sentinels from outside: no event to wait on
+    return time.monotonic()
+
+
+def _keys(cluster: Cluster) -> tuple[str, str]:
+    """The group's leader and fence keys (the ServerSet's URL has ``prefix=/ftltest``)."""
+    return f"/ftltest/{cluster.group}/leader", f"/ftltest/{cluster.group}/fence"
+
+
+def _spawn(cluster: Cluster, hosts: list[Host], url: str, ttl: float, priorities: list[int]) -> list[Any]:
+    """One node per host, node ids ``m<priority>``, started together."""
+    options = {"coordinator": url, "coordinator_ttl": ttl}
+    processes = [
+        cluster.spawn(host, wait_go=True, node_ids=[f"m{p}"], options={**options, "priority": p})
+        for host, p in zip(hosts, priorities, strict=True)
+    ]
+    cluster.wait_ready()
+    for process in processes:
+        process.send("go")
+    return processes
+
+
+def test_a_url_with_sentinels_reads_like_the_others() -> None:
+    pytest.importorskip("redis")
+    elector = elect("g", coordinator="redis+sentinel://s1,s2:26380,[::1]/mymaster/2?prefix=/x")
+    assert elector.options.coordinator.startswith("redis+sentinel://")
+    with pytest.raises(ValueError, match="names the Sentinel service"):
+        elect("g", coordinator="redis+sentinel://s1:26379")
+
+
+def test_the_group_follows_a_sentinel_failover(cluster: Cluster, hosts: list[Host], sentinel_a: ServerSet) -> None:
+    servers, ttl = sentinel_a, 3.0
+    primary, replica = servers.hosts[0], servers.hosts[1]
+    assert servers.sentinel_primary() == primary.address
+    _spawn(cluster, hosts[:3], servers.url, ttl, [1, 2, 3])
+    first = cluster.wait_agreement(timeout=DEADLINE)
+    leader_key, _ = _keys(cluster)
+    assert _on(primary, lambda r: r.get(leader_key)).startswith(f"{first.term} ")
+    _until(replica, lambda r: r.get(leader_key), "the claim to reach the replica")
+
+    killed_at = time.monotonic()
+    servers.server_at(primary.address).kill()
+    promoted_at = _primary_becomes(servers, replica.address)
+
+    # The group leads on through the new primary: the leader stops, and the member that takes
+    # over claims there (its key on the promoted replica names it, with a greater token).
+    cluster.wait_agreement(timeout=DEADLINE)
+    processes = {p.node_ids[0]: p for p in cluster.processes}
+    processes[first.leader].send("stop")
+    second = cluster.wait_agreement(timeout=DEADLINE, other_than=first.leader, after_term=first.term)
+    assert _on(replica, lambda r: r.get(leader_key)).startswith(f"{second.term} ")
+    print(f"failover: promoted {promoted_at - killed_at:.2f} s after the SIGKILL")
+    # The old leader's claim and renewals had reached the replica: no more than one leader.
+    # (A renewal acknowledged but not yet replicated when the primary died would let the old
+    # leader lead on beside a successor for less than its lease: the next test.)
+    overlap = leader_overlap(cluster.all_events(), since=killed_at)
+    assert overlap < LEASE_FRACTION * ttl
+    check_pairing(cluster.all_events())
+
+
+def test_a_claim_lost_in_a_failover_two_leaders_for_less_than_the_lease_and_tokens_still_grow(
+    cluster: Cluster, hosts: list[Host], faults: Lab, sentinel_b: ServerSet
+) -> None:
+    servers, ttl, ttl_ms = sentinel_b, 8.0, 8000
+    primary, replica = servers.hosts[0], servers.hosts[1]
+    # m3 leads first; m2 will take over on the primary alone; m1 and m3 can reach the replica.
+    processes = _spawn(cluster, hosts[:3], servers.url, ttl, [3, 2, 1])
+    first = cluster.wait_agreement(timeout=DEADLINE)
+    assert first.leader == "m3"
+    leader_key, fence_key = _keys(cluster)
+    _until(replica, lambda r: r.get(leader_key), "the claim to reach the replica")
+
+    # Cut the replication link just before m3's next renewal (PEXPIRE at 0.4 TTL left): the
+    # replica's copy of m3's key then lapses 0.45 TTL after the cut. m2's host is cut off from
+    # the replica too: once the replica is promoted, m2 can reach no primary.
+    _until(primary, lambda r: r.pttl(leader_key) < 0.45 * ttl_ms, "m3's renewal to come near")
+    faults.set_faults(partition=([primary.name, hosts[1].name], [replica.name]))
+    assert int(_on(replica, lambda r: r.get(fence_key))) == first.term
+    processes[0].send("resign")  # m3 releases on the primary only; m2 claims there
+
+    def m2_leads() -> Any:
+        return next((e for e in processes[1].events(("leader",)) if e["term"] > first.term), None)
+
+    lost = cluster.wait(m2_leads, DEADLINE, "m2 to claim on the cut-off primary")
+    assert int(_on(primary, lambda r: r.get(fence_key))) == lost["term"]
+    assert int(_on(replica, lambda r: r.get(fence_key))) == first.term  # the claim is not replicated
+    _until(replica, lambda r: r.get(leader_key) is None, "the replica's copy of m3's key to lapse", ttl + 5)
+
+    # Kill the primary right after m2's renewal: its local lease then has 0.8 TTL to run.
+    def renewed(client: Any, seen: list[int] = []) -> bool:  # noqa: B006 - the poll's own memory
+        seen.append(client.pttl(leader_key))
+        return min(seen) < 0.5 * ttl_ms and seen[-1] > 0.9 * ttl_ms
+
+    _until(primary, renewed, "m2's renewal on the primary", ttl)
+    killed_at = time.monotonic()
+    servers.server_at(primary.address).kill()
+    promoted_at = _primary_becomes(servers, replica.address)
+
+    def successor() -> Any:
+        return next((e for e in cluster.all_events_locked() if e["kind"] == "leader" and e["t"] > killed_at), None)
+
+    new = cluster.wait(successor, DEADLINE, "a leader elected on the promoted replica")
+    m2_demoted = cluster.wait(
+        lambda: next((e for e in processes[1].events() if e["kind"] != "leader" and e["t"] > killed_at), None),
+        DEADLINE,
+        "m2 to demote by its lease",
+    )
+    overlap = leader_overlap(cluster.all_events(), since=killed_at)
+    print(
+        f"lost claim: token {lost['term']}; replica's counter {first.term}; promoted "
+        f"{promoted_at - killed_at:.2f} s after the SIGKILL; successor {new['node']} token {new['term']} "
+        f"{new['t'] - killed_at:.2f} s after; m2 demoted {m2_demoted['t'] - killed_at:.2f} s after; "
+        f"overlap {overlap:.2f} s"
+    )
+    # What asynchronous replication can do: the successor claimed while m2, whose claim was
+    # lost, still led by its lease...
+    assert new["node"] != "m2" and new["t"] < m2_demoted["t"]
+    assert overlap > 0
+    # ...for less than that lease (0.8 TTL after m2's last renewal, made before the SIGKILL),
+    assert m2_demoted["t"] - killed_at < LEASE_FRACTION * ttl + 0.5
+    assert overlap < LEASE_FRACTION * ttl
+    # and a counter that is behind does not make a token repeat: a plain INCR on the promoted
+    # replica would have given first.term + 1 (m2's token had the primary counted by one);
+    # the claim through Sentinel gives the server's time, past the lost token.
+    assert new["term"] > lost["term"] > first.term
+    faults.set_faults()
+    final = cluster.wait_agreement(timeout=DEADLINE, after_term=lost["term"])
+    assert final.term >= new["term"]
+    check_pairing(cluster.all_events())
+
+
+def test_min_replicas_to_write_stops_the_cut_off_primary_from_taking_renewals(
+    cluster: Cluster, hosts: list[Host], faults: Lab, sentinel_c: ServerSet
+) -> None:
+    servers, ttl = sentinel_c, 3.0
+    primary, replica = servers.hosts[0], servers.hosts[1]
+    max_lag = 1
+    _on(primary, lambda r: r.config_set("min-replicas-to-write", 1) and r.config_set("min-replicas-max-lag", max_lag))
+    _spawn(cluster, hosts[:2], servers.url, ttl, [2, 1])
+    first = cluster.wait_agreement(timeout=DEADLINE)
+    leader = cluster.process_of(first.leader)
+    faults.set_faults(partition=([primary.name], [replica.name]))  # the sentinels still see both
+    cut_at = time.monotonic()
+    # The primary refuses writes once its replica's last acknowledgement (sent every second) is
+    # older than the lag; the leader's next renewal fails and its lease runs out.
+    demoted = cluster.wait(
+        lambda: next((e for e in leader.events() if e["kind"] != "leader" and e["t"] > cut_at), None),
+        DEADLINE,
+        "the leader to demote once the primary refuses its renewals",
+    )
+    refused = _on(primary, lambda r: r.info("replication")["min_slaves_good_slaves"])
+    print(f"min-replicas-to-write: the leader demoted {demoted['t'] - cut_at:.2f} s after the cut")
+    assert refused == 0
+    # The renewal period (0.6 TTL), the lag (and the second between acknowledgements), then the
+    # rest of the lease: no write the primary took after that can be lost.
+    assert demoted["t"] - cut_at < 0.6 * ttl + max_lag + 1.0 + LEASE_FRACTION * ttl
+    assert leader_overlap(cluster.all_events()) == 0.0
+    faults.set_faults()
