@@ -169,6 +169,15 @@ def test_a_claim_lost_in_a_failover_two_leaders_for_less_than_the_lease_and_toke
     processes = _spawn(cluster, hosts[:3], servers.url, ttl, [3, 2, 1])
     first = cluster.wait_agreement(timeout=DEADLINE)
     assert first.leader == "m3"
+    # m9 starts once the replica is promoted: it claims there at once (m1 and m3 come back
+    # after their backoff, which may take longer than m2's lease).
+    late = cluster.spawn(
+        hosts[3],
+        wait_go=True,
+        node_ids=["m9"],
+        options={"coordinator": servers.url, "coordinator_ttl": ttl, "priority": 9},
+    )
+    cluster.wait_ready()
     leader_key, fence_key = _keys(cluster)
     _until(replica, lambda r: r.get(leader_key), "the claim to reach the replica")
 
@@ -197,6 +206,7 @@ def test_a_claim_lost_in_a_failover_two_leaders_for_less_than_the_lease_and_toke
     killed_at = time.monotonic()
     servers.server_at(primary.address).kill()
     promoted_at = _primary_becomes(servers, replica.address)
+    late.send("go")
 
     def successor() -> Any:
         return next((e for e in cluster.all_events_locked() if e["kind"] == "leader" and e["t"] > killed_at), None)
@@ -253,6 +263,8 @@ def test_min_replicas_to_write_stops_the_cut_off_primary_from_taking_renewals(
     refused = _on(primary, lambda r: r.info("replication")["min_slaves_good_slaves"])
     print(f"min-replicas-to-write: the leader demoted {demoted['t'] - cut_at:.2f} s after the cut")
     assert refused == 0
+    errors = [e["reason"] for e in leader.events(("error",)) if e["t"] > cut_at]
+    assert errors and "NOREPLICAS" in errors[0]  # the primary said why
     # The renewal period (0.6 TTL), the lag (and the second between acknowledgements), then the
     # rest of the lease: no write the primary took after that can be lost.
     assert demoted["t"] - cut_at < 0.6 * ttl + max_lag + 1.0 + LEASE_FRACTION * ttl

@@ -31,6 +31,7 @@ def test_the_builtin_drivers() -> None:
         "redis",
         "rediss",
         "unix",
+        "redis+sentinel",
         "memory",
     }
     zookeeper, etcds, memory = BUILTIN["zookeeper"], BUILTIN["etcds"], BUILTIN["memory"]
@@ -53,6 +54,8 @@ def test_the_builtin_drivers() -> None:
     )
     assert (unix.backend, unix.library, unix.path) == ("redis", "redis", "socket")
     assert BUILTIN["rediss"].tls and BUILTIN["rediss"].backend == "redis"
+    sentinel = BUILTIN["redis+sentinel"]
+    assert (sentinel.backend, sentinel.default_port, sentinel.path, sentinel.tls) == ("redis", 26379, "database", False)
 
 
 def test_what_a_url_path_names() -> None:
@@ -60,6 +63,10 @@ def test_what_a_url_path_names() -> None:
     database = parse_coordinator("postgresql://u:pw@h/app%20db?sslmode=disable")
     assert (database.path, database.prefix, database.hosts) == ("app db", "/followtheleader", (("h", 5432),))
     assert parse_coordinator("redis://h:7000/3").path == "3"
+    sentinels = parse_coordinator("redis+sentinel://u:pw@s1,s2:26380/my%20master/2?prefix=/p")
+    assert sentinels.hosts == (("s1", 26379), ("s2", 26380))
+    assert (sentinels.path, sentinels.backend, sentinels.scheme) == ("my master/2", "redis", "redis+sentinel")
+    assert (sentinels.username, sentinels.password, sentinels.setting("prefix")) == ("u", "pw", "/p")
     socket = parse_coordinator("unix:///run/redis/redis.sock?db=2")
     assert (socket.hosts, socket.path, socket.backend) == ((), "/run/redis/redis.sock", "redis")
     with pytest.raises(ValueError, match="names a socket"):
@@ -93,7 +100,8 @@ def test_an_unknown_scheme_lists_the_known_ones(url: str) -> None:
         elect("g", coordinator=url)
     text = str(raised.value)
     assert f"unknown scheme {url.partition('://')[0].lower()!r}" in text
-    assert "use one of etcd, etcds, memory, postgres, postgresql, redis, rediss, unix, zookeeper, zookeepers" in text
+    known = "etcd, etcds, memory, postgres, postgresql, redis, redis+sentinel, rediss, unix, zookeeper, zookeepers"
+    assert f"use one of {known}" in text
     with pytest.raises(ValueError, match="unknown scheme"):
         driver_for("zk")
 
@@ -170,7 +178,8 @@ def test_a_third_party_driver_registers_through_an_entry_point(
     assert {"wrong", "broken", "memory"} <= {word.strip("'") for r in caplog.records for word in r.getMessage().split()}
     with pytest.raises(
         ValueError,
-        match="unknown scheme 'zk'; use one of etcd, etcds, fake, memory, postgres, postgresql, redis, rediss, unix",
+        match=r"unknown scheme 'zk'; use one of etcd, etcds, fake, memory, postgres, postgresql, redis, "
+        r"redis\+sentinel, rediss, unix",
     ):
         parse_coordinator("zk://h")
 
