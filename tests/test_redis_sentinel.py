@@ -11,6 +11,11 @@ asynchronous as Redis makes it.
   less than the lease (0.8 TTL after its last renewal). The promoted replica's fence counter
   is behind the lost token, yet the successor's token is greater (a claim through Sentinel
   takes the server's TIME in microseconds when it is ahead of the counter).
+* The old primary cut off from the sentinels, the replica and one member, but not from its
+  leader: the sentinels promote the replica and the member there leads, while the old leader
+  renews on the old primary for as long as the cut lasts (no bound). Once the cut heals and
+  Sentinel makes the old primary a replica, the old leader finds its leadership gone and
+  demotes.
 * ``min-replicas-to-write`` on the primary: once its replica is cut off for longer than
   ``min-replicas-max-lag``, the primary refuses the leader's renewals, and the leader demotes
   by its lease; the window for writes that can be lost is then the lag, not the cut.
@@ -67,6 +72,11 @@ def sentinel_b(lab: Lab) -> Iterator[ServerSet]:
 @pytest.fixture
 def sentinel_c(lab: Lab) -> Iterator[ServerSet]:
     yield from _servers(lab, "snc")
+
+
+@pytest.fixture
+def sentinel_d(lab: Lab) -> Iterator[ServerSet]:
+    yield from _servers(lab, "snd")
 
 
 def _on(host: Host, request: Callable[[Any], Any]) -> Any:
@@ -151,11 +161,11 @@ def test_the_group_follows_a_sentinel_failover(cluster: Cluster, hosts: list[Hos
     processes[first.leader].send("stop")
     second = cluster.wait_agreement(timeout=DEADLINE, other_than=first.leader, after_term=first.term)
     assert _on(replica, lambda r: r.get(leader_key)).startswith(f"{second.term} ")
-    print(f"failover: promoted {promoted_at - killed_at:.2f} s after the SIGKILL")
     # The old leader's claim and renewals had reached the replica: no more than one leader.
     # (A renewal acknowledged but not yet replicated when the primary died would let the old
     # leader lead on beside a successor for less than its lease: the next test.)
     overlap = leader_overlap(cluster.all_events(), since=killed_at)
+    print(f"failover: promoted {promoted_at - killed_at:.2f} s after the SIGKILL; overlap {overlap:.2f} s")
     assert overlap < LEASE_FRACTION * ttl
     check_pairing(cluster.all_events())
 
@@ -270,3 +280,62 @@ def test_min_replicas_to_write_stops_the_cut_off_primary_from_taking_renewals(
     assert demoted["t"] - cut_at < 0.6 * ttl + max_lag + 1.0 + LEASE_FRACTION * ttl
     assert leader_overlap(cluster.all_events()) == 0.0
     faults.set_faults()
+
+
+def test_an_old_primary_cut_off_with_its_leader_keeps_it_leading_until_the_cut_heals(
+    cluster: Cluster, hosts: list[Host], faults: Lab, sentinel_d: ServerSet
+) -> None:
+    servers, ttl = sentinel_d, 3.0
+    primary, replica = servers.hosts[0], servers.hosts[1]
+    processes = _spawn(cluster, hosts[:2], servers.url, ttl, [2, 1])
+    first = cluster.wait_agreement(timeout=DEADLINE)
+    assert first.leader == "m2"
+    leader_key, _ = _keys(cluster)
+    # The primary and m2 on one side; the replica, the sentinels and m1 on the other.
+    faults.set_faults(
+        partition=([primary.name, hosts[0].name], [h.name for h in (replica, hosts[1], *servers.hosts[2:])])
+    )
+    cut_at = time.monotonic()
+    promoted_at = _primary_becomes(servers, replica.address)
+    m1_leads = cluster.wait(
+        lambda: next((e for e in processes[1].events(("leader",)) if e["t"] > cut_at), None),
+        DEADLINE,
+        "m1 to lead on the promoted replica",
+    )
+
+    # Without min-replicas-to-write nothing stops the old primary: m2 renews there, twice more
+    # after m1 claimed (1.2 TTL: longer than any lease), and still leads.
+    def renewals(client: Any, seen: list[int] = [], count: list[int] = [0]) -> bool:  # noqa: B006 - its memory
+        ttl_left = client.pttl(leader_key)
+        if seen and ttl_left > seen[-1] + 100:
+            count[0] += 1
+        seen.append(ttl_left)
+        return count[0] >= 2
+
+    _until(primary, renewals, "m2's renewals on the old primary", 3 * ttl)
+    assert not [e for e in processes[0].events() if e["t"] > cut_at and e["kind"] != "leader"]
+    assert time.monotonic() - m1_leads["t"] > LEASE_FRACTION * ttl
+    assert m1_leads["term"] > first.term
+
+    # Once the cut heals, Sentinel turns the old primary into a replica of the new one: m2's
+    # next renewal is refused (READONLY), its client asks the sentinels again, and on the new
+    # primary m2 finds its leadership gone: it demotes, and m1 leads alone.
+    faults.set_faults()
+    healed_at = time.monotonic()
+    demoted = cluster.wait(
+        lambda: next((e for e in processes[0].events() if e["t"] > cut_at and e["kind"] != "leader"), None),
+        DEADLINE,
+        "m2 to demote once the cut heals",
+    )
+    final = cluster.wait_agreement(timeout=DEADLINE)
+    overlap = leader_overlap(cluster.all_events(), since=cut_at)
+    print(
+        f"old primary cut off with its leader: promoted {promoted_at - cut_at:.2f} s after the cut; m1 led "
+        f"{m1_leads['t'] - cut_at:.2f} s after; healed {healed_at - cut_at:.2f} s after; m2 demoted "
+        f"{demoted['t'] - healed_at:.2f} s after the heal ({demoted['reason']}); overlap {overlap:.2f} s"
+    )
+    assert (final.leader, final.term) == ("m1", m1_leads["term"])
+    assert overlap > LEASE_FRACTION * ttl
+    assert _on(primary, lambda r: r.info("replication")["role"]) == "slave"
+    assert _on(replica, lambda r: r.get(leader_key)).startswith(f"{final.term} ")
+    check_pairing(cluster.all_events())
