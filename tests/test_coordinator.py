@@ -55,6 +55,7 @@ BACKENDS = ("zookeeper", "etcd", "postgresql", "redis")
         ("redis+sentinel://s1/mymaster/0/1", "a Redis database is a number, not '0/1'"),
         ("redis+sentinel://s1,,s2/mymaster", "names no server"),
         ("redis+sentinel://s1/mymaster?colour=red", "unknown setting(s) colour"),
+        ("redis+sentinel://s1/mymaster?ssl_ca_certs=/ca.pem", "without TLS; it takes no ssl_ca_certs"),
     ],
 )
 def test_bad_coordinator_urls_fail_at_elect(url: str, message: str) -> None:

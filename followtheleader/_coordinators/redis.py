@@ -221,6 +221,11 @@ class RedisCoordinator(Coordinator):
                     f"option 'coordinator': a {SENTINEL_SCHEME}:// URL names the Sentinel service after the "
                     f"sentinels: {SENTINEL_SCHEME}://HOST:26379[,HOST:26379...]/SERVICE[/DB]"
                 )
+            if tls_settings := sorted(key for key, _ in config.query if key.startswith("ssl_")):
+                raise ValueError(
+                    f"option 'coordinator': {SENTINEL_SCHEME}:// talks to the sentinels and the primary "
+                    f"without TLS; it takes no {', '.join(tls_settings)}"
+                )
         db_text = config.setting("db") or path or "0"
         if not db_text.isdigit():
             raise ValueError(f"option 'coordinator': a Redis database is a number, not {db_text!r}")
