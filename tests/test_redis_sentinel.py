@@ -4,6 +4,8 @@ asynchronous as Redis makes it.
 
 * A group elects through the sentinels; the primary is killed (SIGKILL); the sentinels
   promote the replica and the group leads on through it, its leader key on the new primary.
+  The same with electors of this process: ``stop()`` then leaves no thread and no socket
+  (the sentinels' clients included), and a service the sentinels do not know is a clear error.
 * What asynchronous replication can do, made to happen: the replication link is cut, so a
   claim the primary acknowledges is never replicated; the primary is then killed and the
   replica promoted without it. The leader of the lost claim, which cannot reach the new
@@ -32,8 +34,11 @@ from typing import Any
 import pytest
 
 from followtheleader import elect
+from followtheleader._coordinators.base import CoordinatorError, make_coordinator, parse_coordinator
+from followtheleader._core.model import Member
 
 from cluster import Cluster, check_pairing, leader_overlap
+from conftest import Local
 from coordservers import REDIS_PORT, ServerSet, server_hosts, unavailable_reason
 from netlab import Host, Lab
 
@@ -77,6 +82,11 @@ def sentinel_c(lab: Lab) -> Iterator[ServerSet]:
 @pytest.fixture
 def sentinel_d(lab: Lab) -> Iterator[ServerSet]:
     yield from _servers(lab, "snd")
+
+
+@pytest.fixture
+def sentinel_e(lab: Lab) -> Iterator[ServerSet]:
+    yield from _servers(lab, "sne")
 
 
 def _on(host: Host, request: Callable[[Any], Any]) -> Any:
@@ -168,6 +178,41 @@ def test_the_group_follows_a_sentinel_failover(cluster: Cluster, hosts: list[Hos
     print(f"failover: promoted {promoted_at - killed_at:.2f} s after the SIGKILL; overlap {overlap:.2f} s")
     assert overlap < LEASE_FRACTION * ttl
     check_pairing(cluster.all_events())
+
+
+def test_in_process_electors_follow_a_failover_and_stop_leaves_nothing(local: Local, sentinel_e: ServerSet) -> None:
+    """In this process (the ``no_leaks`` fixture checks threads and sockets after it): the
+    sentinels' clients and the connections to both primaries are closed by ``stop()``."""
+    servers = sentinel_e
+    primary, replica = servers.hosts[0], servers.hosts[1]
+    electors = [
+        elect("inproc", coordinator=servers.url, coordinator_ttl=3.0, node_id=f"p{i}", priority=i) for i in range(2)
+    ]
+    try:
+        for elector in electors:
+            local(elector.start)
+        first = local(lambda: electors[1].wait_for_leader(DEADLINE))
+        assert first is not None and first.node_id == "p1"
+        token = electors[1].fencing_token
+        assert token is not None
+        # A service the sentinels do not monitor: a clear error, and nothing left open.
+        wrong = make_coordinator(parse_coordinator(servers.url.replace("/ftl/", "/nosuch/")), "g", Member("w"), 3.0)
+        with pytest.raises(CoordinatorError, match="MasterNotFoundError: No master found for 'nosuch'"):
+            local(wrong.open)
+        wrong.close()
+        servers.server_at(primary.address).kill()
+        _primary_becomes(servers, replica.address)
+        electors[1].stop()  # its release reaches the new primary, or its key expires there
+        deadline = time.monotonic() + DEADLINE
+        while not electors[0].is_leader:
+            assert time.monotonic() < deadline, "p0 did not lead on the promoted replica"
+            time.sleep(0.01)  # polling the elector's state: the test's own thread has no event to wait on
+        new = electors[0].fencing_token
+        assert new is not None and new.term > token.term
+        assert _on(replica, lambda r: r.get("/ftltest/inproc/leader")).startswith(f"{new.term} ")
+    finally:
+        for elector in electors:
+            elector.stop()
 
 
 def test_a_claim_lost_in_a_failover_two_leaders_for_less_than_the_lease_and_tokens_still_grow(
