@@ -142,14 +142,6 @@ def _spawn(cluster: Cluster, hosts: list[Host], url: str, ttl: float, priorities
     return processes
 
 
-def test_a_url_with_sentinels_reads_like_the_others() -> None:
-    pytest.importorskip("redis")
-    elector = elect("g", coordinator="redis+sentinel://s1,s2:26380,[::1]/mymaster/2?prefix=/x")
-    assert elector.options.coordinator.startswith("redis+sentinel://")
-    with pytest.raises(ValueError, match="names the Sentinel service"):
-        elect("g", coordinator="redis+sentinel://s1:26379")
-
-
 def test_the_group_follows_a_sentinel_failover(cluster: Cluster, hosts: list[Host], sentinel_a: ServerSet) -> None:
     servers, ttl = sentinel_a, 3.0
     primary, replica = servers.hosts[0], servers.hosts[1]
