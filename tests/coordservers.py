@@ -35,6 +35,10 @@ ZK_PORT, ETCD_PORT = 2181, 2379
 REDIS_PORT, SENTINEL_PORT = 6379, 26379
 REDIS_BACKENDS = ("redis", "redis-aof")
 """``redis``: no persistence; ``redis-aof``: the same with ``appendonly yes`` (fsync always)."""
+SENTINEL_SERVICE = "ftl"
+"""The service (master name) the test sentinels monitor."""
+SENTINEL_DOWN_AFTER_MS = 1000
+"""The sentinels' ``down-after-milliseconds``: a primary not answering for this long is down."""
 
 
 PG_PORT, PGBOUNCER_PORT = 5432, 6432
@@ -123,6 +127,35 @@ def redis_info(host: Host, port: int, section: str) -> dict[str, str]:
             return {key: str(value) for key, value in client.info(section).items()}
 
     return host.call_in_namespace(ask, timeout=10)
+
+
+def _ask_sentinel(host: Host, request: Callable[[Any], Any]) -> Any:
+    """``request(client)`` for a client of the sentinel on ``host``."""
+
+    def ask() -> Any:
+        import redis
+
+        with redis.Redis(host=host.address, port=SENTINEL_PORT, socket_timeout=5, decode_responses=True) as client:
+            return request(client)
+
+    return host.call_in_namespace(ask, timeout=10)
+
+
+def _sentinel_ready(host: Host, replicas: int) -> bool:
+    """The sentinel on ``host`` monitors the service and sees the other two and ``replicas``."""
+    try:
+        master = _ask_sentinel(host, lambda client: client.sentinel_master(SENTINEL_SERVICE))
+    except Exception:  # noqa: BLE001 - not up yet (refused, or no such master yet)
+        return False
+    return int(master.get("num-other-sentinels", 0)) >= 2 and int(master.get("num-slaves", 0)) >= replicas
+
+
+def _replica_in_sync(host: Host) -> bool:
+    """The replica on ``host`` has its link to the primary up (the first sync is done)."""
+    try:
+        return redis_info(host, REDIS_PORT, "replication").get("master_link_status") == "up"
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
 
 
 def _http_ok(host: Host, port: int, path: str, tls: ssl.SSLContext | None = None) -> bool:
@@ -253,6 +286,9 @@ class ServerSet:
             self.url = f"redis://{hosts[0].address}:{REDIS_PORT}/0?prefix=/ftltest"
             self.servers.append(self._redis(0, hosts[0], appendonly=backend == "redis-aof"))
             return
+        if backend == "redis-sentinel":
+            self._redis_sentinel(hosts)
+            return
         if backend in POSTGRESQL_BACKENDS:
             if tls or len(hosts) != 1:
                 raise ValueError("PostgreSQL test servers: one, without TLS")
@@ -333,6 +369,51 @@ class ServerSet:
         ]
         log = os.path.join(self.dir, f"redis{index}.log")
         return Server(host, argv, log, lambda: _tcp_ready(host, REDIS_PORT, _redis_ping))
+
+    def _redis_sentinel(self, hosts: list[Host]) -> None:
+        """A Redis primary on ``hosts[0]``, a replica of it on each of ``hosts[1:-3]`` and a
+        sentinel on each of the last three (quorum 2), no persistence anywhere. The replicas
+        are ready once in sync, the sentinels once each sees the two others and every replica.
+        :attr:`url` names the sentinels (``redis+sentinel://``)."""
+        if len(hosts) < 5:
+            raise ValueError("Redis Sentinel test servers: a primary, at least one replica and three sentinels")
+        primary, replicas, sentinels = hosts[0], hosts[1:-3], hosts[-3:]
+        self.servers.append(self._redis(0, primary))
+        for index, host in enumerate(replicas, start=1):
+            server = self._redis(index, host, extra=("--replicaof", primary.address, str(REDIS_PORT)))
+            server.ready = lambda host=host: _tcp_ready(host, REDIS_PORT, _redis_ping) and _replica_in_sync(host)
+            self.servers.append(server)
+        for index, host in enumerate(sentinels):
+            config = os.path.join(self.dir, f"sentinel{index}.conf")
+            with open(config, "w") as file:
+                file.write(
+                    f"bind {host.address}\nport {SENTINEL_PORT}\nprotected-mode no\ndir {self.dir}\n"
+                    f"sentinel monitor {SENTINEL_SERVICE} {primary.address} {REDIS_PORT} 2\n"
+                    f"sentinel down-after-milliseconds {SENTINEL_SERVICE} {SENTINEL_DOWN_AFTER_MS}\n"
+                    f"sentinel failover-timeout {SENTINEL_SERVICE} 6000\n"
+                    f"sentinel parallel-syncs {SENTINEL_SERVICE} 1\n"
+                )
+            argv = [shutil.which("redis-sentinel") or "redis-sentinel", config]
+            log = os.path.join(self.dir, f"sentinel{index}.log")
+            ready = lambda host=host: _sentinel_ready(host, len(replicas))  # noqa: E731
+            self.servers.append(Server(host, argv, log, ready))
+        self.url = (
+            "redis+sentinel://"
+            + ",".join(f"{h.address}:{SENTINEL_PORT}" for h in sentinels)
+            + f"/{SENTINEL_SERVICE}/0?prefix=/ftltest"
+        )
+
+    def sentinel_primary(self) -> str:
+        """The address of the primary as the first sentinel that answers names it."""
+        for server in self.servers:
+            if server.argv[-1].endswith(".conf") and server.proc is not None and server.proc.poll() is None:
+                address = _ask_sentinel(server.host, lambda c: c.sentinel_get_master_addr_by_name(SENTINEL_SERVICE))
+                return str(address[0])
+        raise RuntimeError("no sentinel runs")
+
+    def server_at(self, address: str) -> Server:
+        """The Redis server (not a sentinel) listening on ``address``."""
+        return next(s for s in self.servers if s.host.address == address and not s.argv[-1].endswith(".conf"))
 
     def _requests_served_redis(self) -> int:
         """Redis's ``total_commands_processed`` (the ``INFO`` that reads it is counted in the
@@ -554,6 +635,7 @@ class ServerPool:
                 "redis-aof": "ra",
                 "postgresql": "p",
                 "pgbouncer": "b",
+                "redis-sentinel": "rl",
             }.get(backend, backend[:2])
             servers = ServerSet(backend, server_hosts(lab, [f"{tag}s{size}{i}" for i in range(size)]))
             try:

@@ -50,6 +50,12 @@ BACKENDS = ("zookeeper", "etcd", "postgresql", "redis")
         ("zookeeper://h1/a/../b", "bad prefix"),
         ("zookeeper://h1?colour=red", "unknown setting(s) colour"),
         ("etcd://user:pw@h1", "cannot log in with a user and password"),
+        ("redis+sentinel://s1:26379", "names the Sentinel service after the sentinels"),
+        ("redis+sentinel://s1,s2/mymaster/x", "a Redis database is a number, not 'x'"),
+        ("redis+sentinel://s1/mymaster/0/1", "a Redis database is a number, not '0/1'"),
+        ("redis+sentinel://s1,,s2/mymaster", "names no server"),
+        ("redis+sentinel://s1/mymaster?colour=red", "unknown setting(s) colour"),
+        ("redis+sentinel://s1/mymaster?ssl_ca_certs=/ca.pem", "without TLS; it takes no ssl_ca_certs"),
     ],
 )
 def test_bad_coordinator_urls_fail_at_elect(url: str, message: str) -> None:

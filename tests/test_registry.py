@@ -32,6 +32,7 @@ def test_the_builtin_drivers() -> None:
         "redis",
         "rediss",
         "unix",
+        "redis+sentinel",
         "memory",
     }
     zookeeper, etcds, memory = BUILTIN["zookeeper"], BUILTIN["etcds"], BUILTIN["memory"]
@@ -54,6 +55,8 @@ def test_the_builtin_drivers() -> None:
     )
     assert (unix.backend, unix.library, unix.path) == ("redis", "redis", "socket")
     assert BUILTIN["rediss"].tls and BUILTIN["rediss"].backend == "redis"
+    sentinel = BUILTIN["redis+sentinel"]
+    assert (sentinel.backend, sentinel.default_port, sentinel.path, sentinel.tls) == ("redis", 26379, "database", False)
 
 
 def test_what_a_url_path_names() -> None:
@@ -70,6 +73,10 @@ def test_what_a_url_path_names() -> None:
     )
     with pytest.raises(ValueError, match="credentials must be given"):
         parse_coordinator("postgresql://:pw@h/app")
+    sentinels = parse_coordinator("redis+sentinel://u:pw@s1,s2:26380/my%20master/2?prefix=/p")
+    assert sentinels.hosts == (("s1", 26379), ("s2", 26380))
+    assert (sentinels.path, sentinels.backend, sentinels.scheme) == ("my master/2", "redis", "redis+sentinel")
+    assert (sentinels.username, sentinels.password, sentinels.setting("prefix")) == ("u", "pw", "/p")
     socket = parse_coordinator("unix:///run/redis/redis.sock?db=2")
     assert (socket.hosts, socket.path, socket.backend) == ((), "/run/redis/redis.sock", "redis")
     with pytest.raises(ValueError, match="names a socket"):
@@ -103,7 +110,8 @@ def test_an_unknown_scheme_lists_the_known_ones(url: str) -> None:
         elect("g", coordinator=url)
     text = str(raised.value)
     assert f"unknown scheme {url.partition('://')[0].lower()!r}" in text
-    assert "use one of etcd, etcds, memory, postgres, postgresql, redis, rediss, unix, zookeeper, zookeepers" in text
+    known = "etcd, etcds, memory, postgres, postgresql, redis, redis+sentinel, rediss, unix, zookeeper, zookeepers"
+    assert f"use one of {known}" in text
     with pytest.raises(ValueError, match="unknown scheme"):
         driver_for("zk")
 
@@ -180,7 +188,8 @@ def test_a_third_party_driver_registers_through_an_entry_point(
     assert {"wrong", "broken", "memory"} <= {word.strip("'") for r in caplog.records for word in r.getMessage().split()}
     with pytest.raises(
         ValueError,
-        match="unknown scheme 'zk'; use one of etcd, etcds, fake, memory, postgres, postgresql, redis, rediss, unix",
+        match=r"unknown scheme 'zk'; use one of etcd, etcds, fake, memory, postgres, postgresql, redis, "
+        r"redis\+sentinel, rediss, unix",
     ):
         parse_coordinator("zk://h")
 
@@ -216,7 +225,11 @@ def _env(root: Path) -> dict[str, str]:
 @pytest.mark.parametrize("password", ["a/b", "a%2Fb", "p@ss:w?rd#1", "%41", "x"])
 def test_the_shown_url_never_contains_the_password(password: str) -> None:
     written = urllib.parse.quote(password, safe="")
-    for url in (f"postgresql://me:{written}@h/db?sslmode=require", f"redis://me:{written}@h:6379/0"):
+    for url in (
+        f"postgresql://me:{written}@h/db?sslmode=require",
+        f"redis://me:{written}@h:6379/0",
+        f"redis+sentinel://me:{written}@s1,s2/mymaster/0",
+    ):
         config = parse_coordinator(url)
         assert config.password == password
         assert written not in config.url and password not in config.url, config.url
