@@ -673,7 +673,9 @@ def fenced(request: Any, lab: Lab, coordinator_servers: ServerPool) -> ServerSet
     return coordinator_servers.get(lab, request.param, 1)
 
 
-def _fenced_writes(servers: ServerSet, name: str, new: followtheleader.FencingToken, stale: Any) -> tuple[bool, bool]:
+def _fenced_writes(
+    servers: ServerSet, name: str, new: followtheleader.FencingToken, stale: followtheleader.FencingToken
+) -> tuple[bool, bool]:
     """The fencing recipe's guard (examples/fencing.py) in the coordinator's own server (for
     PostgreSQL the epoch guard, through pgbouncer when the nodes went through it): whether
     the write under ``new`` was accepted, then the write under ``stale``."""
@@ -700,6 +702,14 @@ def _fenced_writes(servers: ServerSet, name: str, new: followtheleader.FencingTo
         return guard.write(new, "successor"), guard.write(stale, "paused leader")
 
     return host.call_in_namespace(writes, timeout=30)
+
+
+def _token_of(cluster: Cluster, node: str, term: int) -> followtheleader.FencingToken:
+    """The fencing token ``node`` was given when it led in ``term`` (its leader event carries the key)."""
+    key = next(
+        e["token"] for e in cluster.all_events() if e["kind"] == "leader" and (e["node"], e["term"]) == (node, term)
+    )
+    return followtheleader.FencingToken.from_key(key)
 
 
 @pytest.mark.lab
@@ -741,8 +751,10 @@ def test_a_paused_leader_demotes_and_its_old_token_is_refused(
     assert demotions[0]["kind"] == "reelection" and demotions[0]["t"] - continued_at < 1.0
     assert leader_overlap([e for e in cluster.all_events() if e["node"] != first.leader]) == 0.0
     check_pairing(cluster.all_events())
-    new_token = followtheleader.FencingToken(second.term, int(second.leader[1:]), second.leader, 0)
-    stale_token = followtheleader.FencingToken(first.term, int(first.leader[1:]), first.leader, 0)
+    new_token, stale_token = (
+        _token_of(cluster, second.leader, second.term),
+        _token_of(cluster, first.leader, first.term),
+    )
     assert _fenced_writes(fenced, cluster.group, new_token, stale_token) == (True, False)
 
 
