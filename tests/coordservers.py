@@ -650,3 +650,70 @@ class ServerPool:
         for servers in self._sets.values():
             servers.close()
         self._sets.clear()
+
+
+class UnixPostgreSQL:
+    """A PostgreSQL server on a Unix socket only (``listen_addresses`` empty: no TCP), in a
+    temporary directory, for tests that need a database but no lab (the fencing recipe's
+    epoch guard). :attr:`dsn` is its libpq connection string; :meth:`stop` ends it and removes
+    the directory. Raises RuntimeError when it does not come up within ``timeout`` seconds."""
+
+    def __init__(self, timeout: float = 60.0) -> None:
+        self.dir = tempfile.mkdtemp(prefix="ftl-pg-unix-")
+        shutil.chown(self.dir, "postgres", "postgres")  # the server runs as postgres: its socket goes here
+        data = os.path.join(self.dir, "data")
+        as_postgres = [shutil.which("setpriv") or "setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
+        self.dsn = f"host={self.dir} port={PG_PORT} user={PG_USER} dbname={PG_DATABASE}"
+        self.log_path = os.path.join(self.dir, "postgresql.log")
+        self.proc: subprocess.Popen[bytes] | None = None
+        try:
+            subprocess.run(
+                [*as_postgres, _pg_bin("initdb") or "initdb", "-D", data, "-A", "trust", "-U", PG_USER, "--no-sync"],
+                check=True,
+                capture_output=True,
+                cwd=self.dir,
+                timeout=timeout,
+            )
+            argv = [*as_postgres, _pg_bin("postgres") or "postgres", "-D", data, "-k", self.dir, "-p", str(PG_PORT)]
+            argv += ["-c", "listen_addresses=", "-c", "fsync=off"]
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout: float) -> None:
+        """Poll the socket until the server answers; create the test database once."""
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with psycopg.connect(
+                    host=self.dir, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True, connect_timeout=2
+                ) as conn:
+                    conn.execute(f"CREATE DATABASE {PG_DATABASE}")
+                    return
+            except psycopg.Error as error:
+                exited = self.proc is not None and self.proc.poll() is not None
+                if exited or time.monotonic() > deadline:
+                    raise RuntimeError(f"PostgreSQL did not start ({error}): {self._log_tail()}") from error
+            time.sleep(0.1)  # polling a server's socket from outside: no event to wait on
+
+    def _log_tail(self) -> str:
+        with contextlib.suppress(OSError), open(self.log_path, errors="replace") as log:
+            return log.read()[-2000:]
+        return ""
+
+    def stop(self) -> None:
+        """A fast shutdown (SIGINT: clients disconnected, shared memory freed); SIGKILL if it
+        takes more than 10 s. Idempotent."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
