@@ -165,7 +165,8 @@ def header(args: argparse.Namespace, started: datetime.datetime, load_start: tup
         f"coordinator_ttl {args.idle_ttl:g} s, counted by the server's own counter",
         "mDNS and listed peers: library defaults (interval 0.2 s, max_failed_responses 3); "
         "their failover is not TTL-bound",
-        "times in ms, p50 / p99 of the rounds; overlap: total ms two nodes held the leader role at once, all rounds",
+        "times in ms, p50 / p99 of the rounds (nearest rank: below 100 rounds the p99 is the maximum); "
+        "overlap: total ms two nodes held the leader role at once, all rounds",
     ]
 
 
