@@ -83,7 +83,8 @@ class Row:
     backend: str
     results: dict[str, list[float]] = field(default_factory=dict)
     idle: float | None = None
-    failure: str | None = None  # skipped or failed: the reason
+    failure: str | None = None  # skipped, or the rounds failed: the reason
+    idle_failure: str | None = None  # the idle-load measurement failed: the reason
 
     def cell(self, key: str) -> str:
         """``p50 / p99`` in ms of one timed measure."""
@@ -101,6 +102,8 @@ class Row:
     def idle_cell(self) -> str:
         if self.backend not in SERVERS:
             return "n/a (no server)"
+        if self.idle_failure is not None:
+            return self.idle_failure
         if self.idle is None:
             return "n/a"
         return f"{self.idle:.2f} {IDLE_UNITS[self.backend]}"
@@ -114,6 +117,12 @@ class Row:
 def number(ms: float) -> str:
     """Milliseconds as the docs write them: one decimal below 100, thousands separated above."""
     return f"{ms:.1f}" if ms < 100 else f"{ms:,.0f}"
+
+
+def failure(error: Exception) -> str:
+    """Prints the traceback to standard error; returns a one-line account for the table."""
+    traceback.print_exc(file=sys.stderr)
+    return f"failed: {type(error).__name__}: {error}".splitlines()[0][:200]
 
 
 def measure(backend: str, args: argparse.Namespace) -> Row:
@@ -140,13 +149,17 @@ def measure(backend: str, args: argparse.Namespace) -> Row:
             failover_too=True,
             on_round=progress,
         )
-        if server and args.quiet > 0:
+    except Exception as error:  # noqa: BLE001 - reported in the table; the other backends still run
+        row.failure = failure(error)
+        return row
+    if server and args.quiet > 0:
+        try:
             with Lab() as lab:
                 row.idle = idle_load.idle_rate(lab, backend, args.nodes, args.quiet, args.idle_ttl)
+        except Exception as error:  # noqa: BLE001 - reported in the table; the rounds' figures stay
+            row.idle_failure = failure(error)
+        else:
             print(f"{backend:10s} idle: {row.idle:.2f} {IDLE_UNITS[backend]}/s per member", file=sys.stderr, flush=True)
-    except Exception as error:  # noqa: BLE001 - reported in the table; the other backends still run
-        traceback.print_exc(file=sys.stderr)
-        row.failure = f"failed: {type(error).__name__}: {error}".splitlines()[0][:200]
     return row
 
 
@@ -267,7 +280,8 @@ def main() -> int:
         print("\n".join(lines if form == "text" else [f".. {lines[0]}", *(f"   {line}" for line in lines[1:])]))
         print()
         print("\n".join(text_table(rows) if form == "text" else rst_table(rows)))
-    return 1 if any(row.failure and row.failure.startswith("failed") for row in rows) else 0
+    failed = any((row.failure or "").startswith("failed") or row.idle_failure for row in rows)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
