@@ -1,4 +1,4 @@
-"""All backends side by side: election.py's rounds and idle_load.py's idle rate, one table.
+"""All backends side by side: election.py's rounds and the idle load per member, one table.
 
 For each backend, one after another and at the same settings, it runs the rounds of
 ``benchmarks/election.py`` (:func:`election.run_rounds`: cold start, SIGKILL failover,
@@ -6,7 +6,11 @@ For each backend, one after another and at the same settings, it runs the rounds
 servers also ``benchmarks/idle_load.py``'s measurement (:func:`idle_load.idle_rate`: requests
 per second per idle member, by the server's own counter, over a quiet window of ``--quiet``
 seconds, at ``--idle-ttl``, by default the same TTL: a member renews every TTL/5, so its idle
-load grows as the TTL shrinks). Each measurement runs in a lab of its own. The backends:
+load grows as the TTL shrinks). For mDNS and listed peers, which have no server, the idle load
+is the UDP datagrams (heartbeats, acks, mDNS) per second per member over the same window, by
+``benchmarks/scale.py``'s bridge counters (every datagram counted once, as it enters the lab's
+bridge: a multicast one once, not once per host it reaches), 10 s after the group agreed. Each
+measurement runs in a lab of its own. The backends:
 
 * ``mdns``: the nodes find each other by mDNS, at the library's default ``interval``;
 * ``peers``: unicast mode, every node given every node's address, multicast dropped;
@@ -35,6 +39,7 @@ import os
 import platform
 import signal
 import sys
+import time
 import traceback
 from dataclasses import dataclass, field
 
@@ -43,7 +48,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import election
 import idle_load
+import scale
 
+from cluster import Cluster
 from coordservers import unavailable_reason
 from netlab import Lab, lab_unavailable_reason
 
@@ -66,7 +73,10 @@ IDLE_UNITS = {
     "postgresql": "transactions",
     "pgbouncer": "transactions",
     "redis": "commands",
+    "mdns": "UDP datagrams",
+    "peers": "UDP datagrams",
 }
+DATAGRAM_SETTLE = 10.0  # seconds from agreement to the window, as benchmarks/scale.py's --settle
 TIMED = ("cold", "failover", "handover", "resign")
 HEADINGS = {
     "cold": "cold start",
@@ -100,8 +110,6 @@ class Row:
         return f"{sum(values) * 1000:.1f}" if values else "n/a"
 
     def idle_cell(self) -> str:
-        if self.backend not in SERVERS:
-            return "n/a (no server)"
         if self.idle_failure is not None:
             return self.idle_failure
         if self.idle is None:
@@ -119,6 +127,31 @@ def number(ms: float) -> str:
     return f"{ms:.1f}" if ms < 100 else f"{ms:,.0f}"
 
 
+def idle_datagrams(lab: Lab, backend: str, nodes: int, quiet: float) -> float:
+    """UDP datagrams per second per idle member of an mDNS (``mdns``) or listed-peers group.
+
+    Counted by :mod:`scale`'s bridge counters (checked first with one datagram of each kind)
+    over ``quiet`` seconds, :data:`DATAGRAM_SETTLE` seconds after the group agreed.
+    """
+    hosts = [lab.add_host(f"q{i}") for i in range(nodes)]
+    scale.install_counters(lab)
+    scale.check_counters(lab, hosts)
+    options: dict[str, object] = {}
+    if backend == "peers":
+        lab.block_multicast()
+        options["peers"] = [f"{host.address}:9001" for host in hosts]
+    cluster = Cluster(lab)
+    try:
+        cluster.start_together(hosts, options=options)
+        cluster.wait_agreement(timeout=60)
+        time.sleep(DATAGRAM_SETTLE)  # a benchmark: past the start-up announcements
+        first, last = scale.watch(lab, quiet, windows=1)
+        counted = last.since(first)
+        return (counted["mdns"][0] + counted["heartbeat"][0]) / (last.time - first.time) / nodes
+    finally:
+        cluster.finish()
+
+
 def failure(error: Exception) -> str:
     """Prints the traceback to standard error; returns a one-line account for the table."""
     traceback.print_exc(file=sys.stderr)
@@ -126,7 +159,7 @@ def failure(error: Exception) -> str:
 
 
 def measure(backend: str, args: argparse.Namespace) -> Row:
-    """Runs election.py's rounds, then (for a server) idle_load.py's window, for one backend."""
+    """Runs election.py's rounds, then the idle-load window, for one backend."""
     row = Row(backend)
     server = backend in SERVERS
     if server and (reason := unavailable_reason(backend)):
@@ -152,10 +185,13 @@ def measure(backend: str, args: argparse.Namespace) -> Row:
     except Exception as error:  # noqa: BLE001 - reported in the table; the other backends still run
         row.failure = failure(error)
         return row
-    if server and args.quiet > 0:
+    if args.quiet > 0:
         try:
             with Lab() as lab:
-                row.idle = idle_load.idle_rate(lab, backend, args.nodes, args.quiet, args.idle_ttl)
+                if server:
+                    row.idle = idle_load.idle_rate(lab, backend, args.nodes, args.quiet, args.idle_ttl)
+                else:
+                    row.idle = idle_datagrams(lab, backend, args.nodes, args.quiet)
         except Exception as error:  # noqa: BLE001 - reported in the table; the rounds' figures stay
             row.idle_failure = failure(error)
         else:
@@ -175,7 +211,8 @@ def header(args: argparse.Namespace, started: datetime.datetime, load_start: tup
         f"settings: {args.nodes} nodes, {args.rounds} rounds per backend; coordinators: one server in a lab host, "
         f"coordinator_ttl {args.coordinator_ttl:g} s (bounds their crash failover)",
         f"idle load: {args.nodes} members after agreement, a {args.quiet:g} s quiet window, "
-        f"coordinator_ttl {args.idle_ttl:g} s, counted by the server's own counter",
+        f"coordinator_ttl {args.idle_ttl:g} s, counted by the server's own counter; mDNS and listed peers: "
+        f"UDP datagrams entering the lab bridge (each once), {DATAGRAM_SETTLE:g} s after agreement",
         "mDNS and listed peers: library defaults (interval 0.2 s, max_failed_responses 3); "
         "their failover is not TTL-bound",
         "times in ms, p50 / p99 of the rounds (nearest rank: below 100 rounds the p99 is the maximum); "
@@ -185,7 +222,7 @@ def header(args: argparse.Namespace, started: datetime.datetime, load_start: tup
 
 def text_table(rows: list[Row]) -> list[str]:
     """A plain table: one line per backend, a skipped or failed one with its reason."""
-    titles = ["backend", *(f"{HEADINGS[key]} p50/p99" for key in TIMED), "overlap ms", "idle server load /s"]
+    titles = ["backend", *(f"{HEADINGS[key]} p50/p99" for key in TIMED), "overlap ms", "idle load /s per member"]
     measured = [[TITLES[row.backend], *row.cells()] for row in rows if row.failure is None]
     widths = [max(len(line[i]) for line in [titles, *measured]) for i in range(len(titles))]
     lines = ["  ".join(f"{cell:{width}s}" for cell, width in zip(titles, widths, strict=True)).rstrip()]
@@ -215,7 +252,7 @@ def rst_table(rows: list[Row]) -> list[str]:
         "handover": "``stop()`` handover",
         "resign": "``resign()`` handover",
         "overlap": "Overlap (two leaders at once), ms, all rounds",
-        "idle": "Idle server load, per member per second",
+        "idle": "Idle load per member per second (server's counter; bridge for mDNS, peers)",
     }
     for index, label in enumerate(labels.values()):
         lines.append(f"   * - {label}")
