@@ -22,7 +22,7 @@ The crash failover of the coordinators is bound by the TTL (the server expires t
 leader's session, lease or row); that of mDNS and listed peers is not: it is the heartbeats'
 failure window (``interval`` times ``max_failed_responses``, 0.2 s and 3 by default) and the
 election after it. Progress goes to standard error; the table, with the date, the machine
-(CPUs, load average at start and end) and the settings in its header, to standard output.
+(nproc, load average at start and end) and the settings in its header, to standard output.
 
 Run as root (it creates network namespaces; all traffic stays inside them)::
 
