@@ -38,6 +38,8 @@ import signal
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from typing import TextIO
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
@@ -99,6 +101,85 @@ def one_round(lab: Lab, hosts: list, options: dict, failover_too: bool = True) -
         cluster.finish()
 
 
+OWN_SERVERS = (
+    *("zookeeper", "etcd", "zookeeper://", "etcd://"),
+    *("postgresql", "postgresql://", "pgbouncer"),
+    *("redis", "redis://"),
+)
+MEASURES = ("cold", "failover", "handover", "resign", "overlap")
+
+
+def server_backend(coordinator: str | None) -> str | None:
+    """The :class:`ServerSet` backend the benchmark starts for ``coordinator``, or None.
+
+    None means mDNS or unicast mode (no coordinator), or a coordinator URL with hosts, used as
+    given.
+    """
+    if coordinator is None or coordinator not in OWN_SERVERS:
+        return None
+    return coordinator.split(":")[0]
+
+
+def print_round(number: int, figures: dict[str, float], file: TextIO | None = None, prefix: str = "") -> None:
+    """Prints one round's figures on one line."""
+    print(
+        f"{prefix}round {number:3d}: cold start {figures['cold'] * 1000:7.1f} ms  "
+        f"failover {figures['failover'] * 1000:7.1f} ms  "
+        f"handover {figures['handover'] * 1000:6.1f} ms  resign {figures['resign'] * 1000:6.1f} ms  "
+        f"overlap {figures['overlap'] * 1000:.1f} ms",
+        file=file,
+        flush=True,
+    )
+
+
+def run_rounds(
+    options: dict[str, object],
+    *,
+    rounds: int,
+    nodes: int,
+    peers: str | None = None,
+    coordinator: str | None = None,
+    servers: int = 1,
+    failover_too: bool = True,
+    on_round: Callable[[int, dict[str, float]], None] = print_round,
+) -> dict[str, list[float]]:
+    """Runs ``rounds`` rounds of :func:`one_round` on ``nodes`` nodes in a lab of its own.
+
+    ``options`` are the nodes' options; this adds ``peers`` (``"list"`` or ``"dns"``: unicast
+    mode, multicast dropped) or ``coordinator`` (a URL, or a name of :data:`OWN_SERVERS`: the
+    server is started in a lab host and its URL put in ``options``) to it, so that the caller
+    can say what ran. ``on_round`` is called, on the calling thread, with each round's number
+    and figures. Returns every round's figures by measure (NaN where not measured); raises
+    what the lab, the server or the cluster raise (the lab is removed first).
+    """
+    backend = server_backend(coordinator)
+    results: dict[str, list[float]] = {key: [] for key in MEASURES}
+    with Lab() as lab, contextlib.ExitStack() as stack:
+        hosts = [lab.add_host(f"n{i}") for i in range(nodes)]
+        if peers is not None:
+            lab.block_multicast()
+            options["peers"] = [f"{host.address}:9001" for host in hosts]
+        if peers == "dns":
+            dns = stack.enter_context(DnsServer(lab.add_host("dns")))
+            dns.set(PEERS_NAME, [host.address for host in hosts])
+            for host in hosts:
+                host.set_resolver(dns.address)
+            options["peers"] = f"dns:{PEERS_NAME}"
+        if backend is not None:
+            count = 1 if backend == "redis" else servers  # Redis: one primary
+            server_set = ServerSet(backend, [lab.add_host(f"srv{i}") for i in range(count)])
+            stack.callback(server_set.close)
+            options["coordinator"] = server_set.start().url
+        elif coordinator:
+            options["coordinator"] = coordinator
+        for number in range(1, rounds + 1):
+            figures = one_round(lab, hosts, options, failover_too=failover_too)
+            for key, value in figures.items():
+                results[key].append(value)
+            on_round(number, figures)
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=20)
@@ -128,45 +209,19 @@ def main() -> int:
     options: dict[str, object] = {} if args.interval is None else {"interval": args.interval}
     if args.coordinator_ttl is not None:
         options["coordinator_ttl"] = args.coordinator_ttl
-    own_server = args.coordinator in (
-        *("zookeeper", "etcd", "zookeeper://", "etcd://"),
-        *("postgresql", "postgresql://", "pgbouncer"),
-        *("redis", "redis://"),
-    )
-    backend = args.coordinator.split(":")[0] if own_server else None
+    backend = server_backend(args.coordinator)
     if backend is not None and (reason := unavailable_reason(backend)):
         print(f"cannot run: {reason}", file=sys.stderr)
         return 2
-    results: dict[str, list[float]] = {"cold": [], "failover": [], "handover": [], "resign": [], "overlap": []}
-    with Lab() as lab, contextlib.ExitStack() as stack:
-        hosts = [lab.add_host(f"n{i}") for i in range(args.nodes)]
-        if args.peers is not None:
-            lab.block_multicast()
-            options["peers"] = [f"{host.address}:9001" for host in hosts]
-        if args.peers == "dns":
-            dns = stack.enter_context(DnsServer(lab.add_host("dns")))
-            dns.set(PEERS_NAME, [host.address for host in hosts])
-            for host in hosts:
-                host.set_resolver(dns.address)
-            options["peers"] = f"dns:{PEERS_NAME}"
-        if backend is not None:
-            count = 1 if backend == "redis" else args.servers  # Redis: one primary
-            servers = ServerSet(backend, [lab.add_host(f"srv{i}") for i in range(count)])
-            stack.callback(servers.close)
-            options["coordinator"] = servers.start().url
-        elif args.coordinator:
-            options["coordinator"] = args.coordinator
-        for number in range(1, args.rounds + 1):
-            figures = one_round(lab, hosts, options, failover_too=not args.no_failover)
-            for key, value in figures.items():
-                results[key].append(value)
-            print(
-                f"round {number:3d}: cold start {figures['cold'] * 1000:7.1f} ms  "
-                f"failover {figures['failover'] * 1000:7.1f} ms  "
-                f"handover {figures['handover'] * 1000:6.1f} ms  resign {figures['resign'] * 1000:6.1f} ms  "
-                f"overlap {figures['overlap'] * 1000:.1f} ms",
-                flush=True,
-            )
+    results = run_rounds(
+        options,
+        rounds=args.rounds,
+        nodes=args.nodes,
+        peers=args.peers,
+        coordinator=args.coordinator,
+        servers=args.servers,
+        failover_too=not args.no_failover,
+    )
     labels = {
         "cold": f"cold start of {args.nodes} nodes to one agreed leader",
         "failover": "SIGKILL of the leader to a new agreed leader",
