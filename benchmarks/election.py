@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import statistics
@@ -58,10 +59,34 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def one_round(lab: Lab, hosts: list, options: dict, failover_too: bool = True) -> dict[str, float]:
+STEPTRACE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "steptrace.py")
+
+
+def print_steps(cluster: Cluster, windows: list[tuple[str, float, float]]) -> None:
+    """``--trace``: the drivers' steps (from benchmarks/steptrace.py) within each handover's
+    window, in ms from its start: ``start-end node step``."""
+    steps = []
+    for process in cluster.processes:
+        for line in process.stderr.splitlines():
+            if line.startswith("STEP "):
+                steps.append(json.loads(line[5:]))
+    for name, start, end in windows:
+        print(f"  {name} handover, {(end - start) * 1000:.1f} ms:")
+        shown = [s for s in steps if s["t1"] >= start and s["t0"] <= end and s["step"] != "watched_view"]
+        for step in sorted(shown, key=lambda s: s["t1"] if s["step"] == "wait" else s["t0"]):
+            t0, t1 = (step["t0"] - start) * 1000, (step["t1"] - start) * 1000
+            span = f"{t1:7.1f}        " if step["t0"] == step["t1"] else f"{t0:7.1f}-{t1:6.1f}"
+            if step["step"] == "wait":
+                span = f"{'':7s} {t1:6.1f}"  # when the wait returned
+            print(f"    {span} {step['node']:>14s} {step['step']}")
+
+
+def one_round(lab: Lab, hosts: list, options: dict, failover_too: bool = True, trace: bool = False) -> dict[str, float]:
     cluster = Cluster(lab)
+    windows: list[tuple[str, float, float]] = []
+    wrapper = [sys.executable, STEPTRACE] if trace else None
     try:
-        processes = [cluster.spawn(host, options=options, wait_go=True) for host in hosts]
+        processes = [cluster.spawn(host, options=options, wait_go=True, wrapper=wrapper) for host in hosts]
         cluster.wait_ready(60)
         t_go = time.monotonic()
         for process in processes:
@@ -87,16 +112,20 @@ def one_round(lab: Lab, hosts: list, options: dict, failover_too: bool = True) -
             if r["kind"] == "leader" and r["node"] == third.leader and r["term"] == third.term
         )
         handover = successor - stopping
+        windows.append(("stop()", stopping, successor))
 
         resign = float("nan")
         if len(hosts) >= 3 + failover_too:  # a node left to hand over to
             t_resign = cluster.process_of(third.leader).send("resign 0")
             fourth = cluster.wait_agreement(timeout=30, other_than=third.leader, after_term=third.term)
             resign = fourth.time - t_resign
+            windows.append(("resign()", t_resign, fourth.time))
         overlap = cluster.leader_overlap(since=t_go)
         return {"cold": cold, "failover": failover, "handover": handover, "resign": resign, "overlap": overlap}
     finally:
         cluster.finish()
+        if trace:
+            print_steps(cluster, windows)
 
 
 def main() -> int:
@@ -119,6 +148,11 @@ def main() -> int:
     parser.add_argument("--coordinator-ttl", type=float, default=None, metavar="SECONDS")
     parser.add_argument("--servers", type=int, default=1, help="servers the benchmark starts (1 or 3)")
     parser.add_argument("--no-failover", action="store_true", help="no SIGKILL: measure the handovers only")
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="time the coordinator drivers' steps (benchmarks/steptrace.py) and print each handover's",
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so that the lab is removed
     reason = lab_unavailable_reason()
@@ -157,7 +191,7 @@ def main() -> int:
         elif args.coordinator:
             options["coordinator"] = args.coordinator
         for number in range(1, args.rounds + 1):
-            figures = one_round(lab, hosts, options, failover_too=not args.no_failover)
+            figures = one_round(lab, hosts, options, failover_too=not args.no_failover, trace=args.trace)
             for key, value in figures.items():
                 results[key].append(value)
             print(

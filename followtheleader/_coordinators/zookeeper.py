@@ -35,6 +35,7 @@ from typing import Any
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError, SessionExpiredError
 from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.protocol.states import EventType, WatchedEvent
 from kazoo.security import make_digest_acl
 
 from .._core.lease import Leadership, View
@@ -101,6 +102,8 @@ class ZooKeeperCoordinator(Coordinator):
         self._lost = False
         self._cached: View | None = None  # the last view read, while no watch has fired since
         self._dirty = True
+        self._own_create = False  # a claim is under way or done: its own CREATED event tells nothing
+        self._claimed: tuple[int, int | None] | None = None  # (term, session id) of this session's claim
         self._synced_sent: float | None = None  # when the last sync that succeeded was sent
         base = f"{config.prefix}/{quote_group(group)}"
         self._leader_path = f"{base}/leader"
@@ -146,14 +149,23 @@ class ZooKeeperCoordinator(Coordinator):
         self._dirty = True
         self._changed.set()
 
-    def _watch(self, event: object) -> None:
-        """kazoo's thread: a watched znode changed."""
+    def _watch(self, event: WatchedEvent) -> None:
+        """kazoo's thread: a watched znode changed.
+
+        The creation of the leader znode by this member's own claim is no change: the claim
+        put it in the cached view already (:meth:`claim`). Only one such event can come per
+        claim (the watch read set fires once), and only while the claim is under way or won;
+        any later event of the leader znode is a deletion or a change."""
+        if self._own_create and event.type == EventType.CREATED and event.path == self._leader_path:
+            self._own_create = False
+            return
         self._dirty = True
         self._changed.set()
 
     def _connect(self) -> KazooClient:
         self.close()
         self._dirty, self._cached, self._synced_sent = True, None, None
+        self._own_create, self._claimed = False, None
         self._granted = _GrantedTimeout()
         self._lost = False
         client = self._new_client()
@@ -226,11 +238,14 @@ class ZooKeeperCoordinator(Coordinator):
     def observe(self) -> View:
         client = self._live_client()
         self._dirty = False  # before the reads: a watch that fires during them makes it True
+        self._own_create = False
         try:
-            # both requests sent at once: one round trip, not two
+            # all requests sent at once: one round trip. The exists() watches the leader
+            # znode's creation when it is vacant (when it is held, it sets the watch get() sets)
             leader = client.get_async(self._leader_path, watch=self._watch)
+            exists = client.exists_async(self._leader_path, watch=self._watch)
             children = client.get_children_async(self._members_path, watch=self._watch)
-            held = self._read_leader(client, watch=True, sent=leader)
+            held = self._read_leader(client, watch=True, sent=leader, exists=exists)
             labels = self._call(children)
             self._check_session()
         except BaseException:
@@ -249,22 +264,52 @@ class ZooKeeperCoordinator(Coordinator):
         return cached
 
     def claim(self) -> int | None:
+        """Create the leader znode; when that succeeds, the cached view (the vacancy the claim
+        was decided on) gets this member's leadership, so that no read follows the claim.
+
+        An ``exists`` with a watch goes out with the ``create`` (one round trip): it watches
+        the new znode's deletion or change, as a read of the group would have."""
         client = self._live_client()
-        self._dirty = True
+        before = self._cached
+        self._own_create = True
         try:
-            _, stat = self._call(
-                client.create_async(self._leader_path, _member_data(self.me), ephemeral=True, include_data=True)
-            )
+            created = client.create_async(self._leader_path, _member_data(self.me), ephemeral=True, include_data=True)
+            watched = client.exists_async(self._leader_path, watch=self._watch)
+            try:
+                _, stat = self._call(created)
+            finally:
+                with contextlib.suppress(CoordinatorError):
+                    self._call(watched)
         except _Exists:
+            self._own_create, self._dirty = False, True
             return None
+        except BaseException:
+            self._own_create, self._dirty = False, True
+            raise
         self._check_session()
-        return int(stat.czxid)
+        term = int(stat.czxid)
+        self._claimed = (term, self._session_id)
+        if before is not None and before.leadership is None and self._cached is before:
+            self._cached = View(Leadership(self.me, term, True), before.members)
+        else:
+            self._dirty = True
+        return term
 
     def release(self, term: int) -> None:
         """The member znode and (if this session holds the leadership of ``term``) the leader
         znode go in one transaction: the others' watches fire at once for both."""
         client = self._live_client()
         self._dirty = True
+        if self._claimed == (term, self._session_id):
+            # this very session created the leader znode of ``term`` and has not deleted it
+            # (nothing else deletes it while the session lives): no need to read it first
+            self._claimed = None
+            transaction = client.transaction()
+            transaction.delete(self._my_path)
+            transaction.delete(self._leader_path, version=0)  # never written after its creation
+            results = self._call(transaction.commit_async())
+            if not any(isinstance(result, Exception) for result in results):
+                return
         held = self._read_leader(client, watch=False)
         if held is not None and held[0].mine and held[0].term == term:
             transaction = client.transaction()
@@ -313,20 +358,27 @@ class ZooKeeperCoordinator(Coordinator):
         if client_id is None:
             raise CoordinatorError("not connected to ZooKeeper (kazoo is reconnecting)")
 
-    def _read_leader(self, client: KazooClient, watch: bool, sent: Any = None) -> tuple[Leadership, int] | None:
+    def _read_leader(
+        self, client: KazooClient, watch: bool, sent: Any = None, exists: Any = None
+    ) -> tuple[Leadership, int] | None:
         """The leadership and its znode's data version, or None (then watched for creation).
 
-        :param sent: the pending result of the ``get`` (with the watch) if already sent."""
+        :param sent: the pending result of the ``get`` (with the watch) if already sent.
+        :param exists: the pending result of an ``exists`` with the watch sent after it."""
         if sent is None:
             sent = client.get_async(self._leader_path, watch=self._watch if watch else None)
         try:
             data, stat = self._call(sent)
         except _Missing:
             # vacant: be told when someone claims it (claimed in between: look again at once)
-            if watch and self._call(client.exists_async(self._leader_path, watch=self._watch)) is not None:
+            if exists is None and watch:
+                exists = client.exists_async(self._leader_path, watch=self._watch)
+            if exists is not None and self._call(exists) is not None:
                 self._dirty = True
                 self._changed.set()
             return None
+        if exists is not None:
+            self._call(exists)  # (its watch is the one get() set)
         leader = _decode_member(data)
         if leader is None:
             log.warning("ignored the unreadable ZooKeeper node %s", self._leader_path)
