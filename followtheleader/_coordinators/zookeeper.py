@@ -103,6 +103,10 @@ class ZooKeeperCoordinator(Coordinator):
         self._cached: View | None = None  # the last view read, while no watch has fired since
         self._dirty = True
         self._own_create = False  # a claim is under way or done: its own CREATED event tells nothing
+        self._events = threading.Lock()  # the flags above against kazoo's thread
+        self._reading = False  # observe() is waiting for its reads
+        self._present = False  # whether the leader znode existed when the cached view was read
+        self._read_during: list[str] = []  # leader znode events that came while it waited
         self._claimed: tuple[int, int | None] | None = None  # (term, session id) of this session's claim
         self._synced_sent: float | None = None  # when the last sync that succeeded was sent
         base = f"{config.prefix}/{quote_group(group)}"
@@ -156,10 +160,19 @@ class ZooKeeperCoordinator(Coordinator):
         put it in the cached view already (:meth:`claim`). Only one such event can come per
         claim (the watch read set fires once), and only while the claim is under way or won;
         any later event of the leader znode is a deletion or a change."""
-        if self._own_create and event.type == EventType.CREATED and event.path == self._leader_path:
-            self._own_create = False
-            return
-        self._dirty = True
+        with self._events:
+            if event.path == self._leader_path:
+                if self._own_create and event.type == EventType.CREATED:
+                    self._own_create = False
+                    return
+                if self._reading:
+                    self._read_during.append(event.type)  # judged by what the reads return
+                elif self._cached is not None and _stale(event.type, self._present):
+                    return
+                else:
+                    self._dirty = True
+            else:
+                self._dirty = True
         self._changed.set()
 
     def _connect(self) -> KazooClient:
@@ -237,8 +250,9 @@ class ZooKeeperCoordinator(Coordinator):
 
     def observe(self) -> View:
         client = self._live_client()
-        self._dirty = False  # before the reads: a watch that fires during them makes it True
-        self._own_create = False
+        with self._events:  # before the reads: a watch that fires during them makes it True
+            self._dirty, self._own_create = False, False
+            self._reading, self._read_during = True, []
         try:
             # all requests sent at once: one round trip. The exists() watches the leader
             # znode's creation when it is vacant (when it is held, it sets the watch get() sets)
@@ -246,14 +260,20 @@ class ZooKeeperCoordinator(Coordinator):
             exists = client.exists_async(self._leader_path, watch=self._watch)
             children = client.get_children_async(self._members_path, watch=self._watch)
             held = self._read_leader(client, watch=True, sent=leader, exists=exists)
+            present = self._call(exists) is not None  # (what the watches set here send depends on it)
             labels = self._call(children)
             self._check_session()
         except BaseException:
-            self._dirty = True
+            with self._events:
+                self._dirty, self._reading = True, False
             raise
         members = ranked([m for m in map(member_from_label, labels) if m is not None])
-        self._cached = View(held[0] if held else None, members)
-        return self._cached
+        view = View(held[0] if held else None, members)
+        with self._events:
+            self._cached, self._present, self._reading = view, present, False
+            if present != leader.successful() or any(not _stale(kind, present) for kind in self._read_during):
+                self._dirty = True  # changed between the two reads, or an event that may be news
+        return view
 
     def watched_view(self) -> View | None:
         """The view last read, while none of the watches its reads set has fired since."""
@@ -289,10 +309,11 @@ class ZooKeeperCoordinator(Coordinator):
         self._check_session()
         term = int(stat.czxid)
         self._claimed = (term, self._session_id)
-        if before is not None and before.leadership is None and self._cached is before:
-            self._cached = View(Leadership(self.me, term, True), before.members)
-        else:
-            self._dirty = True
+        with self._events:
+            if before is not None and before.leadership is None and self._cached is before:
+                self._cached, self._present = View(Leadership(self.me, term, True), before.members), True
+            else:
+                self._dirty = True
         return term
 
     def release(self, term: int) -> None:
@@ -416,6 +437,18 @@ class ZooKeeperCoordinator(Coordinator):
             raise CoordinatorError(f"ZooKeeper did not answer within {self._request_timeout:g} s") from exc
         except KazooException as exc:
             raise CoordinatorError(f"ZooKeeper: {type(exc).__name__} {exc}".rstrip()) from exc
+
+
+def _stale(kind: str, present: bool) -> bool:
+    """Whether an event of the leader znode is about a change the last read already shows.
+
+    The watch the last read set on the leader znode sends only its deletion or change when
+    the znode was ``present``, only its creation when it was not; an event of the other kind
+    comes from an older watch, for a change made before that read. (A deletion while present
+    is never stale: it may come from the new watch.)"""
+    if present:
+        return bool(kind == EventType.CREATED)
+    return kind in (EventType.DELETED, EventType.CHANGED)
 
 
 class _Missing(CoordinatorError):
