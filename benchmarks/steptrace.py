@@ -47,7 +47,12 @@ def _timed(cls: type, name: str) -> None:
             t1 = time.monotonic()
             _emit(self.me.node_id, name, t0, t1)
         if name == "watched_view":
-            _emit(self.me.node_id, "watched_view_hit" if result is not None else "watched_view_miss", t1, t1)
+            step = "watched_view_hit" if result is not None else "watched_view_miss"
+            watch = getattr(self, "_watch", None)
+            if result is None and hasattr(watch, "current"):  # etcd: how far the watch is behind
+                current = watch.current()
+                step += f" (watch at {current[0] if current else None}, written {self._written})"
+            _emit(self.me.node_id, step, t1, t1)
         return result
 
     setattr(cls, name, wrapper)

@@ -71,8 +71,8 @@ class Capabilities:
     :ivar pushed: ``wait()`` is woken by a change of the group (a ZooKeeper watch, the
         memory store's condition): it blocks until then, however long its timeout. False for
         a driver that may poll: its ``wait()`` returns within :attr:`poll` seconds whether or
-        not anything changed (the etcd driver reads the group every ``etcd.POLL`` = 100 ms
-        while its watch stream is not yet, or no longer, current).
+        not anything changed. (etcd is pushed: its watch thread wakes ``wait()`` at every
+        change and when its stream becomes current.)
     :ivar poll: the longest a polling driver's ``wait()`` blocks (None when pushed).
     :ivar self_renewing: the client library keeps the session alive by itself while it is
         connected (kazoo pings the server every third of the session timeout), so a session
@@ -113,8 +113,8 @@ CAPABILITIES: dict[str, Capabilities] = {
     ),
     "etcd": Capabilities(
         lab=True,
-        pushed=False,
-        poll=0.1,
+        pushed=True,
+        poll=None,
         self_renewing=False,
         observe_checks_session=False,
         foreign_data=True,

@@ -14,8 +14,11 @@ reads the group's prefix once, then keeps that view current from one long-lived 
 stream of the gateway, and wakes the session thread on every change. etcd3gw's own watches
 run on a thread pool that outlives any one client, so the stream is read here with requests.
 A stream that breaks is opened again after a full read; an idle stream is replaced by a full
-read every :data:`RESYNC` seconds (a safety net). While the stream is down the session thread
-reads the group itself every :data:`POLL` seconds, as before.
+read every :data:`RESYNC` seconds (a safety net). The session thread's :meth:`EtcdCoordinator.wait`
+is woken by the watch only (it never polls): at every change, and whenever the watched view
+becomes current or stops being so; while the stream is down, the session thread reads the
+group itself at each renewal (and when woken), and the watch thread wakes it once the stream
+is current again.
 """
 
 from __future__ import annotations
@@ -50,12 +53,10 @@ from .base import (
     ranked,
 )
 
-__all__ = ["POLL", "RESYNC", "EtcdCoordinator", "GroupWatch", "parse_watch_message"]
+__all__ = ["RESYNC", "EtcdCoordinator", "GroupWatch", "parse_watch_message"]
 
 log = logging.getLogger(__name__)
 
-POLL = 0.1
-"""Seconds between two reads of the group while the watch stream is down."""
 RESYNC = 30.0
 """Seconds an idle watch stream runs before a full read replaces it (at least the TTL)."""
 
@@ -201,8 +202,9 @@ class EtcdCoordinator(Coordinator):
         self._clients = []
 
     def wait(self, timeout: float) -> None:
-        watch = self._watch
-        self._wake.wait(timeout if watch is not None and watch.current() is not None else min(timeout, POLL))
+        """Until the watch reports a change (or that its view became current, or stopped
+        being so), :meth:`wake`, or ``timeout``: pushed, never a poll."""
+        self._wake.wait(timeout)
         self._wake.clear()
 
     def wake(self) -> None:
