@@ -51,7 +51,7 @@ def _timed(cls: type, name: str) -> None:
             watch = getattr(self, "_watch", None)
             if result is None and hasattr(watch, "current"):  # etcd: how far the watch is behind
                 current = watch.current()
-                step += f" (watch at {current[0] if current else None}, written {self._written})"
+                step += f" (watch at {current[0] if current else None}, own writes {self._wrote})"
             _emit(self.me.node_id, step, t1, t1)
         return result
 

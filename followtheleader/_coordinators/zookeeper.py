@@ -25,7 +25,6 @@ only in a log message, so :class:`_GrantedTimeout` reads it from there.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -46,7 +45,9 @@ from .base import (
     CoordinatorError,
     GroupInfo,
     SessionLost,
+    member_from_json,
     member_from_label,
+    member_json,
     member_label,
     quote_group,
     ranked,
@@ -72,15 +73,7 @@ class _GrantedTimeout(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 
 def _member_data(member: Member) -> bytes:
-    return json.dumps({"node_id": member.node_id, "priority": member.priority}).encode()
-
-
-def _decode_member(data: bytes) -> Member | None:
-    try:
-        fields = json.loads(data)
-        return Member(str(fields["node_id"]), int(fields["priority"]))
-    except (ValueError, KeyError, TypeError):
-        return None
+    return member_json(member).encode()
 
 
 class ZooKeeperCoordinator(Coordinator):
@@ -400,7 +393,7 @@ class ZooKeeperCoordinator(Coordinator):
             return None
         if exists is not None:
             self._call(exists)  # (its watch is the one get() set)
-        leader = _decode_member(data)
+        leader = member_from_json(data)
         if leader is None:
             log.warning("ignored the unreadable ZooKeeper node %s", self._leader_path)
             return None
@@ -411,7 +404,7 @@ class ZooKeeperCoordinator(Coordinator):
             data, stat = self._call(client.get_async(path))
         except _Missing:
             return None
-        leader = _decode_member(data)
+        leader = member_from_json(data)
         return None if leader is None else Leadership(leader, int(stat.czxid), False)
 
     def _delete(self, client: KazooClient, path: str, version: int = -1) -> None:
