@@ -36,16 +36,18 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import statistics
 import sys
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 from dnsserver import DnsServer
 
 from cluster import Cluster
-from coordservers import ServerSet, unavailable_reason
+from coordservers import ETCD_PORT, ZK_PORT, ServerSet, _tcp_ready, unavailable_reason
 from netlab import Lab, lab_unavailable_reason
 
 PEERS_NAME = "peers.ftl.test"
@@ -79,6 +81,50 @@ def print_steps(cluster: Cluster, windows: list[tuple[str, float, float]]) -> No
             if step["step"] == "wait":
                 span = f"{'':7s} {t1:6.1f}"  # when the wait returned
             print(f"    {span} {step['node']:>14s} {step['step']}")
+
+
+def server_figures(servers: ServerSet) -> list[str]:
+    """``--trace``: what the servers say of their own latency: ZooKeeper's ``srvr`` latency
+    line (ms, every request, writes with their fsync), etcd's WAL fsync and backend commit
+    histograms (count, mean, and how many took 8 ms or more)."""
+    lines = []
+    for server in servers.servers:
+        host = server.host
+        if servers.backend == "zookeeper":
+            answer: list[bytes] = []
+
+            def ask(sock: socket.socket, answer: list[bytes] = answer) -> bool:
+                sock.sendall(b"srvr")
+                while chunk := sock.recv(4096):
+                    answer.append(chunk)
+                return True
+
+            if _tcp_ready(host, ZK_PORT, ask):
+                text = b"".join(answer).decode()
+                lines += [f"{host.name} {line}" for line in text.splitlines() if line.startswith("Latency")]
+        elif servers.backend == "etcd":
+            url = f"http://{host.address}:{ETCD_PORT}/metrics"
+
+            def fetch(url: str = url) -> str:
+                with urllib.request.urlopen(url, timeout=5) as reply:
+                    return str(reply.read().decode())
+
+            metrics = host.call_in_namespace(fetch, timeout=10).splitlines()
+            for name in ("etcd_disk_wal_fsync_duration_seconds", "etcd_disk_backend_commit_duration_seconds"):
+                values = {}
+                for line in metrics:
+                    if line.startswith(name):
+                        key, _, value = line.rpartition(" ")
+                        values[key] = float(value)
+                count = values.get(f"{name}_count", 0.0)
+                total = values.get(f"{name}_sum", 0.0)
+                fast = values.get(f'{name}_bucket{{le="0.008"}}', count)
+                if count:
+                    lines.append(
+                        f"{host.name} {name}: {count:.0f}, mean {total / count * 1000:.2f} ms, "
+                        f"{count - fast:.0f} of 8 ms or more"
+                    )
+    return lines
 
 
 def one_round(lab: Lab, hosts: list, options: dict, failover_too: bool = True, trace: bool = False) -> dict[str, float]:
@@ -171,6 +217,7 @@ def main() -> int:
     if backend is not None and (reason := unavailable_reason(backend)):
         print(f"cannot run: {reason}", file=sys.stderr)
         return 2
+    server_figures_taken: list[str] = []
     results: dict[str, list[float]] = {"cold": [], "failover": [], "handover": [], "resign": [], "overlap": []}
     with Lab() as lab, contextlib.ExitStack() as stack:
         hosts = [lab.add_host(f"n{i}") for i in range(args.nodes)]
@@ -201,6 +248,12 @@ def main() -> int:
                 f"overlap {figures['overlap'] * 1000:.1f} ms",
                 flush=True,
             )
+        if args.trace and backend is not None:
+            server_figures_taken = server_figures(servers)
+    if server_figures_taken:
+        print("server figures:")
+        for line in server_figures_taken:
+            print("  " + line)
     labels = {
         "cold": f"cold start of {args.nodes} nodes to one agreed leader",
         "failover": "SIGKILL of the leader to a new agreed leader",

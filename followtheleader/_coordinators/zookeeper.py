@@ -1,17 +1,22 @@
 """ZooKeeper coordinator, through kazoo.
 
 The renewal is a ``sync`` (which the ensemble's leader answers, so that it fails on a server
-cut off from the leader) then two reads; the session may count as alive from when the sync
-was sent.
+cut off from the leader), then a read of the group only if a watch fired; the session may
+count as alive from when the sync was sent.
 
 Layout (see :mod:`followtheleader._coordinators.base`): ``<prefix>/<group>/leader`` is an ephemeral znode that
 holds the leader's id and priority as JSON; its creation zxid (``czxid``) is the term.
 ``<prefix>/<group>/members/<id>.<priority>`` are ephemeral znodes, one per member. All are
 bound to the member's ZooKeeper session: when the session expires or is closed, they go.
 
-The group is watched, not polled: a read of the group sets kazoo watches on the leader znode
-and the members' list, and the view read is kept until one of them fires (or the connection
-state changes, or this member writes); the renewal then costs one request, the ``sync``.
+The group is watched, not polled: a read of the group (one round trip: ``get`` and
+``exists`` of the leader znode, ``get_children`` of the members) sets kazoo watches on the
+leader znode and the members' list, and the view read is kept until one of them fires (or the
+connection state changes, or this member writes); the renewal then costs one request, the
+``sync``. An event of the leader znode that the last read already shows (see :func:`_stale`)
+does not count, and a claim that wins puts the new leadership in the kept view (its own
+creation event does not count either): the successor of a leader that left reads the group
+once, then claims, and needs no read after the claim.
 
 kazoo runs its own threads (connection, and one that calls watchers and state listeners);
 here those only set a flag and an Event. Every request is made on the session thread with kazoo's
@@ -313,7 +318,7 @@ class ZooKeeperCoordinator(Coordinator):
         """The member znode and (if this session holds the leadership of ``term``) the leader
         znode go in one transaction: the others' watches fire at once for both."""
         client = self._live_client()
-        self._dirty = True
+        self._dirty, self._own_create = True, False
         if self._claimed == (term, self._session_id):
             # this very session created the leader znode of ``term`` and has not deleted it
             # (nothing else deletes it while the session lives): no need to read it first
