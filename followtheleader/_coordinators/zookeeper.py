@@ -247,13 +247,26 @@ class ZooKeeperCoordinator(Coordinator):
             self._call(client.create_async(self._my_path, _member_data(self.me), ephemeral=True), exists_ok=True)
 
     def observe(self) -> View:
-        client = self._live_client()
+        return self._read_group(self._live_client())[0]
+
+    def _read_group(self, client: KazooClient, claim: bool = False) -> tuple[View, Any]:
+        """Read the group in one round trip (``get`` and ``exists`` of the leader znode,
+        ``get_children`` of the members, all with watches), after a ``create`` of the leader
+        znode when ``claim``: the view, and the pending result of that ``create`` (or None).
+
+        The watches' events that come while the reads are under way are judged by what the
+        reads return (:func:`_stale`); the claim's own creation event is not news."""
         with self._events:  # before the reads: a watch that fires during them makes it True
-            self._dirty, self._own_create = False, False
+            self._dirty, self._own_create = False, claim
             self._reading, self._read_during = True, []
+        created = None
         try:
-            # all requests sent at once: one round trip. The exists() watches the leader
-            # znode's creation when it is vacant (when it is held, it sets the watch get() sets)
+            if claim:
+                created = client.create_async(
+                    self._leader_path, _member_data(self.me), ephemeral=True, include_data=True
+                )
+            # The exists() watches the leader znode's creation when it is vacant (when it is
+            # held, it sets the watch get() sets)
             leader = client.get_async(self._leader_path, watch=self._watch)
             exists = client.exists_async(self._leader_path, watch=self._watch)
             children = client.get_children_async(self._members_path, watch=self._watch)
@@ -263,7 +276,7 @@ class ZooKeeperCoordinator(Coordinator):
             self._check_session()
         except BaseException:
             with self._events:
-                self._dirty, self._reading = True, False
+                self._dirty, self._reading, self._own_create = True, False, False
             raise
         members = ranked([m for m in map(member_from_label, labels) if m is not None])
         view = View(held[0] if held else None, members)
@@ -271,7 +284,7 @@ class ZooKeeperCoordinator(Coordinator):
             self._cached, self._present, self._reading = view, present, False
             if present != leader.successful() or any(not _stale(kind, present) for kind in self._read_during):
                 self._dirty = True  # changed between the two reads, or an event that may be news
-        return view
+        return view, created
 
     def watched_view(self) -> View | None:
         """The view last read, while none of the watches its reads set has fired since."""
@@ -282,36 +295,27 @@ class ZooKeeperCoordinator(Coordinator):
         return cached
 
     def claim(self) -> int | None:
-        """Create the leader znode; when that succeeds, the cached view (the vacancy the claim
-        was decided on) gets this member's leadership, so that no read follows the claim.
-
-        An ``exists`` with a watch goes out with the ``create`` (one round trip): it watches
-        the new znode's deletion or change, as a read of the group would have."""
+        """Create the leader znode and read the group in the same round trip (the reads go
+        after the ``create``, so they show its outcome): won or lost, the cached view is
+        current after the claim, and no read follows it."""
         client = self._live_client()
-        before = self._cached
-        self._own_create = True
+        view, created = self._read_group(client, claim=True)
         try:
-            created = client.create_async(self._leader_path, _member_data(self.me), ephemeral=True, include_data=True)
-            watched = client.exists_async(self._leader_path, watch=self._watch)
-            try:
-                _, stat = self._call(created)
-            finally:
-                with contextlib.suppress(CoordinatorError):
-                    self._call(watched)
+            _, stat = self._call(created)
         except _Exists:
-            self._own_create, self._dirty = False, True
+            self._own_create = False
+            self._changed.set()  # the session thread takes the view read here, at once
             return None
         except BaseException:
-            self._own_create, self._dirty = False, True
+            with self._events:
+                self._own_create, self._dirty = False, True
             raise
-        self._check_session()
         term = int(stat.czxid)
         self._claimed = (term, self._session_id)
-        with self._events:
-            if before is not None and before.leadership is None and self._cached is before:
-                self._cached, self._present = View(Leadership(self.me, term, True), before.members), True
-            else:
-                self._dirty = True
+        held = view.leadership
+        if held is None or not held.mine or held.term != term:  # gone already: read again
+            self._dirty = True
+            self._changed.set()
         return term
 
     def release(self, term: int) -> None:
