@@ -14,7 +14,7 @@ The group is watched, not polled: a read of the group (one round trip: ``get`` a
 leader znode and the members' list, and the view read is kept until one of them fires (or the
 connection state changes, or this member writes); the renewal then costs one request, the
 ``sync``. An event of the leader znode that the last read already shows (see :func:`_stale`)
-does not count, and a claim that wins puts the new leadership in the kept view (its own
+does not count, and a claim sends its ``create`` and the reads in one round trip (its own
 creation event does not count either): the successor of a leader that left reads the group
 once, then claims, and needs no read after the claim.
 
