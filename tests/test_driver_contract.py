@@ -596,6 +596,28 @@ def test_a_watched_view_includes_own_writes_and_is_never_stale_after_a_change(se
     assert shows(lambda v: v.leadership is None and names(v) == [])()
 
 
+def test_a_won_claim_needs_no_read_after_it_on_watched_drivers(service: Service) -> None:
+    """A driver whose watch keeps the view (``watched``) shows the leadership a claim won in
+    its watched view at once (ZooKeeper: the claim reads the group in its round trip; etcd:
+    the claim's write is applied to the watch's view): the new leader needs no read."""
+    if not service.caps.watched:
+        pytest.skip(f"{service.name}: no watched view (see Capabilities.watched)")
+    me = service.member("w", 1).start()
+    service.member("o", 2).start()
+
+    def quiet() -> View | None:
+        view = me.run(me.coordinator.watched_view)
+        if view is None or names(view) != ["o", "w"]:
+            me.observe()  # (a read sets the watches again)
+            return None
+        return view
+
+    assert until(quiet, me, "a watched view of both members").leadership is None
+    term = me.claim()
+    assert term is not None
+    assert me.run(me.coordinator.watched_view) == View(Leadership(me.me, term, True), (Member("o", 2), me.me))
+
+
 # --------------------------------------------------------------------- status
 
 
