@@ -455,8 +455,8 @@ class GroupWatch:
 
     def _run(self) -> None:
         """Watch thread: read and follow the group until stopped; errors are logged, the view
-        is marked not current (the session thread then reads the group itself), and the watch starts again
-        after a backoff."""
+        is marked not current (the session thread then reads the group itself), and the
+        watch starts again after a backoff."""
         backoff = 0.05
         while not self._stopping.is_set():
             try:
