@@ -33,11 +33,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
+import socket
 import statistics
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from typing import TextIO
 
@@ -46,7 +49,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from dnsserver import DnsServer
 
 from cluster import Cluster
-from coordservers import ServerSet, unavailable_reason
+from coordservers import ETCD_PORT, ZK_PORT, ServerSet, _tcp_ready, unavailable_reason
 from netlab import Lab, lab_unavailable_reason
 
 PEERS_NAME = "peers.ftl.test"
@@ -60,10 +63,78 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def one_round(lab: Lab, hosts: list, options: dict, failover_too: bool = True) -> dict[str, float]:
+STEPTRACE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "steptrace.py")
+
+
+def print_steps(cluster: Cluster, windows: list[tuple[str, float, float]]) -> None:
+    """``--trace``: the drivers' steps (from benchmarks/steptrace.py) within each handover's
+    window, in ms from its start: ``start-end node step``."""
+    steps = []
+    for process in cluster.processes:
+        for line in process.stderr.splitlines():
+            if line.startswith("STEP "):
+                steps.append(json.loads(line[5:]))
+    for name, start, end in windows:
+        print(f"  {name} handover, {(end - start) * 1000:.1f} ms:")
+        shown = [s for s in steps if s["t1"] >= start and s["t0"] <= end and s["step"] != "watched_view"]
+        for step in sorted(shown, key=lambda s: s["t1"] if s["step"] == "wait" else s["t0"]):
+            t0, t1 = (step["t0"] - start) * 1000, (step["t1"] - start) * 1000
+            span = f"{t1:7.1f}        " if step["t0"] == step["t1"] else f"{t0:7.1f}-{t1:6.1f}"
+            if step["step"] == "wait":
+                span = f"{'':7s} {t1:6.1f}"  # when the wait returned
+            print(f"    {span} {step['node']:>14s} {step['step']}")
+
+
+def server_figures(servers: ServerSet) -> list[str]:
+    """``--trace``: what the servers say of their own latency: ZooKeeper's ``srvr`` latency
+    line (ms, every request, writes with their fsync), etcd's WAL fsync and backend commit
+    histograms (count, mean, and how many took 8 ms or more)."""
+    lines = []
+    for server in servers.servers:
+        host = server.host
+        if servers.backend == "zookeeper":
+            answer: list[bytes] = []
+
+            def ask(sock: socket.socket, answer: list[bytes] = answer) -> bool:
+                sock.sendall(b"srvr")
+                while chunk := sock.recv(4096):
+                    answer.append(chunk)
+                return True
+
+            if _tcp_ready(host, ZK_PORT, ask):
+                text = b"".join(answer).decode()
+                lines += [f"{host.name} {line}" for line in text.splitlines() if line.startswith("Latency")]
+        elif servers.backend == "etcd":
+            url = f"http://{host.address}:{ETCD_PORT}/metrics"
+
+            def fetch(url: str = url) -> str:
+                with urllib.request.urlopen(url, timeout=5) as reply:
+                    return str(reply.read().decode())
+
+            metrics = host.call_in_namespace(fetch, timeout=10).splitlines()
+            for name in ("etcd_disk_wal_fsync_duration_seconds", "etcd_disk_backend_commit_duration_seconds"):
+                values = {}
+                for line in metrics:
+                    if line.startswith(name):
+                        key, _, value = line.rpartition(" ")
+                        values[key] = float(value)
+                count = values.get(f"{name}_count", 0.0)
+                total = values.get(f"{name}_sum", 0.0)
+                fast = values.get(f'{name}_bucket{{le="0.008"}}', count)
+                if count:
+                    lines.append(
+                        f"{host.name} {name}: {count:.0f}, mean {total / count * 1000:.2f} ms, "
+                        f"{count - fast:.0f} of 8 ms or more"
+                    )
+    return lines
+
+
+def one_round(lab: Lab, hosts: list, options: dict, failover_too: bool = True, trace: bool = False) -> dict[str, float]:
     cluster = Cluster(lab)
+    windows: list[tuple[str, float, float]] = []
+    wrapper = [sys.executable, STEPTRACE] if trace else None
     try:
-        processes = [cluster.spawn(host, options=options, wait_go=True) for host in hosts]
+        processes = [cluster.spawn(host, options=options, wait_go=True, wrapper=wrapper) for host in hosts]
         cluster.wait_ready(60)
         t_go = time.monotonic()
         for process in processes:
@@ -89,16 +160,20 @@ def one_round(lab: Lab, hosts: list, options: dict, failover_too: bool = True) -
             if r["kind"] == "leader" and r["node"] == third.leader and r["term"] == third.term
         )
         handover = successor - stopping
+        windows.append(("stop()", stopping, successor))
 
         resign = float("nan")
         if len(hosts) >= 3 + failover_too:  # a node left to hand over to
             t_resign = cluster.process_of(third.leader).send("resign 0")
             fourth = cluster.wait_agreement(timeout=30, other_than=third.leader, after_term=third.term)
             resign = fourth.time - t_resign
+            windows.append(("resign()", t_resign, fourth.time))
         overlap = cluster.leader_overlap(since=t_go)
         return {"cold": cold, "failover": failover, "handover": handover, "resign": resign, "overlap": overlap}
     finally:
         cluster.finish()
+        if trace:
+            print_steps(cluster, windows)
 
 
 OWN_SERVERS = (
@@ -141,6 +216,7 @@ def run_rounds(
     coordinator: str | None = None,
     servers: int = 1,
     failover_too: bool = True,
+    trace: bool = False,
     on_round: Callable[[int, dict[str, float]], None] = print_round,
 ) -> dict[str, list[float]]:
     """Runs ``rounds`` rounds of :func:`one_round` on ``nodes`` nodes in a lab of its own.
@@ -149,8 +225,10 @@ def run_rounds(
     mode, multicast dropped) or ``coordinator`` (a URL, or a name of :data:`OWN_SERVERS`: the
     server is started in a lab host and its URL put in ``options``) to it, so that the caller
     can say what ran. ``on_round`` is called, on the calling thread, with each round's number
-    and figures. Returns every round's figures by measure (NaN where not measured); raises
-    what the lab, the server or the cluster raise (the lab is removed first).
+    and figures. With ``trace``, each round prints its handovers' step timelines, and the
+    server's own latency figures are printed at the end. Returns every round's figures by
+    measure (NaN where not measured); raises what the lab, the server or the cluster raise
+    (the lab is removed first).
     """
     backend = server_backend(coordinator)
     results: dict[str, list[float]] = {key: [] for key in MEASURES}
@@ -173,10 +251,14 @@ def run_rounds(
         elif coordinator:
             options["coordinator"] = coordinator
         for number in range(1, rounds + 1):
-            figures = one_round(lab, hosts, options, failover_too=failover_too)
+            figures = one_round(lab, hosts, options, failover_too=failover_too, trace=trace)
             for key, value in figures.items():
                 results[key].append(value)
             on_round(number, figures)
+        if trace and backend is not None:
+            print("server figures:")
+            for line in server_figures(server_set):
+                print("  " + line)
     return results
 
 
@@ -200,6 +282,11 @@ def main() -> int:
     parser.add_argument("--coordinator-ttl", type=float, default=None, metavar="SECONDS")
     parser.add_argument("--servers", type=int, default=1, help="servers the benchmark starts (1 or 3)")
     parser.add_argument("--no-failover", action="store_true", help="no SIGKILL: measure the handovers only")
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="time the coordinator drivers' steps (benchmarks/steptrace.py) and print each handover's",
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so that the lab is removed
     reason = lab_unavailable_reason()
@@ -221,6 +308,7 @@ def main() -> int:
         coordinator=args.coordinator,
         servers=args.servers,
         failover_too=not args.no_failover,
+        trace=args.trace,
     )
     labels = {
         "cold": f"cold start of {args.nodes} nodes to one agreed leader",

@@ -135,6 +135,21 @@ def test_a_proof_that_arrives_after_its_lease_does_not_count() -> None:
     assert machine.state is State.ELECTING and not machine.is_leader(2.5)
 
 
+def test_zookeeper_ignores_a_leader_event_its_last_read_already_shows() -> None:
+    """A watch on the leader znode set by a read that found it sends only its deletion or
+    change; one set by a read that found none, only its creation. An event of the other kind
+    is from an older watch, about what the read already showed: it needs no new read."""
+    pytest.importorskip("kazoo")
+    from kazoo.protocol.states import EventType
+
+    from followtheleader._coordinators.zookeeper import _stale
+
+    assert _stale(EventType.DELETED, present=False) and _stale(EventType.CHANGED, present=False)
+    assert not _stale(EventType.CREATED, present=False)
+    assert _stale(EventType.CREATED, present=True)
+    assert not _stale(EventType.DELETED, present=True) and not _stale(EventType.CHANGED, present=True)
+
+
 def test_followers_change_with_the_leadership_and_resign_releases() -> None:
     machine = LeaseMachine("g", Member("b"), "etcd", margin=0.5)
     machine.start(0.0)

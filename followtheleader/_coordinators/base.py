@@ -26,6 +26,7 @@ from __future__ import annotations
 import abc
 import importlib
 import importlib.util
+import json
 import logging
 import urllib.parse
 from dataclasses import dataclass, field
@@ -43,7 +44,9 @@ __all__ = [
     "GroupInfo",
     "SessionLost",
     "make_coordinator",
+    "member_from_json",
     "member_from_label",
+    "member_json",
     "member_label",
     "parse_coordinator",
 ]
@@ -214,6 +217,20 @@ def member_from_label(label: str) -> Member | None:
     try:
         return Member(node_id, int(priority)) if dot and node_id else None
     except ValueError:
+        return None
+
+
+def member_json(member: Member) -> str:
+    """A member as the JSON a ``leader`` node or key holds (ZooKeeper and etcd)."""
+    return json.dumps({"node_id": member.node_id, "priority": member.priority})
+
+
+def member_from_json(data: bytes | str) -> Member | None:
+    """The member that :func:`member_json` wrote, or None for data this library did not write."""
+    try:
+        fields = json.loads(data)
+        return Member(str(fields["node_id"]), int(fields["priority"]))
+    except (ValueError, KeyError, TypeError):
         return None
 
 
