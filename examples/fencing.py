@@ -46,6 +46,7 @@ import signal
 import socket
 import sqlite3
 import sys
+import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -156,8 +157,14 @@ class PostgreSQLEpochGuard:
         self._psycopg = psycopg
         self.dsn = dsn
         self.name = name
-        with self._connect() as db:
-            db.execute(self.CREATE)
+        for attempt in range(3):  # copies starting at once can race on CREATE TABLE IF NOT EXISTS
+            try:
+                with self._connect() as db:
+                    db.execute(self.CREATE)
+                return
+            except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
+                if attempt == 2:
+                    raise
 
     def _connect(self) -> Any:
         return self._psycopg.connect(self.dsn, autocommit=True, prepare_threshold=None)
@@ -285,6 +292,16 @@ class FileGuard:
 Guard = SqliteGuard | RedisGuard | FileGuard | PostgreSQLEpochGuard
 
 
+def libpq_url(coordinator_url: str) -> str:
+    """``coordinator_url`` without followtheleader's own settings (``schema``,
+    ``table_prefix``), which libpq would refuse."""
+    base, _, query = coordinator_url.partition("?")
+    kept = [
+        (k, v) for k, v in urllib.parse.parse_qsl(query, keep_blank_values=True) if k not in ("schema", "table_prefix")
+    ]
+    return f"{base}?{urllib.parse.urlencode(kept)}" if kept else base
+
+
 def make_guard(kind: str, target: str) -> Guard:
     """The guard of the command line: ``sqlite PATH``, ``redis URL``, ``file PATH`` or
     ``postgresql URL``."""
@@ -296,8 +313,8 @@ def make_guard(kind: str, target: str) -> Guard:
         import redis  # only this guard needs the package
 
         return RedisGuard(redis.Redis.from_url(target))
-    if kind == "postgresql":
-        return PostgreSQLEpochGuard(target)
+    if kind == "postgresql":  # the coordinator URL; its own settings (schema...) are not libpq's
+        return PostgreSQLEpochGuard(libpq_url(target))
     raise ValueError(f"unknown guard {kind!r}: use sqlite, redis, file or postgresql")
 
 

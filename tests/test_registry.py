@@ -234,3 +234,23 @@ def test_the_shown_url_never_contains_the_password(password: str) -> None:
         assert config.password == password
         assert written not in config.url and password not in config.url, config.url
         assert config.url == url.replace(f":{written}@", ":***@")
+
+
+@pytest.mark.parametrize("url", ["redis://u:1234/abc@h:6379/0", "redis://u:pa/ss@h/0", "redis://u:p?ss@h/0"])
+def test_a_password_with_a_raw_slash_or_question_mark_is_refused_without_showing_it(url: str) -> None:
+    with pytest.raises(ValueError, match="must be percent-encoded") as refused:
+        parse_coordinator(url)
+    assert "ss@" not in str(refused.value) and "abc@" not in str(refused.value)
+
+
+def test_a_string_that_is_no_url_is_refused_without_its_credentials() -> None:
+    with pytest.raises(ValueError, match="must be a URL") as refused:
+        parse_coordinator("me:s3cret@db:5432")
+    assert "s3cret" not in str(refused.value)
+
+
+def test_redis_takes_a_password_without_a_user() -> None:
+    config = parse_coordinator("redis://:s3cret@h:6379/0")
+    assert (config.username, config.password, config.url) == (None, "s3cret", "redis://:***@h:6379/0")
+    with pytest.raises(ValueError, match="credentials must be given"):
+        parse_coordinator("postgresql://:s3cret@h/app")

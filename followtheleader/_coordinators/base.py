@@ -110,22 +110,30 @@ def parse_coordinator(url: str) -> CoordinatorConfig:
         raise TypeError(f"option 'coordinator' must be a URL string, not {type(url).__name__}")
     scheme_name, sep, rest = url.partition("://")
     if not sep:
+        given = url if "@" not in url else "***@" + url.rpartition("@")[2]  # never a password in a message
         raise ValueError(
-            f"option 'coordinator' must be a URL like zookeeper://host:2181/prefix or etcd://host:2379, not {url!r}"
+            f"option 'coordinator' must be a URL like zookeeper://host:2181/prefix or etcd://host:2379, not {given!r}"
         )
     driver = driver_for(scheme_name)  # raises ValueError naming the known schemes
     rest, _, query_text = rest.partition("?")
     netloc, slash, path = rest.partition("/")
     username = password = None
     shown = url
+    if "@" not in netloc and ("@" in path or "@" in query_text):
+        # user:pa/ss@host: the host part ends at the raw '/', and the password would be read
+        # as a host and a path (and shown in messages and logs): refuse, quoting nothing.
+        raise ValueError(
+            "option 'coordinator': the URL has an '@' after its host part; a '/', '?' or '#' in a "
+            "user name or password must be percent-encoded (%2F, %3F, %23)"
+        )
     if "@" in netloc:
         credentials, _, netloc = netloc.rpartition("@")
         user, colon, secret = credentials.partition(":")
-        if not user:
+        if not user and not (colon and driver.backend == "redis"):  # redis://:password@ (requirepass)
             raise ValueError("option 'coordinator': credentials must be given as user:password@ or user@")
         if driver.refuse_credentials:
             raise ValueError(f"option 'coordinator': {driver.refuse_credentials}")
-        username = urllib.parse.unquote(user)
+        username = urllib.parse.unquote(user) or None
         password = urllib.parse.unquote(secret) if colon else None  # user@: the client's own way (e.g. .pgpass)
         # The credentials are the start of what follows "://": mask the password as written
         # (percent-encoded or not), whatever characters it has.
