@@ -291,6 +291,7 @@ class PostgreSQLCoordinator(Coordinator):
             return
         now = time.monotonic()
         leadership = view.leadership
+        self._poll_at = None
         if leadership is None:
             self._poll_at = now + self._vacant_poll
             self._vacant_poll = min(2 * self._vacant_poll, self.ttl * self.renew_fraction)
