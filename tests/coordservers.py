@@ -54,6 +54,48 @@ def _pg_bin(name: str) -> str | None:
     return found[-1] if found else shutil.which(name)
 
 
+def _as_postgres() -> list[str]:
+    """The argv prefix that runs a program as the ``postgres`` user."""
+    return [shutil.which("setpriv") or "setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
+
+
+def _pg_initdb(directory: str, timeout: float | None = None) -> tuple[list[str], str]:
+    """A new database cluster in ``directory``/data (owned by ``postgres``; trust
+    authentication, superuser ``ftl``), and the argv of ``postgres`` serving it as the
+    ``postgres`` user, on port ``PG_PORT``, its Unix socket in ``directory``, without fsync.
+    The caller adds where it listens: ``-h ADDRESS``, or ``-c listen_addresses=`` for the
+    socket only."""
+    shutil.chown(directory, "postgres", "postgres")  # the server runs as postgres: its socket goes here
+    data = os.path.join(directory, "data")
+    as_postgres = _as_postgres()
+    subprocess.run(
+        [*as_postgres, _pg_bin("initdb") or "initdb", "-D", data, "-A", "trust", "-U", PG_USER, "--no-sync"],
+        check=True,
+        capture_output=True,
+        cwd=directory,
+        timeout=timeout,
+    )
+    argv = [*as_postgres, _pg_bin("postgres") or "postgres", "-D", data, "-p", str(PG_PORT), "-k", directory]
+    return [*argv, "-c", "fsync=off"], data
+
+
+def _pg_create_database(host: str) -> str | None:
+    """One attempt to reach the PostgreSQL server at ``host`` (an address, or a socket's
+    directory) and create the test database unless it exists: None once it exists, else
+    why not (the server is not up yet, or is failing)."""
+    import psycopg
+
+    try:
+        with psycopg.connect(
+            host=host, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True, connect_timeout=2
+        ) as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (PG_DATABASE,)).fetchone() is None:
+                conn.execute(f"CREATE DATABASE {PG_DATABASE}")
+            return None
+    except psycopg.Error as error:
+        return str(error)
+
+
 def unavailable_reason(backend: str) -> str | None:
     """Why ``backend`` cannot be tested on this machine, or None."""
     if backend in REDIS_BACKENDS or backend == "redis-sentinel":
@@ -520,19 +562,10 @@ class ServerSet:
         """A PostgreSQL server (run as the ``postgres`` user, trust authentication for the
         user ``ftl`` from the lab only) and, with ``bouncer``, pgbouncer in transaction mode
         in front of it; :attr:`url` then names pgbouncer."""
-        shutil.chown(self.dir, "postgres", "postgres")
-        data = os.path.join(self.dir, "data")
-        as_postgres = [shutil.which("setpriv") or "setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
-        subprocess.run(
-            [*as_postgres, _pg_bin("initdb") or "initdb", "-D", data, "-A", "trust", "-U", PG_USER, "--no-sync"],
-            check=True,
-            capture_output=True,
-            cwd=self.dir,
-        )
+        postgres, data = _pg_initdb(self.dir)
         with open(os.path.join(data, "pg_hba.conf"), "w") as hba:
             hba.write("local all all trust\nhost all all all trust\n")
-        argv = [*as_postgres, _pg_bin("postgres") or "postgres", "-D", data, "-h", host.address]
-        argv += ["-p", str(PG_PORT), "-k", self.dir, "-c", "fsync=off", "-c", "max_connections=200"]
+        argv = [*postgres, "-h", host.address, "-c", "max_connections=200"]
         log = os.path.join(self.dir, "postgresql.log")
         self.servers.append(Server(host, argv, log, lambda: self._pg_ready(host)))
         self.url = f"postgresql://{host.address}:{PG_PORT}/{PG_DATABASE}"
@@ -551,27 +584,14 @@ class ServerSet:
                 )
             os.chmod(ini, 0o644)
             os.chmod(users, 0o644)
-            bouncer_argv = [*as_postgres, shutil.which("pgbouncer") or "pgbouncer", ini]
+            bouncer_argv = [*_as_postgres(), shutil.which("pgbouncer") or "pgbouncer", ini]
             bouncer_log = os.path.join(self.dir, "pgbouncer.log")
             self.servers.append(Server(host, bouncer_argv, bouncer_log, lambda: _tcp_ready(host, PGBOUNCER_PORT)))
             self.url = f"postgresql://{host.address}:{PGBOUNCER_PORT}/{PG_DATABASE}"
 
     def _pg_ready(self, host: Host) -> bool:
         """PostgreSQL answers: the test database is created (once) and True."""
-        import psycopg
-
-        def attempt() -> bool:
-            try:
-                with psycopg.connect(
-                    host=host.address, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True, connect_timeout=2
-                ) as conn:
-                    if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (PG_DATABASE,)).fetchone() is None:
-                        conn.execute(f"CREATE DATABASE {PG_DATABASE}")
-                    return True
-            except psycopg.Error:
-                return False
-
-        return host.call_in_namespace(attempt, timeout=10)
+        return host.call_in_namespace(lambda: _pg_create_database(host.address) is None, timeout=10)
 
     def _requests_served_postgresql(self) -> int:
         """PostgreSQL: the transactions the test database has committed and rolled back (each
@@ -660,22 +680,12 @@ class UnixPostgreSQL:
 
     def __init__(self, timeout: float = 60.0) -> None:
         self.dir = tempfile.mkdtemp(prefix="ftl-pg-unix-")
-        shutil.chown(self.dir, "postgres", "postgres")  # the server runs as postgres: its socket goes here
-        data = os.path.join(self.dir, "data")
-        as_postgres = [shutil.which("setpriv") or "setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
         self.dsn = f"host={self.dir} port={PG_PORT} user={PG_USER} dbname={PG_DATABASE}"
         self.log_path = os.path.join(self.dir, "postgresql.log")
         self.proc: subprocess.Popen[bytes] | None = None
         try:
-            subprocess.run(
-                [*as_postgres, _pg_bin("initdb") or "initdb", "-D", data, "-A", "trust", "-U", PG_USER, "--no-sync"],
-                check=True,
-                capture_output=True,
-                cwd=self.dir,
-                timeout=timeout,
-            )
-            argv = [*as_postgres, _pg_bin("postgres") or "postgres", "-D", data, "-k", self.dir, "-p", str(PG_PORT)]
-            argv += ["-c", "listen_addresses=", "-c", "fsync=off"]
+            postgres, _ = _pg_initdb(self.dir, timeout)
+            argv = [*postgres, "-c", "listen_addresses="]
             with open(self.log_path, "ab") as log:
                 self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             self._wait_ready(timeout)
@@ -685,20 +695,11 @@ class UnixPostgreSQL:
 
     def _wait_ready(self, timeout: float) -> None:
         """Poll the socket until the server answers; create the test database once."""
-        import psycopg
-
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with psycopg.connect(
-                    host=self.dir, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True, connect_timeout=2
-                ) as conn:
-                    conn.execute(f"CREATE DATABASE {PG_DATABASE}")
-                    return
-            except psycopg.Error as error:
-                exited = self.proc is not None and self.proc.poll() is not None
-                if exited or time.monotonic() > deadline:
-                    raise RuntimeError(f"PostgreSQL did not start ({error}): {self._log_tail()}") from error
+        while (error := _pg_create_database(self.dir)) is not None:
+            exited = self.proc is not None and self.proc.poll() is not None
+            if exited or time.monotonic() > deadline:
+                raise RuntimeError(f"PostgreSQL did not start ({error}): {self._log_tail()}")
             time.sleep(0.1)  # polling a server's socket from outside: no event to wait on
 
     def _log_tail(self) -> str:

@@ -29,6 +29,7 @@ from cluster import Agreement, Cluster, NodeProcess, check_pairing, leader_overl
 from conftest import Local
 from coordservers import ServerPool, ServerSet, server_hosts, unavailable_reason
 from netlab import Host, Lab
+from recipes import fencing_recipe
 
 TTL = 3.0
 """The session/lease TTL of the test nodes, in seconds."""
@@ -700,14 +701,7 @@ def _fenced_writes(
     """The fencing recipe's guard (examples/fencing.py) in the coordinator's own server (for
     PostgreSQL the epoch guard, through pgbouncer when the nodes went through it): whether
     the write under ``new`` was accepted, then the write under ``stale``."""
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(__file__).parent.parent / "examples" / "fencing.py"
-    spec = importlib.util.spec_from_file_location("fencing_recipe", path)
-    assert spec is not None and spec.loader is not None
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
+    recipe = fencing_recipe()
     host = servers.servers[0].host
 
     def writes() -> tuple[bool, bool]:

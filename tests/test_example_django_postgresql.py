@@ -40,6 +40,7 @@ MANAGE = str(PROJECT / "manage.py")
 TTL = 3.0
 JOB_PERIOD = "0.2"
 TIMEOUT = 30.0
+PAUSED_WORK_SECONDS = 5.0
 
 
 def _load_coordinator_module() -> ModuleType:
@@ -124,6 +125,8 @@ def test_a_socket_directory_is_written_as_libpq_writes_it() -> None:
         ({"ENGINE": "django.db.backends.sqlite3", "NAME": "db.sqlite3"}, "is not PostgreSQL"),
         ({"ENGINE": ENGINE, "HOST": "", "NAME": "app"}, "default Unix socket"),
         ({"ENGINE": ENGINE, "NAME": "app"}, "default Unix socket"),
+        ({"ENGINE": ENGINE, "HOST": "@pg", "NAME": "app"}, "'@pg' is a Linux abstract Unix socket"),
+        ({"ENGINE": ENGINE, "HOST": "db,@pg", "NAME": "app"}, "'@pg' is a Linux abstract Unix socket"),
         ({"ENGINE": ENGINE, "HOST": "db", "NAME": ""}, "NAME is empty"),
         ({"ENGINE": ENGINE, "HOST": "db", "NAME": "app", "PASSWORD": "x"}, "PASSWORD without USER"),
         ({"ENGINE": ENGINE, "HOST": "a,b,c", "PORT": "1,2", "NAME": "app"}, "2 ports for 3 hosts"),
@@ -209,6 +212,8 @@ def copies(tmp_path: Path, postgresql: ServerSet) -> Iterator[Copies]:
         "PYTHONUNBUFFERED": "1",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")])),
     }
+    if postgresql.backend == "pgbouncer":  # what Django's documentation asks behind a transaction pooler
+        env["DB_DISABLE_SERVER_SIDE_CURSORS"] = "1"
     made = Copies(tmp_path, env)
     yield made
     made.close()
@@ -304,16 +309,21 @@ def test_one_copy_runs_the_job_and_another_takes_over_after_a_sigkill(
     assert max(e for _, e, _ in history) == new_epoch
     assert _fence(postgresql, group) == new_epoch
 
-    # SIGTERM to the new leader: it stops its job, then hands over; the third copy runs the job.
+    # SIGTERM to the new leader: it stops its job, then hands over; the third copy runs the job
+    # at once, not once a lease has run out (behind pgbouncer it polls, every TTL / 5).
     (third,) = set(copies.processes) - {leader, successor}
     successor_process, _ = copies.processes[successor]
+    terminated_at = time.monotonic()
     successor_process.send_signal(signal.SIGTERM)
     assert successor_process.wait(TIMEOUT) == 0, copies.outputs()
     assert "not leading any more (stopped)" in copies.output(successor)
     last = _wait(
         lambda: [run for run in _runs(postgresql, group) if run[1] > new_epoch], "a run by the third copy", TTL + 10
     )
+    handed_over = time.monotonic() - terminated_at  # an upper bound: it includes the polling
     assert {node for _, _, node in last} == {third}
+    print(f"SIGTERM handover: the third copy's first run {handed_over:.2f} s after the signal (TTL {TTL} s)")
+    assert handed_over < TTL, f"the third copy's first run came {handed_over:.1f} s after the SIGTERM"
     third_process, _ = copies.processes[third]
     third_process.send_signal(signal.SIGTERM)
     assert third_process.wait(TIMEOUT) == 0, copies.outputs()
@@ -327,9 +337,13 @@ def test_a_paused_leader_s_late_run_is_refused_by_the_epoch_fence(
     lab: Lab, postgresql: ServerSet, copies: Copies
 ) -> None:
     """SIGSTOP the leader during the job's work (before its write), until another copy leads
-    and writes; SIGCONT: the paused copy's write, under the older epoch, is refused."""
+    and writes; SIGCONT: the paused copy's write, under the older epoch, is refused.
+
+    The work lasts PAUSED_WORK_SECONDS, long compared with the test's reaction (a 0.1 s poll
+    of the log, then the signal), and the test checks that the pause did land before the
+    write: its database rows and its log, both frozen by the SIGSTOP."""
     group = copies.env["FTL_GROUP"]
-    copies.env["JOB_WORK_SECONDS"] = "1.0"
+    copies.env["JOB_WORK_SECONDS"] = str(PAUSED_WORK_SECONDS)
     hosts = [lab.hosts["n7"], lab.hosts["n8"]]
     _migrate(hosts[0], copies.env)
     for index, host in enumerate(hosts):
@@ -344,6 +358,12 @@ def test_a_paused_leader_s_late_run_is_refused_by_the_epoch_fence(
     _wait(lambda: copies.output(leader).count("job: working") > working, "the leader starting its work")
     process.send_signal(signal.SIGSTOP)
     try:
+        # Paused between a run's "working" and its write: one run of this epoch fewer than
+        # "working" lines (the write is one statement of milliseconds after the work).
+        started = copies.output(leader).count(f"job: working (term {epoch})")
+        written = sum(1 for _, e, _ in _runs(postgresql, group) if e == epoch)
+        assert written == started - 1, f"the SIGSTOP came after the write: {copies.outputs()}"
+        assert _fence(postgresql, group) == epoch
         after = _wait(
             lambda: [run for run in _runs(postgresql, group) if run[1] > epoch],
             "a run by the other copy",

@@ -28,7 +28,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any, TypeVar
 
 import pytest
@@ -40,6 +39,7 @@ from followtheleader import Elector, Event, FencingToken, State, elect
 from conftest import Local, outlives_its_test
 from coordservers import UnixPostgreSQL, unavailable_reason
 from netlab import Lab
+from recipes import fencing_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 20.0
@@ -47,15 +47,7 @@ GUARDS = ("sqlite", "redis", "file", "postgresql")
 T = TypeVar("T")
 
 
-def _load_recipe() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fencing_recipe", ROOT / "examples" / "fencing.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-recipe = _load_recipe()
+recipe = fencing_recipe()
 
 
 def unique(prefix: str) -> str:

@@ -19,6 +19,7 @@ from test_coordinator import TTL, _start
 from cluster import Cluster, check_pairing
 from coordservers import PG_DATABASE, PG_PORT, PG_USER, POSTGRESQL_BACKENDS, ServerPool, ServerSet
 from netlab import Host, Lab
+from recipes import fencing_recipe
 
 pytestmark = pytest.mark.lab
 
@@ -72,16 +73,9 @@ def test_requests_served_counts_the_test_database_s_transactions(direct: ServerS
 def test_the_epoch_guard_refuses_an_older_epoch(either: ServerSet) -> None:
     """examples/fencing.py's PostgreSQLEpochGuard: a write under an older epoch changes nothing
     (through pgbouncer too: one autocommit statement, no prepared statement)."""
-    import importlib.util
-    import pathlib
-
     from followtheleader import FencingToken
 
-    path = pathlib.Path(__file__).parent.parent / "examples" / "fencing.py"
-    spec = importlib.util.spec_from_file_location("fencing_recipe_pg", path)
-    assert spec is not None and spec.loader is not None
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
+    recipe = fencing_recipe()
     host = either.hosts[0]
     dsn = either.url
 

@@ -51,9 +51,9 @@ def coordinator_url_from_django(
       ``public.followtheleader_leader`` and ``public.followtheleader_member``).
 
     :raises ValueError: for a database that is not PostgreSQL, an empty ``HOST`` (libpq's
-        default socket, whose directory the URL must name) or a ``service`` of
-        ``pg_service.conf``, which the coordinator URL cannot name; the message says what to
-        set instead.
+        default socket, whose directory the URL must name), a ``HOST`` starting with ``@``
+        (an abstract Unix socket) or a ``service`` of ``pg_service.conf``, which the
+        coordinator URL cannot name; the message says what to set instead.
     """
     engine = str(database.get("ENGINE", ""))
     if engine not in POSTGRESQL_ENGINES:
@@ -63,11 +63,17 @@ def coordinator_url_from_django(
         raise ValueError("OPTIONS['service'] cannot be named in a coordinator URL: set HOST, PORT and NAME")
     hosts = [host.strip() for host in str(database.get("HOST") or "").split(",")]
     for host in hosts:
-        if not host or host.startswith("@"):
+        if not host:
             raise ValueError(
-                f"HOST {host!r} means libpq's default Unix socket, which a coordinator URL cannot name: "
+                "an empty HOST means libpq's default Unix socket, which a coordinator URL cannot name: "
                 "set HOST to the socket's directory (such as /var/run/postgresql) or to the server's "
                 "name or address, or give the coordinator URL yourself"
+            )
+        if host.startswith("@"):
+            raise ValueError(
+                f"HOST {host!r} is a Linux abstract Unix socket, which a coordinator URL cannot name: "
+                "let the server listen on a socket directory or on TCP too and set HOST to that, "
+                "or give the coordinator URL yourself"
             )
     ports = [port.strip() for port in str(database.get("PORT") or "").split(",") if port.strip()]
     if len(ports) == 1:

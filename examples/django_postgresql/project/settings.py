@@ -29,6 +29,9 @@ DATABASES: dict[str, dict[str, Any]] = {
         "OPTIONS": {"sslmode": os.environ.get("DB_SSLMODE", "prefer")},
         "CONN_MAX_AGE": 60,  # the job's thread keeps its connection between runs...
         "CONN_HEALTH_CHECKS": True,  # ...and checks it before reuse (see close_old_connections)
+        # Behind pgbouncer in transaction mode, set DB_DISABLE_SERVER_SIDE_CURSORS=1: a
+        # server-side cursor (QuerySet.iterator()) cannot outlive its transaction there.
+        "DISABLE_SERVER_SIDE_CURSORS": os.environ.get("DB_DISABLE_SERVER_SIDE_CURSORS", "") == "1",
     }
 }
 
