@@ -618,6 +618,40 @@ def test_a_won_claim_needs_no_read_after_it_on_watched_drivers(service: Service)
     assert me.run(me.coordinator.watched_view) == View(Leadership(me.me, term, True), (Member("o", 2), me.me))
 
 
+def test_the_best_ranked_successor_sees_a_leader_leave_without_a_read_on_watched_drivers(service: Service) -> None:
+    """When the leader's session ends, the best-ranked of the others finds the vacancy in its
+    watched view, without a read (it claims in the next round trip); its claim then wins and
+    shows in the watched view at once."""
+    if not service.caps.watched:
+        pytest.skip(f"{service.name}: no watched view (see Capabilities.watched)")
+    leader = service.member("l", 3).start()
+    successor = service.member("s", 2).start()
+    service.member("t", 1).start()
+    term = leader.claim()
+    assert term is not None
+
+    def quiet() -> View | None:
+        view = successor.run(successor.coordinator.watched_view)
+        if view is None or view.leadership is None or names(view) != ["l", "s", "t"]:
+            successor.observe()  # (a read sets the watches again)
+            return None
+        return view
+
+    until(quiet, successor, "a watched view of the leader and the three members")
+    leader.close()
+
+    def vacant() -> View | None:
+        view = successor.run(successor.coordinator.watched_view)  # no observe(): no read
+        return view if view is not None and view.leadership is None else None
+
+    assert until(vacant, successor, "the vacancy in the watched view") == View(None, (Member("s", 2), Member("t", 1)))
+    won = successor.claim()
+    assert won is not None and won > term
+    assert successor.run(successor.coordinator.watched_view) == View(
+        Leadership(successor.me, won, True), (Member("s", 2), Member("t", 1))
+    )
+
+
 # --------------------------------------------------------------------- status
 
 

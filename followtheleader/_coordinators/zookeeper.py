@@ -15,8 +15,11 @@ leader znode and the members' list, and the view read is kept until one of them 
 connection state changes, or this member writes); the renewal then costs one request, the
 ``sync``. An event of the leader znode that the last read already shows (see :func:`_stale`)
 does not count, and a claim sends its ``create`` and the reads in one round trip (its own
-creation event does not count either): the successor of a leader that left reads the group
-once, then claims, and needs no read after the claim.
+creation event does not count either), so that no read follows a claim. When the leader znode
+that the last read showed held by another member is deleted, the best-ranked of the members
+that read left is told at once, without a read (:meth:`ZooKeeperCoordinator.watched_view`
+gives it the vacancy once): it claims in the next round trip, and the claim's reads bring its
+view up to date. The others read the group, which sets the watch on the new leader znode.
 
 kazoo runs its own threads (connection, and one that calls watchers and state listeners);
 here those only set a flag and an Event. Every request is made on the session thread with kazoo's
@@ -98,7 +101,10 @@ class ZooKeeperCoordinator(Coordinator):
         self._granted: _GrantedTimeout | None = None
         self._changed = threading.Event()
         self._lost = False
-        self._cached: View | None = None  # the last view read, while no watch has fired since
+        self._cached: View | None = None  # the last view read (None after this member's own release or rejoin)
+        self._vacated: View | None = None  # the cached view without the leader that left (see _watch)
+        self._won: View | None = None  # the view read by a claim this member won (see watched_view)
+        self._leader_news = False  # a leader znode event or a connection state change made the cache dirty
         self._dirty = True
         self._own_create = False  # a claim is under way or done: its own CREATED event tells nothing
         self._events = threading.Lock()  # the flags above against kazoo's thread
@@ -106,7 +112,8 @@ class ZooKeeperCoordinator(Coordinator):
         self._present = False  # whether the leader znode existed when the cached view was read
         self._read_during: list[str] = []  # leader znode events that came while it waited
         self._claimed: tuple[int, int | None] | None = None  # (term, session id) of this session's claim
-        self._synced_sent: float | None = None  # when the last sync that succeeded was sent
+        self._synced_sent: float | None = None  # when the last sync (or won claim) that succeeded was sent
+        self._woken = False  # the last wait() ended with a change (or a wake-up), not its timeout
         base = f"{config.prefix}/{quote_group(group)}"
         self._leader_path = f"{base}/leader"
         self._members_path = f"{base}/members"
@@ -148,7 +155,7 @@ class ZooKeeperCoordinator(Coordinator):
         """kazoo's thread: the connection state changed."""
         if state == KazooState.LOST:
             self._lost = True
-        self._dirty = True
+        self._dirty = self._leader_news = True
         self._changed.set()
 
     def _watch(self, event: WatchedEvent) -> None:
@@ -157,7 +164,11 @@ class ZooKeeperCoordinator(Coordinator):
         The creation of the leader znode by this member's own claim is no change: the claim
         put it in the cached view already (:meth:`claim`). Only one such event can come per
         claim (the watch read set fires once), and only while the claim is under way or won;
-        any later event of the leader znode is a deletion or a change."""
+        any later event of the leader znode is a deletion or a change.
+
+        The deletion of a leader znode that the cached view shows held by another member also
+        keeps, for :meth:`watched_view`, what the group then is as far as this member knows:
+        the cached view without that leader, in the leadership and in the members."""
         with self._events:
             if event.path == self._leader_path:
                 if self._own_create and event.type == EventType.CREATED:
@@ -168,14 +179,16 @@ class ZooKeeperCoordinator(Coordinator):
                 elif self._cached is not None and _stale(event.type, self._present):
                     return
                 else:
-                    self._dirty = True
+                    self._dirty = self._leader_news = True
+                    if event.type == EventType.DELETED:
+                        self._vacated = _without_leader(self._cached)
             else:
                 self._dirty = True
         self._changed.set()
 
     def _connect(self) -> KazooClient:
         self.close()
-        self._dirty, self._cached, self._synced_sent = True, None, None
+        self._dirty, self._cached, self._vacated, self._synced_sent = True, None, None, None
         self._own_create, self._claimed = False, None
         self._granted = _GrantedTimeout()
         self._lost = False
@@ -195,12 +208,19 @@ class ZooKeeperCoordinator(Coordinator):
         self._connect()
 
     def close(self) -> None:
+        """End the session. A leader's znode goes first, in a request queued just before the
+        session's close (nothing waits for it): see :meth:`release` for why."""
         client, self._client = self._client, None
-        if client is not None:
-            _close_client(client)
+        if client is None:
+            return
+        claimed, self._claimed = self._claimed, None
+        if claimed is not None and claimed[1] == self._session_id:
+            with contextlib.suppress(Exception):  # the close deletes it anyway
+                client.delete_async(self._leader_path, version=0)
+        _close_client(client)
 
     def wait(self, timeout: float) -> None:
-        self._changed.wait(timeout)
+        self._woken = self._changed.wait(timeout)
         self._changed.clear()
 
     def wake(self) -> None:
@@ -210,11 +230,17 @@ class ZooKeeperCoordinator(Coordinator):
         self._connect()
 
     def keep_alive(self) -> float:
-        """A ``sync``, unless one was sent less than TTL/10 ago (a round a watch woke soon
-        after a renewal): the TTL left is then counted from that sync's send time."""
+        """A ``sync``, unless one was sent less than TTL/10 ago, or less than the renewal
+        period ago in a round that a change woke (a watch, a claim won, ``wake()``): the TTL
+        left is then counted from that sync's send time. A change is news to act on at once:
+        a sync first would make a successor's claim, or a new leader's event, wait one more
+        round trip. The renewal that comes a period after such a round sends the sync (the
+        lease, counted from the last one, still has at least three fifths of the TTL left)."""
         client = self._live_client()
         started = time.monotonic()
-        if self._synced_sent is None or started - self._synced_sent >= self.ttl / 10:
+        woken, self._woken = self._woken, False
+        fresh = self.ttl * self.renew_fraction if woken else self.ttl / 10
+        if self._synced_sent is None or started - self._synced_sent >= fresh:
             # A sync goes to the ensemble's leader, which expires sessions: a server cut off
             # from it (it may go on answering reads for syncLimit ticks) makes it fail.
             self._call(client.sync_async(self._leader_path))
@@ -257,7 +283,8 @@ class ZooKeeperCoordinator(Coordinator):
         The watches' events that come while the reads are under way are judged by what the
         reads return (:func:`_stale`); the claim's own creation event is not news."""
         with self._events:  # before the reads: a watch that fires during them makes it True
-            self._dirty, self._own_create = False, claim
+            self._dirty, self._own_create, self._vacated, self._won = False, claim, None, None
+            self._leader_news = False
             self._reading, self._read_during = True, []
         created = None
         try:
@@ -283,14 +310,36 @@ class ZooKeeperCoordinator(Coordinator):
         with self._events:
             self._cached, self._present, self._reading = view, present, False
             if present != leader.successful() or any(not _stale(kind, present) for kind in self._read_during):
-                self._dirty = True  # changed between the two reads, or an event that may be news
+                self._dirty = self._leader_news = True  # changed between the two reads, or news
         return view, created
 
     def watched_view(self) -> View | None:
-        """The view last read, while none of the watches its reads set has fired since."""
-        cached = self._cached
-        if self._dirty or cached is None:
-            return None
+        """The view last read, while none of the watches its reads set has fired since.
+
+        Once, after the leader znode that view shows held by another member was deleted: the
+        view without that leader, if this member is then the best-ranked (the one that claims
+        at once, in the claim's round trip, instead of reading first). Another member may
+        have claimed meanwhile, or joined: the claim, one atomic ``create``, fails or wins as
+        it would after a read, and its reads show the group as it is. The others get None
+        (they read the group, and so watch the new leader znode).
+
+        Once, after a claim this member won: the view the claim read, even if an event of the
+        members' list came since (it may well be about a change the claim's read shows, such
+        as the old leader's member znode going: its event comes while the claim's reads are
+        on their way). The new leader then needs no read before it knows it leads; the next
+        round, which that event wakes at once, reads the group. An event of the leader znode
+        or of the connection leaves no such exception."""
+        with self._events:
+            cached, vacated, won = self._cached, self._vacated, self._won
+            self._vacated = self._won = None
+            dirty, leader_news = self._dirty, self._leader_news
+        if dirty or cached is None:
+            if won is not None and not leader_news:
+                cached = won
+            elif vacated is not None and vacated.members and vacated.members[0] == self.me:
+                cached = vacated
+            else:
+                return None
         self._check_session()
         return cached
 
@@ -299,6 +348,7 @@ class ZooKeeperCoordinator(Coordinator):
         after the ``create``, so they show its outcome): won or lost, the cached view is
         current after the claim, and no read follows it."""
         client = self._live_client()
+        sent = time.monotonic()
         view, created = self._read_group(client, claim=True)
         try:
             _, stat = self._call(created)
@@ -312,32 +362,39 @@ class ZooKeeperCoordinator(Coordinator):
             raise
         term = int(stat.czxid)
         self._claimed = (term, self._session_id)
+        # The create was committed by the ensemble's leader, as a sync would have been: the
+        # session was alive when it was sent, and the new leader's round needs no sync.
+        self._synced_sent, self._woken = sent, True
         held = view.leadership
         if held is None or not held.mine or held.term != term:  # gone already: read again
             self._dirty = True
             self._changed.set()
+        else:
+            self._won = view
         return term
 
     def release(self, term: int) -> None:
-        """The member znode and (if this session holds the leadership of ``term``) the leader
-        znode go in one transaction: the others' watches fire at once for both."""
+        """The leader znode (if this session holds the leadership of ``term``) and the member
+        znode go in one transaction: the others' watches fire at once for both, the leader
+        znode's first, so that the best-ranked of them claims at once (:meth:`watched_view`)."""
         client = self._live_client()
-        self._dirty, self._own_create = True, False
+        with self._events:  # the cached view shows this member: no longer true
+            self._dirty, self._own_create, self._cached, self._vacated = True, False, None, None
         if self._claimed == (term, self._session_id):
             # this very session created the leader znode of ``term`` and has not deleted it
             # (nothing else deletes it while the session lives): no need to read it first
             self._claimed = None
             transaction = client.transaction()
-            transaction.delete(self._my_path)
             transaction.delete(self._leader_path, version=0)  # never written after its creation
+            transaction.delete(self._my_path)
             results = self._call(transaction.commit_async())
             if not any(isinstance(result, Exception) for result in results):
                 return
         held = self._read_leader(client, watch=False)
         if held is not None and held[0].mine and held[0].term == term:
             transaction = client.transaction()
-            transaction.delete(self._my_path)
             transaction.delete(self._leader_path, version=held[1])
+            transaction.delete(self._my_path)
             results = self._call(transaction.commit_async())
             if not any(isinstance(result, Exception) for result in results):
                 return
@@ -345,7 +402,8 @@ class ZooKeeperCoordinator(Coordinator):
         self._delete(client, self._my_path)
 
     def rejoin(self) -> None:
-        self._dirty = True
+        with self._events:  # the cached view does not show this member
+            self._dirty, self._cached, self._vacated = True, None, None
         self._register(self._live_client())
 
     def groups(self) -> list[GroupInfo]:
@@ -451,6 +509,16 @@ def _stale(kind: str, present: bool) -> bool:
     if present:
         return bool(kind == EventType.CREATED)
     return kind in (EventType.DELETED, EventType.CHANGED)
+
+
+def _without_leader(view: View | None) -> View | None:
+    """``view`` after its leader left (its leader znode and its member znode go together when
+    it stops, resigns or its session expires), or None when ``view`` shows no other member's
+    leadership."""
+    if view is None or view.leadership is None or view.leadership.mine:
+        return None
+    gone = view.leadership.leader.node_id
+    return View(None, tuple(m for m in view.members if m.node_id != gone))
 
 
 class _Missing(CoordinatorError):
