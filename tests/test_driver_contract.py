@@ -596,6 +596,41 @@ def test_a_watched_view_includes_own_writes_and_is_never_stale_after_a_change(se
     assert shows(lambda v: v.leadership is None and names(v) == [])()
 
 
+EXPIRY_SLACK = {"etcd": 1.0}
+"""Seconds past the TTL within which a silent leader's expiry is seen, per driver (default
+0.25 s): etcd revokes expired leases in a periodic check of its own (every 500 ms)."""
+
+
+def test_a_silent_leader_s_expiry_ends_the_others_wait_soon_after_the_ttl(service: Service) -> None:
+    """A leader that renews no more (it crashed) sends nothing: its lease just runs out. A
+    member that waits a whole renewal period at a time, as the session thread does, and out
+    of step with the leader's renewals, still reads the group soon after the expiry (Redis and
+    PostgreSQL: ``wait()`` ends when the leader's key or row expires, by the server's clock),
+    so that crash failover stays within the TTL and a margin whatever the renewal phases."""
+    if service.caps.self_renewing:
+        pytest.skip(f"{service.name}: the client keeps its session alive by itself (a crash is tested in the lab)")
+    leader = service.member("l", 2).start()
+    follower = service.member("f", 1).start()
+    assert leader.claim() is not None
+    leader.keep_alive()
+    renewed = time.monotonic()  # the leadership expires a TTL after this renewal was answered, at the latest
+    period = TTL * follower.coordinator.renew_fraction
+    out_of_step = renewed + period / 2  # half a renewal period out of step with the leader
+    while (left := out_of_step - time.monotonic()) > 0:
+        follower.wait(left)  # (the notifications of the claim and the joins may end it early)
+    while True:
+        follower.keep_alive()
+        view = follower.observe()
+        if view.leadership is None:
+            break
+        assert view.leadership.leader == leader.me
+        assert time.monotonic() - renewed < TTL + DEADLINE, "the leadership never expired"
+        follower.wait(period)
+    seen = time.monotonic() - renewed
+    slack = EXPIRY_SLACK.get(service.name, 0.25)
+    assert TTL - 0.1 < seen <= TTL + slack, f"vacancy seen {seen:.3f} s after the last renewal (TTL {TTL:g} s)"
+
+
 def test_a_won_claim_needs_no_read_after_it_on_watched_drivers(service: Service) -> None:
     """A driver whose watch keeps the view (``watched``) shows the leadership a claim won in
     its watched view at once (ZooKeeper: the claim reads the group in its round trip; etcd:

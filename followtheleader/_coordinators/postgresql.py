@@ -123,8 +123,8 @@ class PostgreSQLCoordinator(Coordinator):
         self._fresh = False
         """True from :meth:`keep_alive` to the next :meth:`observe`, which returns its view."""
         self._poll_at: float | None = None
-        """Polling mode: the monotonic time of the next read before the renewal period's
-        (another holder's row expires, or the leadership was vacant); :meth:`wait` ends then."""
+        """The monotonic time of the next read before the renewal period's (another holder's
+        row expires; in polling mode also after a vacancy); :meth:`wait` ends then."""
         self._vacant_poll = _VACANT_POLL
         self._wake_pair: tuple[socket.socket, socket.socket] | None = None
         """A socket pair that :meth:`wake` writes to and :meth:`wait` selects on; made by
@@ -284,15 +284,17 @@ class PostgreSQLCoordinator(Coordinator):
         return self.ttl
 
     def _schedule_poll(self, view: View, expires_in: float | None) -> None:
-        """Polling mode: when to read again before the renewal period, after reading ``view``
-        (``expires_in``: the seconds its leadership had left, by the server's clock). The row
+        """When to read again before the renewal period, after reading ``view``
+        (``expires_in``: the seconds its leadership had left, by the server's clock): when
+        another member's leadership expires (a crashed leader's row sends no notification),
+        and in polling mode also soon after a vacancy (a claim sends none either). The row
         was read before now, so it has expired ``expires_in`` seconds after now."""
-        if self._listen_works:
-            return
         now = time.monotonic()
         leadership = view.leadership
         self._poll_at = None
         if leadership is None:
+            if self._listen_works:
+                return  # a claim is notified
             self._poll_at = now + self._vacant_poll
             self._vacant_poll = min(2 * self._vacant_poll, self.ttl * self.renew_fraction)
             return
@@ -352,8 +354,8 @@ class PostgreSQLCoordinator(Coordinator):
             pair[1].close()
 
     def wait(self, timeout: float) -> None:
-        """Wait for a notification of the group, a :meth:`wake`, an early poll (polling mode:
-        :meth:`_schedule_poll`) or ``timeout`` seconds."""
+        """Wait for a notification of the group, a :meth:`wake`, an early poll
+        (:meth:`_schedule_poll`) or ``timeout`` seconds."""
         listener, pair, poll_at = self._listener, self._wake_pair, self._poll_at
         if pair is None:
             time.sleep(timeout)  # not open: nothing to wait for

@@ -90,26 +90,33 @@ FRESH = 0.05
 the renewal read it (the session thread observes right after renewing) instead of reading it
 again: one script per round."""
 
+_EXPIRY_MARGIN = 0.002
+"""Seconds after another leader's key expires (by the server's millisecond clock) before the
+read that finds it gone."""
+
 SENTINEL_SCHEME = "redis+sentinel"
 """The scheme whose URL names sentinels and a service, not the primary."""
 
 # KEYS: leader, members. ARGV: my label, my leader value ("" when I hold nothing), ttl ms.
-# Returns {my entry was there (0/1), leader value or false, live member labels}.
+# Returns {my entry was there (0/1), leader value or false, live entries and their expiries
+# (WITHSCORES), the server's time in ms}. The leader key and the leader's entry are renewed
+# (and claimed) together, with the same expiry: the entry's score tells the others when the
+# key expires if its holder is gone, without one more command.
 _RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[3])
-local live = redis.call('ZRANGE', KEYS[2], now, '+inf', 'BYSCORE')
+local live = redis.call('ZRANGE', KEYS[2], now, '+inf', 'BYSCORE', 'WITHSCORES')
 local present = 0
 if ARGV[1] ~= '' then
-  for _, entry in ipairs(live) do
-    if entry == ARGV[1] then present = 1 end
+  for i = 1, #live, 2 do
+    if live[i] == ARGV[1] then present = 1 end
   end
   if present == 1 then redis.call('ZADD', KEYS[2], 'XX', now + ttl, ARGV[1]) end
 end
 local leader = redis.call('GET', KEYS[1])
 if leader and ARGV[2] ~= '' and leader == ARGV[2] then redis.call('PEXPIRE', KEYS[1], ttl) end
-return {present, leader, live}
+return {present, leader, live, now}
 """
 
 # KEYS: leader, fence, members, channel. ARGV: session, label, ttl ms, "clock" or "".
@@ -133,6 +140,7 @@ end
 local term = redis.call('INCR', KEYS[2])
 local value = string.format('%d', term) .. ' ' .. ARGV[1] .. ' ' .. ARGV[2]
 if not redis.call('SET', KEYS[1], value, 'NX', 'PX', ARGV[3]) then return false end
+redis.call('ZADD', KEYS[3], 'XX', now + tonumber(ARGV[3]), ARGV[2] .. ' ' .. ARGV[1])
 redis.call('PUBLISH', KEYS[4], 'claim')
 return term
 """
@@ -178,6 +186,24 @@ def _members(entries: list[bytes]) -> tuple[Member, ...]:
         if member is not None:
             found[label] = member
     return ranked(list(found.values()))
+
+
+def _holder_expiry(value: bytes | None, live: list[bytes], now_ms: int) -> float | None:
+    """Seconds until the leader key of ``value`` expires if its holder renews it no more: its
+    holder's entry among ``live`` (entries and scores, as ``ZRANGE ... WITHSCORES`` gives them)
+    expires with it (:data:`_RENEW`); None when the value or the entry is not found."""
+    if not value:
+        return None
+    _, _, rest = value.decode(errors="replace").partition(" ")
+    session, _, label = rest.partition(" ")
+    entry = f"{label} {session}".encode()
+    for index in range(0, len(live) - 1, 2):
+        if live[index] == entry:
+            try:
+                return (float(live[index + 1]) - now_ms) / 1000.0
+            except ValueError:
+                return None
+    return None
 
 
 def _leadership(value: bytes | str | None, session: str | None) -> Leadership | None:
@@ -243,6 +269,10 @@ class RedisCoordinator(Coordinator):
         self._view: View | None = None
         """The group as the last renewal read it, for the :meth:`observe` that follows it."""
         self._view_at = 0.0
+        self._poll_at: float | None = None
+        """When another member's leadership expires if its holder is gone (monotonic time, or
+        None): :meth:`wait` ends then, so that the next round reads the group at once (a crash
+        sends nothing on the channel)."""
         self._wake_pair: tuple[socket.socket, socket.socket] | None = None
         """Written by :meth:`wake`, watched by :meth:`wait`; open between open() and close()."""
 
@@ -347,7 +377,8 @@ class RedisCoordinator(Coordinator):
         if self._joined and started - self._renewed_sent > self.ttl:
             raise SessionLost(f"no renewal reached Redis for more than the TTL ({self.ttl:g} s)")
         label = self._entry() if self._joined else ""
-        present, leader, live = self._run(
+        self._poll_at = None
+        present, leader, live, now_ms = self._run(
             "renew", [self._leader_key, self._members_key], [label, self._holding, self._ttl_ms]
         )
         if self._joined and not present:
@@ -356,7 +387,13 @@ class RedisCoordinator(Coordinator):
         leadership = _leadership(leader, self._session)
         if self._holding and (leadership is None or not leadership.mine):
             self._holding = ""
-        self._view, self._view_at = View(leadership, _members(live)), time.monotonic()
+        received = time.monotonic()
+        if leadership is not None and not leadership.mine:
+            # read before ``received``: the key has expired that long after it, if not renewed
+            expires_in = _holder_expiry(leader, live, int(now_ms))
+            if expires_in is not None:
+                self._poll_at = received + max(0.0, expires_in) + _EXPIRY_MARGIN
+        self._view, self._view_at = View(leadership, _members(live[0::2])), received
         return self.ttl
 
     def close(self) -> None:
@@ -367,6 +404,7 @@ class RedisCoordinator(Coordinator):
             except CoordinatorError:  # closing must never raise; the key then expires by itself
                 log.debug("could not release in Redis on close", exc_info=True)
         self._session, self._holding, self._joined, self._view = None, "", False, None
+        self._poll_at = None
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
             try:
@@ -390,8 +428,11 @@ class RedisCoordinator(Coordinator):
                 sock.close()
 
     def wait(self, timeout: float) -> None:
-        """Block until a message on the group's channel, :meth:`wake`, or ``timeout``."""
+        """Block until a message on the group's channel, :meth:`wake`, ``timeout``, or the
+        time the leader key expires if its holder is gone (then the next round reads)."""
         deadline = time.monotonic() + timeout
+        if self._poll_at is not None:
+            deadline = min(deadline, self._poll_at)
         self._subscribe()
         if self._wake_pair is None:
             raise CoordinatorError("no Redis session")
