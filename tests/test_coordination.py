@@ -176,7 +176,9 @@ def test_an_unexpected_error_is_always_reported_and_the_session_opened_anew() ->
     assert policy.failed(expected=False) is True
     assert policy.next(1.2) == Decision(Op.BACKOFF, seconds=2 * FIRST_BACKOFF)
     policy.waited()
-    assert policy.next(1.4) == Decision(Op.OPEN)
+    assert policy.next(1.4) == Decision(Op.REOPEN)  # the lease machine hears the old session is gone
+    policy.opened_session(1.5)
+    assert policy.next(1.5) == Decision(Op.RENEW)
 
 
 def test_a_reopened_session_forgets_the_hold_and_settles_again() -> None:

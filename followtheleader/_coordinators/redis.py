@@ -47,7 +47,11 @@ ends a fifth of the TTL before the server's key could expire, so a failed renewa
 fifth of the TTL (2 s by default) for the retries (the first after 0.1 s, then doubling).
 
 Changes are pushed: :meth:`RedisCoordinator.wait` blocks on the pub/sub connection and on a
-socket pair that :meth:`RedisCoordinator.wake` writes to. redis-py reconnects on the next
+socket pair that :meth:`RedisCoordinator.wake` writes to. A crash publishes nothing: the
+leader's key expires. So the leader's entry in ``members`` carries its key's expiry (a claim
+sets both with the same expiry, and so does each renewal), and :meth:`RedisCoordinator.wait`
+also ends when another member's leadership expires if it is not renewed, by the server's
+clock: the next round's read finds it gone (or renewed, and a later expiry). redis-py reconnects on the next
 command after the server restarts; the subscription is made again with the connection.
 """
 

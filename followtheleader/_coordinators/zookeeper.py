@@ -21,9 +21,9 @@ that read left is told at once, without a read (:meth:`ZooKeeperCoordinator.watc
 gives it the vacancy once): it claims in the next round trip, and the claim's reads bring its
 view up to date. The others read the group, which sets the watch on the new leader znode.
 
-kazoo runs its own threads (connection, and one that calls watchers and state listeners);
-here those only set a flag and an Event. Every request is made on the session thread with kazoo's
-asynchronous API and a bounded wait.
+kazoo runs its own threads: its connection thread calls the state listener, another one
+calls the watchers; here those only set flags (under a lock) and an Event. Every request is
+made on the session thread with kazoo's asynchronous API and a bounded wait.
 
 The session timeout the server grants may be less than the one asked for (it is clamped to
 the server's ``minSessionTimeout`` and ``maxSessionTimeout``); kazoo keeps the granted value
@@ -33,6 +33,7 @@ only in a log message, so :class:`_GrantedTimeout` reads it from there.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -111,6 +112,7 @@ class ZooKeeperCoordinator(Coordinator):
         self._reading = False  # observe() is waiting for its reads
         self._present = False  # whether the leader znode existed when the cached view was read
         self._read_during: list[str] = []  # leader znode events that came while it waited
+        self._generation = 0  # of the last read of the group; its leader watcher carries it
         self._claimed: tuple[int, int | None] | None = None  # (term, session id) of this session's claim
         self._synced_sent: float | None = None  # when the last sync (or won claim) that succeeded was sent
         self._woken = False  # the last wait() ended with a change (or a wake-up), not its timeout
@@ -152,14 +154,16 @@ class ZooKeeperCoordinator(Coordinator):
         return client
 
     def _on_state(self, state: str) -> None:
-        """kazoo's thread: the connection state changed."""
-        if state == KazooState.LOST:
-            self._lost = True
-        self._dirty = self._leader_news = True
+        """kazoo's connection thread: the connection state changed."""
+        with self._events:
+            if state == KazooState.LOST:
+                self._lost = True
+            self._dirty = self._leader_news = True
         self._changed.set()
 
-    def _watch(self, event: WatchedEvent) -> None:
-        """kazoo's thread: a watched znode changed.
+    def _watch(self, event: WatchedEvent, generation: int | None = None) -> None:
+        """kazoo's watcher thread: a watched znode changed (``generation``: that of the read
+        that set the watch on the leader znode, see :meth:`_read_group`).
 
         The creation of the leader znode by this member's own claim is no change: the claim
         put it in the cached view already (:meth:`claim`). Only one such event can come per
@@ -168,7 +172,10 @@ class ZooKeeperCoordinator(Coordinator):
 
         The deletion of a leader znode that the cached view shows held by another member also
         keeps, for :meth:`watched_view`, what the group then is as far as this member knows:
-        the cached view without that leader, in the leadership and in the members."""
+        the cached view without that leader, in the leadership and in the members. Only when
+        the watch that fired is the one the cached view's read set: kazoo hands a watch event
+        to this thread later than the answers that came after it, so an older watch's event
+        (a deletion before that read, which the read shows) may run here after the read."""
         with self._events:
             if event.path == self._leader_path:
                 if self._own_create and event.type == EventType.CREATED:
@@ -180,7 +187,7 @@ class ZooKeeperCoordinator(Coordinator):
                     return
                 else:
                     self._dirty = self._leader_news = True
-                    if event.type == EventType.DELETED:
+                    if event.type == EventType.DELETED and generation == self._generation:
                         self._vacated = _without_leader(self._cached)
             else:
                 self._dirty = True
@@ -188,8 +195,10 @@ class ZooKeeperCoordinator(Coordinator):
 
     def _connect(self) -> KazooClient:
         self.close()
-        self._dirty, self._cached, self._vacated, self._synced_sent = True, None, None, None
-        self._own_create, self._claimed = False, None
+        with self._events:
+            self._dirty, self._cached, self._vacated, self._synced_sent = True, None, None, None
+            self._own_create, self._claimed, self._won, self._leader_news = False, None, None, True
+        self._woken = False
         self._granted = _GrantedTimeout()
         self._lost = False
         client = self._new_client()
@@ -214,7 +223,8 @@ class ZooKeeperCoordinator(Coordinator):
         if client is None:
             return
         claimed, self._claimed = self._claimed, None
-        if claimed is not None and claimed[1] == self._session_id:
+        live = client.client_id  # the session kazoo runs now: it may have replaced an expired one
+        if claimed is not None and not self._lost and live is not None and live[0] == claimed[1]:
             with contextlib.suppress(Exception):  # the close deletes it anyway
                 client.delete_async(self._leader_path, version=0)
         _close_client(client)
@@ -235,17 +245,19 @@ class ZooKeeperCoordinator(Coordinator):
         left is then counted from that sync's send time. A change is news to act on at once:
         a sync first would make a successor's claim, or a new leader's event, wait one more
         round trip. The renewal that comes a period after such a round sends the sync (the
-        lease, counted from the last one, still has at least three fifths of the TTL left)."""
+        lease, counted from the last one, then still has two fifths of the TTL left). The TTL
+        here is the session timeout the server granted, if less than the one asked for."""
         client = self._live_client()
         started = time.monotonic()
+        granted = self._granted.seconds if self._granted is not None else None
+        ttl = min(self.ttl, granted) if granted is not None else self.ttl
         woken, self._woken = self._woken, False
-        fresh = self.ttl * self.renew_fraction if woken else self.ttl / 10
+        fresh = ttl * self.renew_fraction if woken else ttl / 10
         if self._synced_sent is None or started - self._synced_sent >= fresh:
             # A sync goes to the ensemble's leader, which expires sessions: a server cut off
             # from it (it may go on answering reads for syncLimit ticks) makes it fail.
             self._call(client.sync_async(self._leader_path))
             self._synced_sent = started
-        granted = self._granted.seconds if self._granted is not None else None
         return (granted if granted is not None else self.ttl) - (started - self._synced_sent)
 
     # ----------------------------------------------------------------- election
@@ -286,6 +298,8 @@ class ZooKeeperCoordinator(Coordinator):
             self._dirty, self._own_create, self._vacated, self._won = False, claim, None, None
             self._leader_news = False
             self._reading, self._read_during = True, []
+            self._generation += 1
+            watcher = functools.partial(self._watch, generation=self._generation)
         created = None
         try:
             if claim:
@@ -294,8 +308,8 @@ class ZooKeeperCoordinator(Coordinator):
                 )
             # The exists() watches the leader znode's creation when it is vacant (when it is
             # held, it sets the watch get() sets)
-            leader = client.get_async(self._leader_path, watch=self._watch)
-            exists = client.exists_async(self._leader_path, watch=self._watch)
+            leader = client.get_async(self._leader_path, watch=watcher)
+            exists = client.exists_async(self._leader_path, watch=watcher)
             children = client.get_children_async(self._members_path, watch=self._watch)
             held = self._read_leader(client, watch=True, sent=leader, exists=exists)
             present = self._call(exists) is not None  # (what the watches set here send depends on it)
@@ -307,6 +321,8 @@ class ZooKeeperCoordinator(Coordinator):
             raise
         members = ranked([m for m in map(member_from_label, labels) if m is not None])
         view = View(held[0] if held else None, members)
+        if not claim and self._claimed is not None and (view.leadership is None or not view.leadership.mine):
+            self._claimed = None  # deleted by someone else: close() and release() must not delete it
         with self._events:
             self._cached, self._present, self._reading = view, present, False
             if present != leader.successful() or any(not _stale(kind, present) for kind in self._read_during):
@@ -379,7 +395,7 @@ class ZooKeeperCoordinator(Coordinator):
         znode's first, so that the best-ranked of them claims at once (:meth:`watched_view`)."""
         client = self._live_client()
         with self._events:  # the cached view shows this member: no longer true
-            self._dirty, self._own_create, self._cached, self._vacated = True, False, None, None
+            self._dirty, self._own_create, self._cached, self._vacated, self._won = True, False, None, None, None
         if self._claimed == (term, self._session_id):
             # this very session created the leader znode of ``term`` and has not deleted it
             # (nothing else deletes it while the session lives): no need to read it first
@@ -403,7 +419,7 @@ class ZooKeeperCoordinator(Coordinator):
 
     def rejoin(self) -> None:
         with self._events:  # the cached view does not show this member
-            self._dirty, self._cached, self._vacated = True, None, None
+            self._dirty, self._cached, self._vacated, self._won = True, None, None, None
         self._register(self._live_client())
 
     def groups(self) -> list[GroupInfo]:

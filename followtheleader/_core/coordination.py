@@ -114,6 +114,8 @@ class SessionPolicy:
         self.renew_every = renew_every
         self.opened = False
         """True while a session is open (as far as the policy knows)."""
+        self.replace = False
+        """True after an unexpected error: the open session is replaced by a new one."""
         self.failing = False
         """True during a streak of expected errors (the first one was reported)."""
         self.backoff = FIRST_BACKOFF
@@ -143,7 +145,7 @@ class SessionPolicy:
             return Decision(Op.CLOSE)
         phase = self._phase
         if phase is _Phase.START:
-            if not self.opened or abandon:
+            if not self.opened or abandon or self.replace:
                 return Decision(Op.REOPEN if self.opened else Op.OPEN)
             phase = _Phase.RELEASE
         if phase is _Phase.RELEASE:
@@ -169,7 +171,7 @@ class SessionPolicy:
 
     def opened_session(self, now: float) -> None:
         """The session was opened (after :attr:`Op.OPEN` or :attr:`Op.REOPEN`)."""
-        self.opened, self.rejoin_due = True, False
+        self.opened, self.rejoin_due, self.replace = True, False, False
         self.settle_until = now + SETTLE
         self._phase = _Phase.RELEASE
 
@@ -246,7 +248,9 @@ class SessionPolicy:
             if lost:
                 self.opened = False
         else:
-            self.opened = False
+            # REOPEN, not OPEN: the lease machine must hear that the old session (and any
+            # leadership it held) is gone before a new one is opened
+            self.replace = True
         self._phase, self._wait = _Phase.BACKOFF, self.backoff
         self.backoff = min(self.backoff * 2, max(FIRST_BACKOFF, self.renew_every))
         return report
