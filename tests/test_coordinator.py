@@ -47,8 +47,10 @@ transaction pooler."""
 FAILOVER_MARGIN = 1.0
 """Seconds past the TTL by which the survivors agree on a SIGKILLed leader's successor: the
 server ends the dead session (ZooKeeper's session timeout, etcd's lease, the Redis key's or
-PostgreSQL row's expiry) within the TTL of its last renewal, then tells the survivors or they
-read it, and the successor's claim reaches the others."""
+PostgreSQL row's expiry) within the TTL of the leader's last renewal; the survivors learn of
+it by their watches (ZooKeeper, etcd) or at their next read (PostgreSQL every TTL/5, Redis
+every 0.6 TTL, its members renewing nearly in step after starting together), and the
+successor's claim reaches the others."""
 POLLED_FAILOVER_MARGIN = 0.5
 """The same behind a transaction pooler (:data:`POLLED_RENEWAL`): less than one renewal period
 (0.6 s). The survivors read again just after the dead leader's row expires (its remaining
