@@ -37,22 +37,19 @@ import datetime
 import math
 import os
 import platform
-import signal
 import sys
 import time
 import traceback
 from dataclasses import dataclass, field
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-
 import election
 import idle_load
 import scale
+from _common import argument_parser, ready_to_run
 
 from cluster import Cluster
 from coordservers import unavailable_reason
-from netlab import Lab, lab_unavailable_reason
+from netlab import Lab
 
 BACKENDS = ("mdns", "peers", "zookeeper", "etcd", "postgresql", "redis")
 OPTIONAL_BACKENDS = ("pgbouncer",)
@@ -272,7 +269,7 @@ def parse_backends(text: str) -> list[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument(
         "--backends",
         type=parse_backends,
@@ -305,9 +302,7 @@ def main() -> int:
         args.idle_ttl = args.coordinator_ttl
     if args.rounds < 1 or args.coordinator_ttl <= 0 or args.idle_ttl <= 0 or args.quiet < 0:
         parser.error("--rounds must be at least 1, the TTLs positive and --quiet not negative")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so that the labs are removed
-    if reason := lab_unavailable_reason():
-        print(f"cannot run: {reason}", file=sys.stderr)
+    if not ready_to_run():
         return 2
     started, load_start = datetime.datetime.now(datetime.timezone.utc), os.getloadavg()
     rows = [measure(backend, args) for backend in args.backends]

@@ -31,12 +31,9 @@ session/lease TTL (default: the library's, 10 s), which bounds the crash failove
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
-import signal
-import socket
 import statistics
 import sys
 import time
@@ -44,13 +41,12 @@ import urllib.request
 from collections.abc import Callable
 from typing import TextIO
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-
+from _common import argument_parser, ready_to_run
 from dnsserver import DnsServer
 
 from cluster import Cluster
-from coordservers import ETCD_PORT, ZK_PORT, ServerSet, _tcp_ready, unavailable_reason
-from netlab import Lab, lab_unavailable_reason
+from coordservers import ETCD_PORT, ServerSet, zookeeper_srvr
+from netlab import Lab
 
 PEERS_NAME = "peers.ftl.test"
 
@@ -93,17 +89,8 @@ def server_figures(servers: ServerSet) -> list[str]:
     for server in servers.servers:
         host = server.host
         if servers.backend == "zookeeper":
-            answer: list[bytes] = []
-
-            def ask(sock: socket.socket, answer: list[bytes] = answer) -> bool:
-                sock.sendall(b"srvr")
-                while chunk := sock.recv(4096):
-                    answer.append(chunk)
-                return True
-
-            if _tcp_ready(host, ZK_PORT, ask):
-                text = b"".join(answer).decode()
-                lines += [f"{host.name} {line}" for line in text.splitlines() if line.startswith("Latency")]
+            answer = zookeeper_srvr(host)
+            lines += [f"{host.name} {name}: {value}" for name, value in answer.items() if name.startswith("Latency")]
         elif servers.backend == "etcd":
             url = f"http://{host.address}:{ETCD_PORT}/metrics"
 
@@ -263,7 +250,7 @@ def run_rounds(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--nodes", type=int, default=10)
     parser.add_argument("--interval", type=float, default=None, help="heartbeat interval (default: the library's)")
@@ -288,18 +275,11 @@ def main() -> int:
         help="time the coordinator drivers' steps (benchmarks/steptrace.py) and print each handover's",
     )
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so that the lab is removed
-    reason = lab_unavailable_reason()
-    if reason:
-        print(f"cannot run: {reason}", file=sys.stderr)
+    if not ready_to_run(server_backend(args.coordinator)):
         return 2
     options: dict[str, object] = {} if args.interval is None else {"interval": args.interval}
     if args.coordinator_ttl is not None:
         options["coordinator_ttl"] = args.coordinator_ttl
-    backend = server_backend(args.coordinator)
-    if backend is not None and (reason := unavailable_reason(backend)):
-        print(f"cannot run: {reason}", file=sys.stderr)
-        return 2
     results = run_rounds(
         options,
         rounds=args.rounds,

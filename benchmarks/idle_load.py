@@ -14,17 +14,14 @@ Run as root (it creates network namespaces; all traffic stays inside them)::
 
 from __future__ import annotations
 
-import argparse
-import os
-import signal
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from _common import argument_parser, ready_to_run
 
 from cluster import Cluster
 from coordservers import ServerSet, unavailable_reason
-from netlab import Lab, lab_unavailable_reason
+from netlab import Lab
 
 
 def idle_rate(lab: Lab, backend: str, nodes: int, quiet: float, ttl: float | None) -> float:
@@ -51,16 +48,13 @@ def idle_rate(lab: Lab, backend: str, nodes: int, quiet: float, ttl: float | Non
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--backend", action="append", default=None, help="a ServerSet backend (repeatable)")
     parser.add_argument("--nodes", type=int, default=5)
     parser.add_argument("--quiet", type=float, default=30.0, help="seconds of the quiet window")
     parser.add_argument("--coordinator-ttl", type=float, default=None, metavar="SECONDS")
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so that the lab is removed
-    reason = lab_unavailable_reason()
-    if reason:
-        print(f"cannot run: {reason}", file=sys.stderr)
+    if not ready_to_run():
         return 2
     backends = args.backend or ["zookeeper", "etcd"]
     ttl = "default" if args.coordinator_ttl is None else f"{args.coordinator_ttl:g} s"

@@ -66,7 +66,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -77,12 +76,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-
+from _common import argument_parser, ready_to_run
 from election import one_round, percentile
 
 from cluster import Agreement, Cluster, JsonLinesProcess
-from netlab import Host, Lab, lab_unavailable_reason
+from netlab import Host, Lab
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -861,7 +859,7 @@ def sizes_arg(value: str) -> list[int]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--sizes", type=sizes_arg, default=[3, 10, 20, 30], help="group sizes (default 3,10,20,30)")
     parser.add_argument(
         "--rounds", default="20,15,12,6", help="rounds per size: one figure, or one per size (default 20,15,12,6)"
@@ -877,10 +875,7 @@ def main() -> int:
     parser.add_argument("--output", help="report file (default benchmarks/results/scale-<date>-<time>.txt)")
     args = parser.parse_args()
     rounds_per_size = per_size(args.rounds, args.sizes, "--rounds") if args.sizes else {}
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so that the lab is removed
-    reason = lab_unavailable_reason()
-    if reason:
-        print(f"cannot run: {reason}", file=sys.stderr)
+    if not ready_to_run():
         return 2
     now = datetime.datetime.now()
     output = args.output or os.path.join(HERE, "results", f"scale-{now:%Y%m%d-%H%M%S}.txt")

@@ -12,18 +12,14 @@ Run as root (it creates network namespaces; all traffic stays inside them)::
 
 from __future__ import annotations
 
-import argparse
-import os
-import signal
+import contextlib
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-
-import contextlib
+from _common import argument_parser, ready_to_run
 
 from cluster import Cluster
-from netlab import Lab, lab_unavailable_reason
+from netlab import Lab
 
 
 def soak(lab: Lab, hosts: list, loss: int, seconds: float) -> dict[str, float]:
@@ -56,15 +52,12 @@ def soak(lab: Lab, hosts: list, loss: int, seconds: float) -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=300.0, help="soak time per loss level")
     parser.add_argument("--losses", default="0,10,20,30", help="comma-separated loss percentages")
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so that the lab is removed
-    reason = lab_unavailable_reason()
-    if reason:
-        print(f"cannot run: {reason}", file=sys.stderr)
+    if not ready_to_run():
         return 2
     rows = []
     with Lab() as lab:

@@ -145,13 +145,23 @@ def _ruok(sock: socket.socket) -> bool:
     return sock.recv(16) == b"imok"
 
 
-def _zk_mode(sock: socket.socket) -> bool:
-    """ZooKeeper answers ``srvr`` with its mode once it serves (leader, follower, standalone)."""
-    sock.sendall(b"srvr")
-    data = b""
-    while chunk := sock.recv(4096):
-        data += chunk
-    return b"Mode:" in data
+def zookeeper_srvr(host: Host) -> dict[str, str]:
+    """The answer of the ZooKeeper server at ``host``'s address to ``srvr``, one entry a
+    ``name: value`` line (``Latency min/avg/max``, ``Received``, ``Mode``...); empty when it
+    does not answer. ``Mode`` is there once the server serves (leader, follower, standalone).
+    Runs in the caller's thread (the exchange, in ``host``'s namespace)."""
+    answer: list[bytes] = []
+
+    def ask(sock: socket.socket) -> bool:
+        sock.sendall(b"srvr")
+        while chunk := sock.recv(4096):
+            answer.append(chunk)
+        return True
+
+    if not _tcp_ready(host, ZK_PORT, ask):
+        return {}
+    lines = b"".join(answer).decode(errors="replace").splitlines()
+    return {name.strip(): value.strip() for name, colon, value in (line.partition(":") for line in lines) if colon}
 
 
 def _redis_ping(sock: socket.socket) -> bool:
@@ -382,7 +392,7 @@ class ServerSet:
             "org.apache.zookeeper.server.quorum.QuorumPeerMain",
             config,
         ]
-        return Server(host, argv, os.path.join(self.dir, f"zk{index}.log"), lambda: _tcp_ready(host, ZK_PORT, _zk_mode))
+        return Server(host, argv, os.path.join(self.dir, f"zk{index}.log"), lambda: "Mode" in zookeeper_srvr(host))
 
     def _redis(self, index: int, host: Host, appendonly: bool = False, extra: tuple[str, ...] = ()) -> Server:
         """One redis-server on ``host``'s lab address only; no persistence unless ``appendonly``
@@ -526,19 +536,10 @@ class ServerSet:
         """The ``Received`` line of ``srvr`` (packets received, pings included)."""
         total = 0
         for host in self.hosts:
-            answer: list[bytes] = []
-
-            def ask(sock: socket.socket, answer: list[bytes] = answer) -> bool:
-                sock.sendall(b"srvr")
-                while chunk := sock.recv(4096):
-                    answer.append(chunk)
-                return True
-
-            if not _tcp_ready(host, ZK_PORT, ask):
+            answer = zookeeper_srvr(host)
+            if not answer:
                 raise RuntimeError(f"ZooKeeper at {host.address} did not answer srvr")
-            for line in b"".join(answer).decode().splitlines():
-                if line.startswith("Received:"):
-                    total += int(line.split(":", 1)[1])
+            total += int(answer.get("Received", "0"))
         return total
 
     def _requests_served_etcd(self) -> int:

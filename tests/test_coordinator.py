@@ -44,6 +44,19 @@ POLLED_RENEWAL = {"pgbouncer": TTL * 0.2}
 """Backends whose members cannot be told of a handover and read the group once per renewal
 period instead (PostgreSQLCoordinator.renew_fraction is 0.2): LISTEN hears nothing behind a
 transaction pooler."""
+FAILOVER_MARGIN = 1.0
+"""Seconds past the TTL by which the survivors agree on a SIGKILLed leader's successor: the
+server ends the dead session (ZooKeeper's session timeout, etcd's lease, the Redis key's or
+PostgreSQL row's expiry) within the TTL of the leader's last renewal; the survivors learn of
+it by their watches (ZooKeeper, etcd) or by the read each makes just after the leader's key
+or row expires (Redis, PostgreSQL: the time it has left, by the server's clock, comes with
+every read), and the successor's claim reaches the others."""
+POLLED_FAILOVER_MARGIN = 0.5
+"""The same behind a transaction pooler (:data:`POLLED_RENEWAL`): less than one renewal period
+(0.6 s). The survivors read again just after the dead leader's row expires (its remaining
+time, by the server's clock) and, having found it vacant, soon after (0.05 s, then 0.1 s): a few
+round trips. Reading only once per period, they took up to two periods more (the successor's
+poll, then the others')."""
 
 
 # --------------------------------------------------------------------- options (no servers)
@@ -215,6 +228,14 @@ def _handover_bounds(backend: str) -> tuple[float, float, str]:
     return period + HANDOVER_BOUND, 2 * period + HANDOVER_BOUND, why
 
 
+def _failover_bound(backend: str) -> tuple[float, str]:
+    """Seconds from SIGKILL of the leader on ``backend`` until the survivors agree on its
+    successor, and why."""
+    if backend in POLLED_RENEWAL:
+        return TTL + POLLED_FAILOVER_MARGIN, "polling: a read just after the dead leader's row expires"
+    return TTL + FAILOVER_MARGIN, "the server expires the dead session within the TTL"
+
+
 def _assert_handover(cluster: Cluster, backend: str, sent: float, second: Agreement) -> None:
     """The successor of ``second`` (an agreement) led, and all followed it, within the bounds."""
     lead_bound, agree_bound, why = _handover_bounds(backend)
@@ -253,15 +274,17 @@ def test_cold_start_of_five_elects_the_best_ranked_with_a_server_term(
 
 
 @pytest.mark.lab
-def test_sigkill_of_the_leader_fails_over_within_ttl_plus_one_second(
+def test_sigkill_of_the_leader_fails_over_soon_after_the_ttl(
     cluster: Cluster, hosts: list[Host], single: ServerSet
 ) -> None:
+    """Within :func:`_failover_bound`: TTL + 1 s, behind pgbouncer TTL + 0.5 s."""
     _start(cluster, hosts, single, 3)
     first = cluster.wait_agreement(timeout=20)
     killed_at = cluster.process_of(first.leader).kill()
     second = cluster.wait_agreement(timeout=TTL + 10, other_than=first.leader, after_term=first.term)
     failover = second.time - killed_at
-    assert failover <= TTL + 1.0, f"failover took {failover:.2f} s"
+    bound, why = _failover_bound(single.backend)
+    assert failover <= bound, f"failover took {failover:.3f} s (bound {bound:.1f} s, TTL {TTL:g} s: {why})"
     assert second.leader == "c1"  # the best-ranked survivor
     assert cluster.leader_overlap() == 0.0
     check_pairing(cluster.all_events())

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from teardown import terminate_or_kill
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "celery_beat"
 DEADLINE = 30.0
@@ -109,12 +111,6 @@ def test_one_celery_beat_in_the_group_and_the_other_takes_over(redis_socket: Pat
         _wait(lambda: client.llen("celery") > queued, "ticks from the new beat")
     finally:
         for process, log in supervisors:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(DEADLINE)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(10)
+            terminate_or_kill(process, DEADLINE)
             log.close()
         client.close()

@@ -33,6 +33,7 @@ from followtheleader._coordinators.base import parse_coordinator as parse_url
 
 from coordservers import PG_DATABASE, PG_PORT, PG_USER, ServerPool, ServerSet
 from netlab import Host, Lab
+from teardown import terminate_or_kill
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = ROOT / "examples" / "django_postgresql"
@@ -178,13 +179,7 @@ class Copies:
 
     def close(self) -> None:
         for process, log in self.processes.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(10)
+            terminate_or_kill(process, TIMEOUT)
             log.close()
 
 
