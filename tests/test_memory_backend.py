@@ -370,3 +370,45 @@ def test_a_bug_in_the_session_policy_is_reported_and_survived(monkeypatch: pytes
         assert isinstance(error.error, RuntimeError) and "session" in error.reason
         assert recorder.next("leader").term > 0  # the session thread went on, after one renewal period
         assert elector.is_leader
+
+
+def test_an_unexpected_client_error_ends_the_leadership_before_the_session_is_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An error the driver does not expect (a bug of its client library, say) makes the
+    session thread replace the session, and the old session's leadership goes with it: the
+    elector says so (``reelection``) before it leads again, in the new session, with a new
+    term. Without that, it would go on leading on its local lease while the server had
+    already ended its session."""
+    from followtheleader._coordinators.memory import MemoryCoordinator
+
+    elector = member(store(), "a")
+    recorder = Recorder(elector)
+    with elector:
+        first = recorder.next("leader")
+        renew = MemoryCoordinator.keep_alive
+        failed: list[None] = []
+
+        def fails_once(self: MemoryCoordinator) -> float:
+            if not failed:
+                failed.append(None)
+                raise ValueError("a client library bug, on purpose")
+            return renew(self)
+
+        close = MemoryCoordinator.close
+        leading_when_closed: list[bool] = []
+
+        def closes(self: MemoryCoordinator) -> None:
+            if self._session_id is not None:
+                leading_when_closed.append(elector.is_leader)
+            close(self)
+
+        monkeypatch.setattr(MemoryCoordinator, "close", closes)
+        monkeypatch.setattr(MemoryCoordinator, "keep_alive", fails_once)
+        error = recorder.next("error")
+        assert isinstance(error.error, ValueError)
+        assert recorder.next().kind == "reelection"  # before the session is replaced
+        again = recorder.next("leader")
+        assert again.term > first.term
+        assert elector.is_leader
+        assert leading_when_closed == [False]  # no longer leading when its session ended

@@ -166,9 +166,9 @@ class CoordinatorBackend:
             return False
         try:
             if do.op is Op.OPEN or do.op is Op.REOPEN:
-                if do.op is Op.REOPEN:
-                    coordinator.close()
+                if do.op is Op.REOPEN:  # demoted first: the old session's leadership ends with it
                     self._feed(lambda now: lease.on_lost(f"a new {self._service} session", now))
+                    coordinator.close()
                 coordinator.open()
                 coordinator.join()
                 policy.opened_session(time.monotonic())
