@@ -33,7 +33,6 @@ only in a log message, so :class:`_GrantedTimeout` reads it from there.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import threading
 import time
@@ -43,7 +42,7 @@ from typing import Any
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError, SessionExpiredError
 from kazoo.handlers.threading import KazooTimeoutError
-from kazoo.protocol.states import EventType, WatchedEvent
+from kazoo.protocol.states import Callback, EventType, WatchedEvent
 from kazoo.security import make_digest_acl
 
 from .._core.lease import Leadership, View
@@ -112,7 +111,6 @@ class ZooKeeperCoordinator(Coordinator):
         self._reading = False  # observe() is waiting for its reads
         self._present = False  # whether the leader znode existed when the cached view was read
         self._read_during: list[str] = []  # leader znode events that came while it waited
-        self._generation = 0  # of the last read of the group; its leader watcher carries it
         self._claimed: tuple[int, int | None] | None = None  # (term, session id) of this session's claim
         self._synced_sent: float | None = None  # when the last sync (or won claim) that succeeded was sent
         self._woken = False  # the last wait() ended with a change (or a wake-up), not its timeout
@@ -161,9 +159,8 @@ class ZooKeeperCoordinator(Coordinator):
             self._dirty = self._leader_news = True
         self._changed.set()
 
-    def _watch(self, event: WatchedEvent, generation: int | None = None) -> None:
-        """kazoo's watcher thread: a watched znode changed (``generation``: that of the read
-        that set the watch on the leader znode, see :meth:`_read_group`).
+    def _watch(self, event: WatchedEvent) -> None:
+        """kazoo's watcher thread: a watched znode changed.
 
         The creation of the leader znode by this member's own claim is no change: the claim
         put it in the cached view already (:meth:`claim`). Only one such event can come per
@@ -172,10 +169,9 @@ class ZooKeeperCoordinator(Coordinator):
 
         The deletion of a leader znode that the cached view shows held by another member also
         keeps, for :meth:`watched_view`, what the group then is as far as this member knows:
-        the cached view without that leader, in the leadership and in the members. Only when
-        the watch that fired is the one the cached view's read set: kazoo hands a watch event
-        to this thread later than the answers that came after it, so an older watch's event
-        (a deletion before that read, which the read shows) may run here after the read."""
+        the cached view without that leader, in the leadership and in the members. The event
+        is then news: the ones that came before that view's answers ran while it was read
+        (:meth:`_read_group` waits for them)."""
         with self._events:
             if event.path == self._leader_path:
                 if self._own_create and event.type == EventType.CREATED:
@@ -187,7 +183,7 @@ class ZooKeeperCoordinator(Coordinator):
                     return
                 else:
                     self._dirty = self._leader_news = True
-                    if event.type == EventType.DELETED and generation == self._generation:
+                    if event.type == EventType.DELETED:
                         self._vacated = _without_leader(self._cached)
             else:
                 self._dirty = True
@@ -293,13 +289,16 @@ class ZooKeeperCoordinator(Coordinator):
         znode when ``claim``: the view, and the pending result of that ``create`` (or None).
 
         The watches' events that come while the reads are under way are judged by what the
-        reads return (:func:`_stale`); the claim's own creation event is not news."""
+        reads return (:func:`_stale`); the claim's own creation event is not news. kazoo sets
+        the answers on its connection thread but queues the watch events, in the order they
+        came, for its watcher thread: unless the reads show this member's own claim won, the
+        reading ends only once that thread has run what was queued before the answers (a
+        marker queued after them), so that an event older than the answers is never taken
+        for news about the view they show."""
         with self._events:  # before the reads: a watch that fires during them makes it True
             self._dirty, self._own_create, self._vacated, self._won = False, claim, None, None
             self._leader_news = False
             self._reading, self._read_during = True, []
-            self._generation += 1
-            watcher = functools.partial(self._watch, generation=self._generation)
         created = None
         try:
             if claim:
@@ -308,8 +307,8 @@ class ZooKeeperCoordinator(Coordinator):
                 )
             # The exists() watches the leader znode's creation when it is vacant (when it is
             # held, it sets the watch get() sets)
-            leader = client.get_async(self._leader_path, watch=watcher)
-            exists = client.exists_async(self._leader_path, watch=watcher)
+            leader = client.get_async(self._leader_path, watch=self._watch)
+            exists = client.exists_async(self._leader_path, watch=self._watch)
             children = client.get_children_async(self._members_path, watch=self._watch)
             held = self._read_leader(client, watch=True, sent=leader, exists=exists)
             present = self._call(exists) is not None  # (what the watches set here send depends on it)
@@ -323,11 +322,27 @@ class ZooKeeperCoordinator(Coordinator):
         view = View(held[0] if held else None, members)
         if not claim and self._claimed is not None and (view.leadership is None or not view.leadership.mine):
             self._claimed = None  # deleted by someone else: close() and release() must not delete it
+        caught_up = True
+        if view.leadership is None or not view.leadership.mine:
+            caught_up = self._watcher_caught_up(client)
         with self._events:
             self._cached, self._present, self._reading = view, present, False
             if present != leader.successful() or any(not _stale(kind, present) for kind in self._read_during):
                 self._dirty = self._leader_news = True  # changed between the two reads, or news
+            if not caught_up:
+                self._dirty = self._leader_news = True  # (an event may yet run: read again)
         return view, created
+
+    def _watcher_caught_up(self, client: KazooClient) -> bool:
+        """Whether kazoo's watcher thread ran, within the request timeout, every watch event
+        queued before now (a marker queued now runs after them: one queue, one thread)."""
+        marker = threading.Event()
+        try:
+            client.handler.dispatch_callback(Callback("watch", marker.set, ()))
+        except Exception:  # a handler that is stopping: the next read will tell
+            log.debug("could not queue a marker for kazoo's watcher thread", exc_info=True)
+            return False
+        return marker.wait(self._request_timeout)
 
     def watched_view(self) -> View | None:
         """The view last read, while none of the watches its reads set has fired since.
