@@ -37,8 +37,8 @@ def idle_rate(lab: Lab, backend: str, nodes: int, quiet: float, ttl: float | Non
             cluster.start_together(hosts, options=options)
             cluster.wait_agreement(timeout=60)
             # A benchmark: let the first two renewal periods pass (the longest is Redis's, 0.6
-            # TTL), so that the window sees the steady state: a Redis or PostgreSQL follower's
-            # reads align once with the leader's expiry times (one read earlier, once).
+            # TTL), so that the window sees the steady state: a Redis follower's reads fall in
+            # step with the leader's expiry times once (one read earlier than its period, once).
             time.sleep(2 * (ttl or 10.0) * 0.6)
             before, started = servers.requests_served(), time.monotonic()
             time.sleep(quiet)

@@ -598,7 +598,9 @@ def test_a_watched_view_includes_own_writes_and_is_never_stale_after_a_change(se
 
 EXPIRY_SLACK = {"etcd": 1.0}
 """Seconds past the TTL within which a silent leader's expiry is seen, per driver (default
-0.25 s): etcd revokes expired leases in a periodic check of its own (every 500 ms)."""
+0.4 s: a wake-up and a round trip on a busy machine; the drivers that read only at their
+renewals took 0.57 s (PostgreSQL) and 2.5 s (Redis) more): etcd revokes expired leases in a
+periodic check of its own (every 500 ms)."""
 
 
 def test_a_silent_leader_s_expiry_ends_the_others_wait_soon_after_the_ttl(service: Service) -> None:
@@ -627,7 +629,7 @@ def test_a_silent_leader_s_expiry_ends_the_others_wait_soon_after_the_ttl(servic
         assert time.monotonic() - renewed < TTL + DEADLINE, "the leadership never expired"
         follower.wait(period)
     seen = time.monotonic() - renewed
-    slack = EXPIRY_SLACK.get(service.name, 0.25)
+    slack = EXPIRY_SLACK.get(service.name, 0.4)
     assert TTL - 0.1 < seen <= TTL + slack, f"vacancy seen {seen:.3f} s after the last renewal (TTL {TTL:g} s)"
 
 

@@ -204,3 +204,29 @@ def test_a_database_that_is_no_number_fails_at_elect(url: str) -> None:
         pytest.skip("redis-py is not installed")
     with pytest.raises(ValueError, match="a Redis database is a number"):
         elect("g", coordinator=url)
+
+
+def test_a_claim_whose_answer_was_lost_is_renewed_and_released_by_its_session(unix_redis: UnixRedis) -> None:
+    """The claim script ran, but its answer never came back (a timeout, a reset connection):
+    the session does not know its value. The next renewal reads the key naming its session,
+    renews it (else the key would expire while this member leads by its local lease, and a
+    successor would claim beside it) and takes it as held: release() then deletes it."""
+    url = unix_redis.url + "?prefix=/lost"
+    coordinator = make_coordinator(parse_coordinator(url), "g", Member("a"), 5.0)
+    try:
+        coordinator.open()
+        coordinator.join()
+        keys = ["/lost/g/leader", "/lost/g/fence", "/lost/g/members", "/lost/g/events"]
+        session, label = coordinator._session, coordinator._label  # type: ignore[attr-defined]
+        term = coordinator._run("claim", keys, [session, label, 5000, ""])  # type: ignore[attr-defined]
+        assert term  # claimed, but the driver never saw the answer
+        with unix_redis.client() as client:
+            client.pexpire("/lost/g/leader", 1000)  # as if time had passed since the claim
+            coordinator.keep_alive()
+            assert client.pttl("/lost/g/leader") > 4000, "the renewal extends the key its session holds"
+            view = coordinator.observe()
+            assert view.leadership is not None and view.leadership.mine and view.leadership.term == term
+            coordinator.release(int(term))
+            assert not client.exists("/lost/g/leader"), "release() deletes it"
+    finally:
+        coordinator.close()

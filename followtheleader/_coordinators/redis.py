@@ -101,7 +101,9 @@ read that finds it gone."""
 SENTINEL_SCHEME = "redis+sentinel"
 """The scheme whose URL names sentinels and a service, not the primary."""
 
-# KEYS: leader, members. ARGV: my label, my leader value ("" when I hold nothing), ttl ms.
+# KEYS: leader, members. ARGV: my entry, my session (both "" for a read only), ttl ms.
+# Renews my entry if it is live, and the leader key if it names my session (a claim whose
+# answer was lost is renewed too: the next read tells the session it holds it).
 # Returns {my entry was there (0/1), leader value or false, live entries and their expiries
 # (WITHSCORES), the server's time in ms}. The leader key and the leader's entry are renewed
 # (and claimed) together, with the same expiry: the entry's score tells the others when the
@@ -119,7 +121,10 @@ if ARGV[1] ~= '' then
   if present == 1 then redis.call('ZADD', KEYS[2], 'XX', now + ttl, ARGV[1]) end
 end
 local leader = redis.call('GET', KEYS[1])
-if leader and ARGV[2] ~= '' and leader == ARGV[2] then redis.call('PEXPIRE', KEYS[1], ttl) end
+if leader and ARGV[2] ~= '' then
+  local _, _, holder = string.find(leader, '^%d+ (%S+) ')
+  if holder == ARGV[2] then redis.call('PEXPIRE', KEYS[1], ttl) end
+end
 return {present, leader, live, now}
 """
 
@@ -380,16 +385,21 @@ class RedisCoordinator(Coordinator):
             raise CoordinatorError("no Redis session")
         if self._joined and started - self._renewed_sent > self.ttl:
             raise SessionLost(f"no renewal reached Redis for more than the TTL ({self.ttl:g} s)")
-        label = self._entry() if self._joined else ""
+        renewing = self._joined  # False for the read of observe()
+        label, session = (self._entry(), self._session) if renewing else ("", "")
         self._poll_at = None
         present, leader, live, now_ms = self._run(
-            "renew", [self._leader_key, self._members_key], [label, self._holding, self._ttl_ms]
+            "renew", [self._leader_key, self._members_key], [label, session, self._ttl_ms]
         )
-        if self._joined and not present:
+        if renewing and not present:
             raise SessionLost("this member's entry is gone from Redis (expired or removed)")
-        self._renewed_sent = started
+        if renewing:
+            self._renewed_sent = started
         leadership = _leadership(leader, self._session)
-        if self._holding and (leadership is None or not leadership.mine):
+        if leadership is not None and leadership.mine:
+            if renewing:  # renewed just now; known even if the claim's answer was lost
+                self._holding = leader.decode(errors="replace")
+        elif self._holding:
             self._holding = ""
         received = time.monotonic()
         if leadership is not None and not leadership.mine:

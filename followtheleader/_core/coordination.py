@@ -14,8 +14,9 @@ thread does the I/O. It holds the timing of the election through a coordination 
   to the renewal period (a fifth of the TTL for etcd); the first error of a streak is
   reported, the rest are only logged, and the first successful renewal after an expected
   error ends the streak and resets the backoff;
-* a session that was lost, or that the lease asks to replace (its proof lapsed), is opened
-  anew; closing ends everything.
+* a session that was lost, or that the lease asks to replace (its proof lapsed), or that
+  an unexpected error (a bug, not the service's) left in doubt, is opened anew; closing
+  ends everything.
 
 One round of the thread is: open the session if needed, release the leadership ``resign()``
 gave up, rejoin after the hold, renew and read the group, claim if due, then wait. Usage::
@@ -57,8 +58,9 @@ class Op(enum.Enum):
     OPEN = "open"
     """Open a session and register this member; report :meth:`SessionPolicy.opened`."""
     REOPEN = "reopen"
-    """Close the current session (the lease has lapsed: report the session lost to the lease
-    machine), then open a new one; report :meth:`SessionPolicy.opened`."""
+    """Replace the current session (the lease lapsed, or an unexpected error came): report
+    the session lost to the lease machine first, close it, then open a new one; report
+    :meth:`SessionPolicy.opened`."""
     RELEASE = "release"
     """Release the leadership of :attr:`Decision.term`; report :meth:`SessionPolicy.released`."""
     REJOIN = "rejoin"
