@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import statistics
 import sys
@@ -52,10 +53,12 @@ PEERS_NAME = "peers.ftl.test"
 
 
 def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank ``q``-th percentile: the smallest value that at least ``q`` % of the
+    values do not exceed (of 100 values, p99 is the 99th; of 30, it is the largest)."""
     ordered = sorted(values)
     if not ordered:
         return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))
+    index = min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered) - 1e-9) - 1))
     return ordered[index]
 
 
