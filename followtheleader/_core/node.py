@@ -13,12 +13,12 @@ from typing import ClassVar
 
 from .actions import Action, Notify, NpmPing, Publish, Send
 from .listed import ListedAddresses
-from .messages import MAX_MEMBERS, Message
+from .messages import MAX_MEMBERS, PROTOCOL, Message
 from .model import Event, FencingToken, Member, State
 from .npm import NpmPart
 from .peers import Peer, silent_since
 from .quorum import has_majority
-from .timing import FORGET_AFTER, NPM_HOLD, PROBE_FAST_FOR, PROBE_SLOW_EVERY, Timing
+from .timing import FORGET_AFTER, NPM_HOLD, PROBE_FAST_FOR, PROBE_SLOW_EVERY, THIN_FROM, Timing
 
 __all__ = ["Node", "Role", "Stopped"]
 
@@ -175,6 +175,12 @@ class Node:
     token: FencingToken | None = None
     """The fencing token of the leadership this node holds or follows (the last one while
     electing), None before any."""
+    protocol: int = PROTOCOL
+    """The protocol this node speaks (2: exactly as 0.2 does, for the simulator's mixed groups
+    and its traces of 0.2's behaviour)."""
+    thin_from: int = THIN_FROM
+    """As leader: thin the acks from this many followers of protocol 3 (see
+    :meth:`.Leading.ack_every_now`)."""
     npm: NpmPart = field(default_factory=NpmPart)
     listed: ListedAddresses = field(default_factory=ListedAddresses)
     _last_now: float = 0.0
@@ -340,6 +346,8 @@ class Node:
         term: int | None = None,
         leader: str | None = None,
         role: State | None = None,
+        beat: int = 0,
+        ack_every: int = 1,
     ) -> Message:
         state = role or self.state
         if leader is None and self.leader is not None:
@@ -360,6 +368,9 @@ class Node:
             lease_mark=self.role.lease_mark(kind, now),
             leader_age=self.role.leader_age(self, now) if kind == "pong" else None,
             boot=self.boot,
+            protocol=self.protocol,
+            beat=beat,
+            ack_every=ack_every,
         )
 
     def _told_term(self) -> int:

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from .candidates import best_candidate, live_leader_hold, ping_listed, probe_lost_peers
 from .leading import Leading
-from .messages import Message
+from .messages import Message, ack_slot
 from .model import FencingToken, Member, State
 from .node import Node, Role
 from .peers import Peer, silent_since
@@ -213,7 +213,18 @@ class Follower(Role):
         if measure:
             node._measure_round_trip(now)
         self.take_members(node, message, sender, now)
-        node._send(node._message("ack", now), sender)
+        if self.acks(node, message):
+            node._send(node._message("ack", now), sender)
+
+    @staticmethod
+    def acks(node: Node, message: Message) -> bool:
+        """Every pong and claim of the leader is acked, and every beat, unless the beat thins
+        the acks (protocol 3: ``ack_every`` over 1) and it is not in this node's slot. A beat
+        that carries the member list is acked too: the leader sends the list until an ack
+        says it arrived."""
+        if message.kind != "beat" or message.ack_every <= 1 or node.protocol < 3 or message.members is not None:
+            return True
+        return (message.beat + ack_slot(node.me.node_id)) % message.ack_every == 0
 
     def take_members(self, node: Node, message: Message, leader: Member, now: float) -> None:
         """The leader's member list replaces what this node knew.

@@ -19,6 +19,14 @@ the size of the group. ``b`` is the sender's run (:attr:`FencingToken.boot`).
 
 Version 2 replaced version 1's follower pings by leader beats and added ``b``; the two
 versions ignore each other's datagrams and records.
+
+Protocol 3 (thinned acks) keeps the datagrams of version 2 (``"v": 2``, which 0.2 nodes
+read) and adds fields that version 2 ignores: ``pv``, the protocol the sender speaks (absent:
+2), and in a leader's beat ``n`` (the beat's number) and ``ak`` (ack only every ``ak``-th
+beat). A node of protocol 3 writes ``pv`` in every message; a leader writes ``n`` and ``ak``
+only when it thins the acks. That is the negotiation: a leader thins the acks only of
+followers whose messages say ``pv`` 3, and a follower thins them only when its leader's beat
+asks it to; with a 0.2 node on either side, everything runs as in version 2.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .._core.messages import ANYONE, KINDS, MAX_MEMBERS, Message, PeerRecord
+from .._core.messages import ANYONE, BASE_PROTOCOL, KINDS, MAX_MEMBERS, Message, PeerRecord
 from .._core.model import Member, State
 
 __all__ = [
@@ -47,6 +55,9 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 2
+"""The ``v`` of every datagram and TXT record: the wire format, which 0.2 nodes read."""
+_MAX_PROTOCOL = 99
+_MAX_ACK_EVERY = 64
 MAX_DATAGRAM = 16384
 """Larger datagrams are neither sent nor read."""
 NPM_PING = b"PING"
@@ -100,6 +111,11 @@ def encode_message(message: Message, stamp: Stamp | None = None) -> bytes:
         body["la"] = round(message.leader_age, 4)
     if message.boot:
         body["b"] = message.boot
+    if message.protocol > BASE_PROTOCOL:  # absent in 0.2's messages: their bytes stay the same
+        body["pv"] = message.protocol
+    if message.ack_every > 1:
+        body["n"] = message.beat
+        body["ak"] = message.ack_every
     if stamp is not None:
         body["a"] = [stamp.boot, stamp.counter, stamp.time, stamp.to]
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
@@ -157,6 +173,12 @@ def decode_datagram(data: bytes) -> tuple[Message, Stamp | None] | None:
     boot = body.get("b", 0)
     if not _is_int(boot, 0, _MAX_BOOT):
         return None
+    protocol = body.get("pv", BASE_PROTOCOL)
+    if not _is_int(protocol, BASE_PROTOCOL, _MAX_PROTOCOL):
+        return None
+    beat, ack_every = body.get("n", 0), body.get("ak", 1)
+    if not _is_int(beat, 0, _MAX_TERM) or not _is_int(ack_every, 1, _MAX_ACK_EVERY):
+        return None
     stamp = None
     if "a" in body:
         stamp = _stamp_from_list(body["a"])
@@ -176,6 +198,9 @@ def decode_datagram(data: bytes) -> tuple[Message, Stamp | None] | None:
         lease_mark=float(mark),
         leader_age=None if age is None else float(age),
         boot=boot,
+        protocol=protocol,
+        beat=beat,
+        ack_every=ack_every,
     )
     return message, stamp
 
