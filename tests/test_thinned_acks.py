@@ -1,11 +1,13 @@
-"""Protocol 3's thinned acks, on the simulated network with a fake clock (issue 23).
+"""Protocol 3's thinned acks and multicast beats, on the simulated network with a fake clock
+(issue 23).
 
 A leader of protocol 3 with enough followers of protocol 3 asks them, in its beats, to ack
 every :data:`ACK_EVERY`-th beat, each in its own slot; followers of protocol 2 (release 0.2)
 and every follower in quorum mode ack every beat, and a leader of protocol 2 is acked on
 every beat. A follower that dies stays a live member for the failure window plus the
 intervals its thinned acks may take, and a leader whose followers stop hearing it still
-demotes before they give up.
+demotes before they give up. In mDNS mode a leader sends one multicast beat per interval,
+and unicast beats only to followers whose acks do not say they receive it.
 """
 
 from __future__ import annotations
@@ -49,11 +51,17 @@ class Sends:
         self.beats.clear()
 
 
-def group(protocols: dict[str, int] | None = None, quorum: int | None = None, ids: list[str] = IDS) -> SimNet:
-    """Nodes started at once (protocol 3 unless ``protocols`` says), agreed on the last one."""
+def group(
+    protocols: dict[str, int] | None = None,
+    quorum: int | None = None,
+    ids: list[str] = IDS,
+    multicast: bool | None = False,
+) -> SimNet:
+    """Nodes started at once (protocol 3 unless ``protocols`` says), agreed on the last one;
+    without multicast beats unless ``multicast`` is None (the default of protocol 3 with mDNS)."""
     net = SimNet(quorum=quorum)
     for node_id in ids:
-        net.add(node_id, protocol=(protocols or {}).get(node_id, PROTOCOL))
+        net.add(node_id, protocol=(protocols or {}).get(node_id, PROTOCOL), multicast=multicast)
     for node_id in ids:
         net.start(node_id)
     assert net.run_until_agreed()[0] == ids[-1]
@@ -164,3 +172,45 @@ def test_one_deaf_follower_does_not_depose_a_leader_the_others_hear() -> None:
     assert net.nodes[leader_id].machine.state is State.LEADER
     assert all(len(net.nodes[n].events) == 1 for n in IDS[1:])
     assert 1 in {m.ack_every for m in sends.beats}
+
+
+def test_in_mdns_mode_the_leader_sends_one_multicast_beat_per_interval() -> None:
+    net = group(multicast=None)
+    sends = Sends(net)
+    net.run(20 * INTERVAL + 0.001)
+    assert sends.by_sender[(IDS[-1], "beat")] == 20
+    assert all(m.multicast for m in sends.beats)
+    assert all(sends.by_sender[(node_id, "ack")] == 20 // ACK_EVERY for node_id in IDS[:-1])
+    assert all(sends.by_sender[(node_id, "ping")] == 0 for node_id in IDS[:-1])
+
+
+def test_followers_of_release_0_2_get_unicast_beats_beside_the_multicast_one() -> None:
+    old = {IDS[0]: BASE_PROTOCOL, IDS[1]: BASE_PROTOCOL}
+    net = SimNet()
+    for node_id in IDS:
+        net.add(node_id, protocol=old.get(node_id, PROTOCOL))
+    for node_id in IDS:
+        net.start(node_id)
+    assert net.run_until_agreed()[0] == IDS[-1]
+    net.run(2.0)
+    sends = Sends(net)
+    net.run(10 * INTERVAL + 0.001)
+    assert sends.by_sender[(IDS[-1], "beat")] == 10 * (1 + len(old))
+    assert sum(1 for m in sends.beats if not m.multicast) == 10 * len(old)
+    assert all(sends.by_sender[(node_id, "ack")] == 10 for node_id in old)
+
+
+def test_a_follower_that_stops_receiving_multicast_gets_unicast_beats_again() -> None:
+    net = group(multicast=None)
+    leader = net.nodes[IDS[-1]].machine
+    deaf = net.nodes[IDS[0]]
+    deaf.machine.multicast = None  # the simulated network no longer delivers it multicast copies
+    sends = Sends(net)
+    net.run(2.0)
+    assert sends.by_sender[(IDS[0], "ping")] >= 1  # its beats were overdue once
+    sends.reset()
+    net.run(10 * INTERVAL + 0.001)
+    assert sends.by_sender[(IDS[-1], "beat")] == 20  # the multicast beat, and one to it
+    assert sends.by_sender[(IDS[0], "ping")] == 0
+    assert all(len(n.events) == 1 for n in net.nodes.values())  # no role change
+    assert len(leader.members(net.now)) == len(IDS)

@@ -36,6 +36,7 @@ messages = st.builds(
     lease_mark=st.floats(0, 1e9),
     boot=st.integers(0, 10**16 - 1),
     protocol=st.sampled_from([2, 3]),
+    multicast=st.booleans(),
 ).flatmap(
     lambda m: (
         st.sampled_from([(0, 1)]).map(lambda b: replace(m, beat=b[0], ack_every=b[1]))
@@ -66,7 +67,9 @@ json_values = st.recursive(
 
 @settings(max_examples=500)
 @given(
-    messages, st.sampled_from(["k", "g", "id", "p", "r", "t", "l", "lm", "mv", "m", "v", "pv", "n", "ak"]), json_values
+    messages,
+    st.sampled_from(["k", "g", "id", "p", "r", "t", "l", "lm", "mv", "m", "v", "pv", "n", "ak", "mc"]),
+    json_values,
 )
 def test_valid_looking_messages_with_a_wrong_field_are_refused_or_well_typed(
     message: Message, key: str, value: object
@@ -94,7 +97,8 @@ def test_protocol_2_messages_keep_their_bytes_and_protocol_3_adds_fields_0_2_ign
         *json.loads(encode_message(old)),
         "pv",
     }
-    for key, bad in (("pv", 1), ("pv", "3"), ("ak", 0), ("ak", 65), ("n", -1), ("n", True)):
+    assert json.loads(encode_message(replace(new, multicast=True)))["mc"] == 1
+    for key, bad in (("pv", 1), ("pv", "3"), ("ak", 0), ("ak", 65), ("n", -1), ("n", True), ("mc", 2), ("mc", True)):
         assert decode_message(json.dumps({**body, key: bad}).encode()) is None, (key, bad)
 
 

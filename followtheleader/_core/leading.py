@@ -101,6 +101,10 @@ class Leading(Role):
             self.renew(node, sender.node_id, message.lease_mark, now)
             row.acked_version = message.members_version
         row.protocol = message.protocol
+        if message.kind == "ack":
+            row.multicast = message.multicast
+        elif message.kind == "ping":
+            row.multicast = False  # its beats are overdue: unicast again
         row.heard_at = now
         row.ack_every = self.ack_every if row.protocol >= 3 else 1
         row.live_until = now + self.live_window(node, row.ack_every)
@@ -180,19 +184,31 @@ class Leading(Role):
     def send_beats(self, node: Node, now: float) -> None:
         """Every interval: a heartbeat to every live member, with the member list for those
         that do not hold its current version. The two messages are built once, so the elector
-        encodes each once (unless stamps must name each receiver)."""
+        encodes each once (unless stamps must name each receiver).
+
+        With a multicast address (mDNS mode, protocol 3) and a live follower of protocol 3,
+        one beat goes to the multicast address too, and the short beat is not sent one by one
+        to followers whose latest ack says they receive it there."""
         ack_every = self.ack_every_now(node)
         if ack_every > self.ack_every:
             self.thin(node, ack_every)
         self.ack_every = ack_every
         self.beats_sent += 1
-        number = self.beats_sent if ack_every > 1 else 0
+        rows = self.progress.rows
+        multicast = node.multicast is not None and any(
+            k in rows and rows[k].protocol >= 3 for k in self.progress.live_ids
+        )
+        number = self.beats_sent if ack_every > 1 or multicast else 0
         short = node._message("beat", now, beat=number, ack_every=ack_every)
+        if multicast:
+            node._send_multicast(node._message("beat", now, beat=number, ack_every=ack_every, multicast=True))
         full: Message | None = None
         for node_id in self.progress.live_ids:
             peer = node.peers[node_id]
-            if self.progress.row(node_id).acked_version == node.members_version:
-                node._send(short, peer.member)
+            row = self.progress.row(node_id)
+            if row.acked_version == node.members_version:
+                if not (multicast and row.multicast):
+                    node._send(short, peer.member)
             else:
                 full = full or node._message("beat", now, with_members=True, beat=number, ack_every=ack_every)
                 node._send(full, peer.member)

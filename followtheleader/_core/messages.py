@@ -6,7 +6,6 @@ How they are encoded, and how a peer's garbage is refused, is the wire layer's b
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 
 from .model import Member, State
@@ -56,6 +55,9 @@ class Message:
     :ivar ack_every: in a leader's beat, ack only every this many beats: a follower that
         speaks protocol 3 acks the beats whose ``(beat + ack_slot(its id)) % ack_every`` is 0
         (1: every beat, as protocol 2 does).
+    :ivar multicast: in a leader's beat, sent once to the group's multicast address (protocol
+        3 in mDNS mode); in a follower's ack, it received such a beat of its leader within
+        the last two intervals, so the leader may stop sending it beats one by one.
     """
 
     kind: str
@@ -74,6 +76,7 @@ class Message:
     protocol: int = BASE_PROTOCOL
     beat: int = 0
     ack_every: int = 1
+    multicast: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,4 +94,7 @@ def ack_slot(node_id: str) -> int:
     """The slot of a follower among the beats that thin acks: it acks the beats whose
     ``(beat + ack_slot) % ack_every`` is 0. Spread by a hash of its id, the same in every
     process, so that the leader reads about ``followers / ack_every`` acks per beat."""
-    return zlib.crc32(node_id.encode("utf-8"))
+    value = 0x811C9DC5  # 32-bit FNV-1a: pure arithmetic, as the core may do
+    for byte in node_id.encode("utf-8"):
+        value = ((value ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return value

@@ -13,7 +13,7 @@ from typing import ClassVar
 
 from .actions import Action, Notify, NpmPing, Publish, Send
 from .listed import ListedAddresses
-from .messages import MAX_MEMBERS, PROTOCOL, Message
+from .messages import ANYONE, MAX_MEMBERS, PROTOCOL, Message
 from .model import Event, FencingToken, Member, State
 from .npm import NpmPart
 from .peers import Peer, silent_since
@@ -181,6 +181,10 @@ class Node:
     thin_from: int = THIN_FROM
     """As leader: thin the acks from this many followers of protocol 3 (see
     :meth:`.Leading.ack_every_now`)."""
+    multicast: tuple[str, int] | None = None
+    """The group's multicast address, when this node receives its beats there (protocol 3 in
+    mDNS mode, without a secret; set by the elector before start): as leader it then sends one
+    beat there per interval, and unicast beats only to followers that do not ack receiving it."""
     npm: NpmPart = field(default_factory=NpmPart)
     listed: ListedAddresses = field(default_factory=ListedAddresses)
     _last_now: float = 0.0
@@ -348,6 +352,7 @@ class Node:
         role: State | None = None,
         beat: int = 0,
         ack_every: int = 1,
+        multicast: bool = False,
     ) -> Message:
         state = role or self.state
         if leader is None and self.leader is not None:
@@ -371,6 +376,7 @@ class Node:
             protocol=self.protocol,
             beat=beat,
             ack_every=ack_every,
+            multicast=multicast,
         )
 
     def _told_term(self) -> int:
@@ -383,6 +389,11 @@ class Node:
     def _send(self, message: Message, to: Member) -> None:
         if not to.npm:  # an npm node understands nothing but PING
             self._actions.append(Send(message, to.address, to.node_id))
+
+    def _send_multicast(self, message: Message) -> None:
+        """Send once to the group's multicast address (see :attr:`multicast`)."""
+        assert self.multicast is not None
+        self._actions.append(Send(message, self.multicast, ANYONE))
 
     def _send_to_peers(self, message: Message) -> None:
         """Send to every peer that has not departed, those found dead too (they may be back)."""

@@ -35,6 +35,9 @@ class Progress:
     protocol: int = BASE_PROTOCOL
     """The protocol it speaks, from its latest ack or ping: only a follower of protocol 3
     thins its acks when the beats ask it to."""
+    multicast: bool = False
+    """Its latest ack says it receives the multicast beats: no unicast beat goes to it (a
+    ping, sent when its beats are overdue, turns this off)."""
     heard_at: float = 0.0
     """When its latest ack or ping arrived."""
     ack_every: int = 1

@@ -134,6 +134,12 @@ class Follower(Role):
     leader_mark: float = 0.0
     """The greatest lease mark of the leader's beats, pongs and claims, echoed in each ack
     and ping."""
+    multicast_at: float | None = None
+    """When the latest multicast beat of the leader arrived (its acks say so for two
+    intervals, and the leader then stops sending it beats one by one)."""
+    acked_beat: int = 0
+    """The number of the latest beat acked: a beat that arrives twice (by multicast and one
+    by one, while the leader learns) is acked once."""
 
     @classmethod
     def enter(cls, node: Node, leader: Member, term: int, now: float, reason: str, boot: int = 0) -> None:
@@ -213,8 +219,12 @@ class Follower(Role):
         if measure:
             node._measure_round_trip(now)
         self.take_members(node, message, sender, now)
-        if self.acks(node, message):
-            node._send(node._message("ack", now), sender)
+        if message.multicast:
+            self.multicast_at = now
+        if self.acks(node, message) and not (message.beat and message.beat == self.acked_beat):
+            self.acked_beat = message.beat
+            hears = self.multicast_at is not None and now - self.multicast_at <= 2 * node.timing.interval
+            node._send(node._message("ack", now, multicast=hears), sender)
 
     @staticmethod
     def acks(node: Node, message: Message) -> bool:

@@ -20,13 +20,15 @@ the size of the group. ``b`` is the sender's run (:attr:`FencingToken.boot`).
 Version 2 replaced version 1's follower pings by leader beats and added ``b``; the two
 versions ignore each other's datagrams and records.
 
-Protocol 3 (thinned acks) keeps the datagrams of version 2 (``"v": 2``, which 0.2 nodes
-read) and adds fields that version 2 ignores: ``pv``, the protocol the sender speaks (absent:
-2), and in a leader's beat ``n`` (the beat's number) and ``ak`` (ack only every ``ak``-th
-beat). A node of protocol 3 writes ``pv`` in every message; a leader writes ``n`` and ``ak``
-only when it thins the acks. That is the negotiation: a leader thins the acks only of
-followers whose messages say ``pv`` 3, and a follower thins them only when its leader's beat
-asks it to; with a 0.2 node on either side, everything runs as in version 2.
+Protocol 3 (thinned acks, multicast beats) keeps the datagrams of version 2 (``"v": 2``,
+which 0.2 nodes read) and adds fields that version 2 ignores: ``pv``, the protocol the sender
+speaks (absent: 2); in a leader's beat ``n`` (the beat's number, when it thins acks or sends
+multicast beats), ``ak`` (ack only every ``ak``-th beat) and ``mc`` (this copy went to the
+group's multicast address, see :func:`multicast_group`); ``mc`` in an ack says that its
+sender receives those. That is the negotiation: a leader thins the acks only of followers
+whose messages say ``pv`` 3, stops unicast beats only to followers whose acks say ``mc``,
+and a follower thins its acks only when its leader's beat asks it to; with a 0.2 node on
+either side, everything runs as in version 2.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import functools
 import ipaddress
 import json
 import re
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -52,10 +55,13 @@ __all__ = [
     "decode_txt",
     "encode_message",
     "encode_txt",
+    "multicast_group",
 ]
 
 PROTOCOL_VERSION = 2
 """The ``v`` of every datagram and TXT record: the wire format, which 0.2 nodes read."""
+MULTICAST_PORT = 9002
+"""The UDP port of multicast beats (see :func:`multicast_group`)."""
 _MAX_PROTOCOL = 99
 _MAX_ACK_EVERY = 64
 MAX_DATAGRAM = 16384
@@ -113,9 +119,12 @@ def encode_message(message: Message, stamp: Stamp | None = None) -> bytes:
         body["b"] = message.boot
     if message.protocol > BASE_PROTOCOL:  # absent in 0.2's messages: their bytes stay the same
         body["pv"] = message.protocol
-    if message.ack_every > 1:
+    if message.beat:
         body["n"] = message.beat
+    if message.ack_every > 1:
         body["ak"] = message.ack_every
+    if message.multicast:
+        body["mc"] = 1
     if stamp is not None:
         body["a"] = [stamp.boot, stamp.counter, stamp.time, stamp.to]
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
@@ -179,6 +188,9 @@ def decode_datagram(data: bytes) -> tuple[Message, Stamp | None] | None:
     beat, ack_every = body.get("n", 0), body.get("ak", 1)
     if not _is_int(beat, 0, _MAX_TERM) or not _is_int(ack_every, 1, _MAX_ACK_EVERY):
         return None
+    multicast = body.get("mc", 0)
+    if multicast not in (0, 1) or isinstance(multicast, bool):
+        return None
     stamp = None
     if "a" in body:
         stamp = _stamp_from_list(body["a"])
@@ -201,8 +213,18 @@ def decode_datagram(data: bytes) -> tuple[Message, Stamp | None] | None:
         protocol=protocol,
         beat=beat,
         ack_every=ack_every,
+        multicast=multicast == 1,
     )
     return message, stamp
+
+
+def multicast_group(group: str) -> tuple[str, int]:
+    """The multicast address and port of a group's beats (protocol 3, mDNS mode): one of the
+    65,536 addresses of 239.255.0.0/16 (administratively scoped: routers do not forward it),
+    chosen by a hash of the group name, so that a host's kernel drops most other groups'
+    beats; the port is :data:`MULTICAST_PORT`."""
+    digest = zlib.crc32(group.encode("utf-8"))
+    return f"239.255.{(digest >> 8) & 255}.{digest & 255}", MULTICAST_PORT
 
 
 def encode_txt(group: str, member: Member, role: State, term: int, boot: int = 0) -> dict[str, str]:
