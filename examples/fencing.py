@@ -5,6 +5,7 @@
     python examples/fencing.py sqlite /shared/fencing.db
     python examples/fencing.py redis redis://localhost:6379/0     # or unix:///run/redis.sock
     python examples/fencing.py file /shared/fencing.txt
+    python examples/fencing.py postgresql postgresql://db.example/app  # elects through it too
 
 A leader can lose its role in the middle of its work and not know it yet: its process was
 paused (SIGSTOP, a garbage collection, a frozen virtual machine), or its host was cut off.
@@ -15,6 +16,9 @@ when the writer's key is not less than the stored one, in one atomic step:
 
 * :class:`SqliteGuard`: one SQL statement (an upsert whose update has a ``WHERE``); the same
   statement runs on PostgreSQL;
+* :class:`PostgreSQLEpochGuard`: for a group whose coordinator is PostgreSQL, the same
+  statement on the epoch alone (the token's term), which that database gives out once per
+  leadership;
 * :class:`RedisGuard`: a Lua script, which Redis runs atomically;
 * :class:`FileGuard`: a lock file (``flock``) around read, compare and an atomic rename.
 
@@ -26,7 +30,10 @@ The command line runs a demonstration: join group ``FTL_GROUP`` and, while leadi
 ``JOB_PERIOD`` seconds do ``WORK_SECONDS`` of (simulated) work, then write through the guard.
 Start it on several hosts against one resource, pause the leader (``kill -STOP``) during its
 work until another node leads and writes, then resume it (``kill -CONT``): its write is
-refused. It needs the ``redis`` package for the Redis guard only.
+refused. With ``postgresql URL`` the group is elected through that database as well (its
+coordinator, with a TTL of ``COORDINATOR_TTL`` seconds, default 10), so that the guard's
+epoch is the group's. It needs the ``redis`` package for the Redis guard only, and
+``psycopg`` for the PostgreSQL one.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import signal
 import socket
 import sqlite3
 import sys
+import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +62,7 @@ log = logging.getLogger("fencing")
 GROUP = os.environ.get("FTL_GROUP", "fencing-example")
 JOB_PERIOD = float(os.environ.get("JOB_PERIOD", "5"))
 WORK_SECONDS = float(os.environ.get("WORK_SECONDS", "1"))
+COORDINATOR_TTL = float(os.environ.get("COORDINATOR_TTL", "10"))
 
 
 def _checked_key(token: FencingToken) -> str:
@@ -121,6 +130,11 @@ class PostgreSQLEpochGuard:
     ``dsn`` is a libpq connection string or URL; each call opens its own connection (any
     thread). The statement is one atomic compare-and-set in autocommit, so it works through
     pgbouncer in transaction mode.
+
+    Only the term is compared: two tokens of one term count as one leadership. That holds for
+    a PostgreSQL group, whose epoch grows with every claim, but not for mDNS or listed peers,
+    where two sides of a partition can lead with one term: fence those by key
+    (:class:`SqliteGuard`'s statement runs on PostgreSQL too).
     """
 
     CREATE = """
@@ -143,8 +157,14 @@ class PostgreSQLEpochGuard:
         self._psycopg = psycopg
         self.dsn = dsn
         self.name = name
-        with self._connect() as db:
-            db.execute(self.CREATE)
+        for attempt in range(3):  # copies starting at once can race on CREATE TABLE IF NOT EXISTS
+            try:
+                with self._connect() as db:
+                    db.execute(self.CREATE)
+                return
+            except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
+                if attempt == 2:
+                    raise
 
     def _connect(self) -> Any:
         return self._psycopg.connect(self.dsn, autocommit=True, prepare_threshold=None)
@@ -269,11 +289,22 @@ class FileGuard:
 
 # --------------------------------------------------------------------- the demonstration
 
-Guard = SqliteGuard | RedisGuard | FileGuard
+Guard = SqliteGuard | RedisGuard | FileGuard | PostgreSQLEpochGuard
+
+
+def libpq_url(coordinator_url: str) -> str:
+    """``coordinator_url`` without followtheleader's own settings (``schema``,
+    ``table_prefix``), which libpq would refuse."""
+    base, _, query = coordinator_url.partition("?")
+    kept = [
+        (k, v) for k, v in urllib.parse.parse_qsl(query, keep_blank_values=True) if k not in ("schema", "table_prefix")
+    ]
+    return f"{base}?{urllib.parse.urlencode(kept)}" if kept else base
 
 
 def make_guard(kind: str, target: str) -> Guard:
-    """The guard of the command line: ``sqlite PATH``, ``redis URL`` or ``file PATH``."""
+    """The guard of the command line: ``sqlite PATH``, ``redis URL``, ``file PATH`` or
+    ``postgresql URL``."""
     if kind == "sqlite":
         return SqliteGuard(target)
     if kind == "file":
@@ -282,7 +313,17 @@ def make_guard(kind: str, target: str) -> Guard:
         import redis  # only this guard needs the package
 
         return RedisGuard(redis.Redis.from_url(target))
-    raise ValueError(f"unknown guard {kind!r}: use sqlite, redis or file")
+    if kind == "postgresql":  # the coordinator URL; its own settings (schema...) are not libpq's
+        return PostgreSQLEpochGuard(libpq_url(target))
+    raise ValueError(f"unknown guard {kind!r}: use sqlite, redis, file or postgresql")
+
+
+def stored_term(stored: tuple[str, str] | tuple[int, str] | None) -> int | None:
+    """The term of a guard's :meth:`read`: a key's term, or the epoch itself."""
+    if stored is None:
+        return None
+    fence = stored[0]
+    return fence if isinstance(fence, int) else FencingToken.from_key(fence).term
 
 
 def do_work(elector: Elector, guard: Guard, token: FencingToken) -> None:
@@ -296,9 +337,13 @@ def do_work(elector: Elector, guard: Guard, token: FencingToken) -> None:
     if guard.write(token, value):
         log.info("job: wrote (term %d, token %s)", token.term, token.key)
     else:
-        stored = guard.read()
-        newer = "?" if stored is None else FencingToken.from_key(stored[0]).term
-        log.info("job: refused (term %d, token %s): term %s wrote since", token.term, token.key, newer)
+        newer = stored_term(guard.read())
+        log.info(
+            "job: refused (term %d, token %s): term %s wrote since",
+            token.term,
+            token.key,
+            "?" if newer is None else newer,
+        )
 
 
 def log_role(event: Event) -> None:
@@ -315,13 +360,17 @@ def log_role(event: Event) -> None:
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s")
     if len(argv) != 2:
-        print("usage: fencing.py sqlite PATH | redis URL | file PATH", file=sys.stderr)
+        print("usage: fencing.py sqlite PATH | redis URL | file PATH | postgresql URL", file=sys.stderr)
         return 2
-    guard = make_guard(*argv)
+    kind, target = argv
+    guard = make_guard(kind, target)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    elector = elect(GROUP)
-    for kind in ("leader", "follower", "reelection"):
-        elector.on(kind, log_role)
+    if kind == "postgresql":  # the epoch guard fences with the group's own epoch: elect through that database
+        elector = elect(GROUP, coordinator=target, coordinator_ttl=COORDINATOR_TTL)
+    else:
+        elector = elect(GROUP)
+    for event_kind in ("leader", "follower", "reelection"):
+        elector.on(event_kind, log_role)
     with elector:
         log.info("joined group %r as node %s", GROUP, elector.node_id)
         while not elector.join(timeout=JOB_PERIOD):

@@ -35,6 +35,10 @@ ZK_PORT, ETCD_PORT = 2181, 2379
 REDIS_PORT, SENTINEL_PORT = 6379, 26379
 REDIS_BACKENDS = ("redis", "redis-aof")
 """``redis``: no persistence; ``redis-aof``: the same with ``appendonly yes`` (fsync always)."""
+SENTINEL_SERVICE = "ftl"
+"""The service (master name) the test sentinels monitor."""
+SENTINEL_DOWN_AFTER_MS = 1000
+"""The sentinels' ``down-after-milliseconds``: a primary not answering for this long is down."""
 
 
 PG_PORT, PGBOUNCER_PORT = 5432, 6432
@@ -48,6 +52,48 @@ def _pg_bin(name: str) -> str | None:
     """The path of a PostgreSQL server program (Debian keeps them out of $PATH)."""
     found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
     return found[-1] if found else shutil.which(name)
+
+
+def _as_postgres() -> list[str]:
+    """The argv prefix that runs a program as the ``postgres`` user."""
+    return [shutil.which("setpriv") or "setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
+
+
+def _pg_initdb(directory: str, timeout: float | None = None) -> tuple[list[str], str]:
+    """A new database cluster in ``directory``/data (owned by ``postgres``; trust
+    authentication, superuser ``ftl``), and the argv of ``postgres`` serving it as the
+    ``postgres`` user, on port ``PG_PORT``, its Unix socket in ``directory``, without fsync.
+    The caller adds where it listens: ``-h ADDRESS``, or ``-c listen_addresses=`` for the
+    socket only."""
+    shutil.chown(directory, "postgres", "postgres")  # the server runs as postgres: its socket goes here
+    data = os.path.join(directory, "data")
+    as_postgres = _as_postgres()
+    subprocess.run(
+        [*as_postgres, _pg_bin("initdb") or "initdb", "-D", data, "-A", "trust", "-U", PG_USER, "--no-sync"],
+        check=True,
+        capture_output=True,
+        cwd=directory,
+        timeout=timeout,
+    )
+    argv = [*as_postgres, _pg_bin("postgres") or "postgres", "-D", data, "-p", str(PG_PORT), "-k", directory]
+    return [*argv, "-c", "fsync=off"], data
+
+
+def _pg_create_database(host: str) -> str | None:
+    """One attempt to reach the PostgreSQL server at ``host`` (an address, or a socket's
+    directory) and create the test database unless it exists: None once it exists, else
+    why not (the server is not up yet, or is failing)."""
+    import psycopg
+
+    try:
+        with psycopg.connect(
+            host=host, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True, connect_timeout=2
+        ) as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (PG_DATABASE,)).fetchone() is None:
+                conn.execute(f"CREATE DATABASE {PG_DATABASE}")
+            return None
+    except psycopg.Error as error:
+        return str(error)
 
 
 def unavailable_reason(backend: str) -> str | None:
@@ -123,6 +169,35 @@ def redis_info(host: Host, port: int, section: str) -> dict[str, str]:
             return {key: str(value) for key, value in client.info(section).items()}
 
     return host.call_in_namespace(ask, timeout=10)
+
+
+def _ask_sentinel(host: Host, request: Callable[[Any], Any]) -> Any:
+    """``request(client)`` for a client of the sentinel on ``host``."""
+
+    def ask() -> Any:
+        import redis
+
+        with redis.Redis(host=host.address, port=SENTINEL_PORT, socket_timeout=5, decode_responses=True) as client:
+            return request(client)
+
+    return host.call_in_namespace(ask, timeout=10)
+
+
+def _sentinel_ready(host: Host, replicas: int) -> bool:
+    """The sentinel on ``host`` monitors the service and sees the other two and ``replicas``."""
+    try:
+        master = _ask_sentinel(host, lambda client: client.sentinel_master(SENTINEL_SERVICE))
+    except Exception:  # noqa: BLE001 - not up yet (refused, or no such master yet)
+        return False
+    return int(master.get("num-other-sentinels", 0)) >= 2 and int(master.get("num-slaves", 0)) >= replicas
+
+
+def _replica_in_sync(host: Host) -> bool:
+    """The replica on ``host`` has its link to the primary up (the first sync is done)."""
+    try:
+        return redis_info(host, REDIS_PORT, "replication").get("master_link_status") == "up"
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
 
 
 def _http_ok(host: Host, port: int, path: str, tls: ssl.SSLContext | None = None) -> bool:
@@ -253,6 +328,9 @@ class ServerSet:
             self.url = f"redis://{hosts[0].address}:{REDIS_PORT}/0?prefix=/ftltest"
             self.servers.append(self._redis(0, hosts[0], appendonly=backend == "redis-aof"))
             return
+        if backend == "redis-sentinel":
+            self._redis_sentinel(hosts)
+            return
         if backend in POSTGRESQL_BACKENDS:
             if tls or len(hosts) != 1:
                 raise ValueError("PostgreSQL test servers: one, without TLS")
@@ -333,6 +411,51 @@ class ServerSet:
         ]
         log = os.path.join(self.dir, f"redis{index}.log")
         return Server(host, argv, log, lambda: _tcp_ready(host, REDIS_PORT, _redis_ping))
+
+    def _redis_sentinel(self, hosts: list[Host]) -> None:
+        """A Redis primary on ``hosts[0]``, a replica of it on each of ``hosts[1:-3]`` and a
+        sentinel on each of the last three (quorum 2), no persistence anywhere. The replicas
+        are ready once in sync, the sentinels once each sees the two others and every replica.
+        :attr:`url` names the sentinels (``redis+sentinel://``)."""
+        if len(hosts) < 5:
+            raise ValueError("Redis Sentinel test servers: a primary, at least one replica and three sentinels")
+        primary, replicas, sentinels = hosts[0], hosts[1:-3], hosts[-3:]
+        self.servers.append(self._redis(0, primary))
+        for index, host in enumerate(replicas, start=1):
+            server = self._redis(index, host, extra=("--replicaof", primary.address, str(REDIS_PORT)))
+            server.ready = lambda host=host: _tcp_ready(host, REDIS_PORT, _redis_ping) and _replica_in_sync(host)
+            self.servers.append(server)
+        for index, host in enumerate(sentinels):
+            config = os.path.join(self.dir, f"sentinel{index}.conf")
+            with open(config, "w") as file:
+                file.write(
+                    f"bind {host.address}\nport {SENTINEL_PORT}\nprotected-mode no\ndir {self.dir}\n"
+                    f"sentinel monitor {SENTINEL_SERVICE} {primary.address} {REDIS_PORT} 2\n"
+                    f"sentinel down-after-milliseconds {SENTINEL_SERVICE} {SENTINEL_DOWN_AFTER_MS}\n"
+                    f"sentinel failover-timeout {SENTINEL_SERVICE} 6000\n"
+                    f"sentinel parallel-syncs {SENTINEL_SERVICE} 1\n"
+                )
+            argv = [shutil.which("redis-sentinel") or "redis-sentinel", config]
+            log = os.path.join(self.dir, f"sentinel{index}.log")
+            ready = lambda host=host: _sentinel_ready(host, len(replicas))  # noqa: E731
+            self.servers.append(Server(host, argv, log, ready))
+        self.url = (
+            "redis+sentinel://"
+            + ",".join(f"{h.address}:{SENTINEL_PORT}" for h in sentinels)
+            + f"/{SENTINEL_SERVICE}/0?prefix=/ftltest"
+        )
+
+    def sentinel_primary(self) -> str:
+        """The address of the primary as the first sentinel that answers names it."""
+        for server in self.servers:
+            if server.argv[-1].endswith(".conf") and server.proc is not None and server.proc.poll() is None:
+                address = _ask_sentinel(server.host, lambda c: c.sentinel_get_master_addr_by_name(SENTINEL_SERVICE))
+                return str(address[0])
+        raise RuntimeError("no sentinel runs")
+
+    def server_at(self, address: str) -> Server:
+        """The Redis server (not a sentinel) listening on ``address``."""
+        return next(s for s in self.servers if s.host.address == address and not s.argv[-1].endswith(".conf"))
 
     def _requests_served_redis(self) -> int:
         """Redis's ``total_commands_processed`` (the ``INFO`` that reads it is counted in the
@@ -439,19 +562,10 @@ class ServerSet:
         """A PostgreSQL server (run as the ``postgres`` user, trust authentication for the
         user ``ftl`` from the lab only) and, with ``bouncer``, pgbouncer in transaction mode
         in front of it; :attr:`url` then names pgbouncer."""
-        shutil.chown(self.dir, "postgres", "postgres")
-        data = os.path.join(self.dir, "data")
-        as_postgres = [shutil.which("setpriv") or "setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
-        subprocess.run(
-            [*as_postgres, _pg_bin("initdb") or "initdb", "-D", data, "-A", "trust", "-U", PG_USER, "--no-sync"],
-            check=True,
-            capture_output=True,
-            cwd=self.dir,
-        )
+        postgres, data = _pg_initdb(self.dir)
         with open(os.path.join(data, "pg_hba.conf"), "w") as hba:
             hba.write("local all all trust\nhost all all all trust\n")
-        argv = [*as_postgres, _pg_bin("postgres") or "postgres", "-D", data, "-h", host.address]
-        argv += ["-p", str(PG_PORT), "-k", self.dir, "-c", "fsync=off", "-c", "max_connections=200"]
+        argv = [*postgres, "-h", host.address, "-c", "max_connections=200"]
         log = os.path.join(self.dir, "postgresql.log")
         self.servers.append(Server(host, argv, log, lambda: self._pg_ready(host)))
         self.url = f"postgresql://{host.address}:{PG_PORT}/{PG_DATABASE}"
@@ -470,27 +584,14 @@ class ServerSet:
                 )
             os.chmod(ini, 0o644)
             os.chmod(users, 0o644)
-            bouncer_argv = [*as_postgres, shutil.which("pgbouncer") or "pgbouncer", ini]
+            bouncer_argv = [*_as_postgres(), shutil.which("pgbouncer") or "pgbouncer", ini]
             bouncer_log = os.path.join(self.dir, "pgbouncer.log")
             self.servers.append(Server(host, bouncer_argv, bouncer_log, lambda: _tcp_ready(host, PGBOUNCER_PORT)))
             self.url = f"postgresql://{host.address}:{PGBOUNCER_PORT}/{PG_DATABASE}"
 
     def _pg_ready(self, host: Host) -> bool:
         """PostgreSQL answers: the test database is created (once) and True."""
-        import psycopg
-
-        def attempt() -> bool:
-            try:
-                with psycopg.connect(
-                    host=host.address, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True, connect_timeout=2
-                ) as conn:
-                    if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (PG_DATABASE,)).fetchone() is None:
-                        conn.execute(f"CREATE DATABASE {PG_DATABASE}")
-                    return True
-            except psycopg.Error:
-                return False
-
-        return host.call_in_namespace(attempt, timeout=10)
+        return host.call_in_namespace(lambda: _pg_create_database(host.address) is None, timeout=10)
 
     def _requests_served_postgresql(self) -> int:
         """PostgreSQL: the transactions the test database has committed and rolled back (each
@@ -554,6 +655,7 @@ class ServerPool:
                 "redis-aof": "ra",
                 "postgresql": "p",
                 "pgbouncer": "b",
+                "redis-sentinel": "rl",
             }.get(backend, backend[:2])
             servers = ServerSet(backend, server_hosts(lab, [f"{tag}s{size}{i}" for i in range(size)]))
             try:
@@ -568,3 +670,51 @@ class ServerPool:
         for servers in self._sets.values():
             servers.close()
         self._sets.clear()
+
+
+class UnixPostgreSQL:
+    """A PostgreSQL server on a Unix socket only (``listen_addresses`` empty: no TCP), in a
+    temporary directory, for tests that need a database but no lab (the fencing recipe's
+    epoch guard). :attr:`dsn` is its libpq connection string; :meth:`stop` ends it and removes
+    the directory. Raises RuntimeError when it does not come up within ``timeout`` seconds."""
+
+    def __init__(self, timeout: float = 60.0) -> None:
+        self.dir = tempfile.mkdtemp(prefix="ftl-pg-unix-")
+        self.dsn = f"host={self.dir} port={PG_PORT} user={PG_USER} dbname={PG_DATABASE}"
+        self.log_path = os.path.join(self.dir, "postgresql.log")
+        self.proc: subprocess.Popen[bytes] | None = None
+        try:
+            postgres, _ = _pg_initdb(self.dir, timeout)
+            argv = [*postgres, "-c", "listen_addresses="]
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout: float) -> None:
+        """Poll the socket until the server answers; create the test database once."""
+        deadline = time.monotonic() + timeout
+        while (error := _pg_create_database(self.dir)) is not None:
+            exited = self.proc is not None and self.proc.poll() is not None
+            if exited or time.monotonic() > deadline:
+                raise RuntimeError(f"PostgreSQL did not start ({error}): {self._log_tail()}")
+            time.sleep(0.1)  # polling a server's socket from outside: no event to wait on
+
+    def _log_tail(self) -> str:
+        with contextlib.suppress(OSError), open(self.log_path, errors="replace") as log:
+            return log.read()[-2000:]
+        return ""
+
+    def stop(self) -> None:
+        """A fast shutdown (SIGINT: clients disconnected, shared memory freed); SIGKILL if it
+        takes more than 10 s. Idempotent."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -71,8 +71,8 @@ class Capabilities:
     :ivar pushed: ``wait()`` is woken by a change of the group (a ZooKeeper watch, the
         memory store's condition): it blocks until then, however long its timeout. False for
         a driver that may poll: its ``wait()`` returns within :attr:`poll` seconds whether or
-        not anything changed (the etcd driver reads the group every ``etcd.POLL`` = 100 ms
-        while its watch stream is not yet, or no longer, current).
+        not anything changed. (etcd is pushed: its watch thread wakes ``wait()`` at every
+        change and when its stream becomes current.)
     :ivar poll: the longest a polling driver's ``wait()`` blocks (None when pushed).
     :ivar self_renewing: the client library keeps the session alive by itself while it is
         connected (kazoo pings the server every third of the session timeout), so a session
@@ -113,8 +113,8 @@ CAPABILITIES: dict[str, Capabilities] = {
     ),
     "etcd": Capabilities(
         lab=True,
-        pushed=False,
-        poll=0.1,
+        pushed=True,
+        poll=None,
         self_renewing=False,
         observe_checks_session=False,
         foreign_data=True,
@@ -594,6 +594,28 @@ def test_a_watched_view_includes_own_writes_and_is_never_stale_after_a_change(se
     until(shows(lambda v: names(v) == ["w"]), me, "the other member gone")
     me.release(term)
     assert shows(lambda v: v.leadership is None and names(v) == [])()
+
+
+def test_a_won_claim_needs_no_read_after_it_on_watched_drivers(service: Service) -> None:
+    """A driver whose watch keeps the view (``watched``) shows the leadership a claim won in
+    its watched view at once (ZooKeeper: the claim reads the group in its round trip; etcd:
+    the claim's write is applied to the watch's view): the new leader needs no read."""
+    if not service.caps.watched:
+        pytest.skip(f"{service.name}: no watched view (see Capabilities.watched)")
+    me = service.member("w", 1).start()
+    service.member("o", 2).start()
+
+    def quiet() -> View | None:
+        view = me.run(me.coordinator.watched_view)
+        if view is None or names(view) != ["o", "w"]:
+            me.observe()  # (a read sets the watches again)
+            return None
+        return view
+
+    assert until(quiet, me, "a watched view of both members").leadership is None
+    term = me.claim()
+    assert term is not None
+    assert me.run(me.coordinator.watched_view) == View(Leadership(me.me, term, True), (Member("o", 2), me.me))
 
 
 # --------------------------------------------------------------------- status

@@ -192,3 +192,54 @@ def test_group_watch_follows_the_stream_reads_again_after_a_break_and_stops(gate
     finally:
         watch.stop()
         owner.close()
+
+
+class _StubWatch:
+    """Stands for a :class:`GroupWatch` whose view is at ``revision`` (no thread, no stream)."""
+
+    def __init__(self, revision: int, kvs: list[dict[str, Any]]) -> None:
+        self.revision, self.kvs = revision, kvs
+
+    def current(self) -> tuple[int, list[dict[str, Any]]]:
+        return self.revision, list(self.kvs)
+
+
+def test_watched_view_applies_own_writes_the_watch_has_not_seen_yet() -> None:
+    """A claim, then a release, acknowledged at revisions the watch has not reached: the
+    watched view shows them at once (no read needed), in order; once the watch reaches a
+    write's revision, the watch's own view is taken as is."""
+    config = parse_coordinator("etcd://127.0.0.1:1/p")
+    me = EtcdCoordinator(config, "g", Member("a", 1), 10.0)
+    me._lease_id = 7
+    other = _kv("/p/g/members/b.1", 2)
+    mine = {**_kv("/p/g/members/a.1", 3), "lease": "7"}
+    watch = _StubWatch(3, [other, mine])
+    me._watch = watch  # type: ignore[assignment]
+    header = {"header": {"revision": "5"}, "succeeded": True}
+
+    me._note_written(
+        header,
+        changes={
+            _b64("/p/g/leader"): {
+                **_kv("/p/g/leader", 5),
+                "value": _b64('{"node_id": "a", "priority": 1}'),
+                "lease": "7",
+            }
+        },
+    )
+    view = me.watched_view()
+    assert view is not None and view.leadership is not None
+    assert (view.leadership.leader.node_id, view.leadership.term, view.leadership.mine) == ("a", 5, True)
+    assert {m.node_id for m in view.members} == {"a", "b"}
+
+    me._note_written({"header": {"revision": "6"}}, changes={_b64("/p/g/members/a.1"): None, _b64("/p/g/leader"): None})
+    view = me.watched_view()
+    assert view is not None and view.leadership is None and [m.node_id for m in view.members] == ["b"]
+
+    watch.revision, watch.kvs = 6, [other]  # the watch caught up: its view, as is
+    assert me.watched_view() == view and me._wrote == []
+
+    me._note_written({"header": {"revision": "7"}})  # a write whose effect is not known
+    assert me.watched_view() is None
+    watch.revision = 7
+    assert me.watched_view() is not None

@@ -1,12 +1,16 @@
-"""The fencing recipe (``examples/fencing.py``), run for real: SQLite, a real Redis, a file.
+"""The fencing recipe (``examples/fencing.py``), run for real: SQLite, a real Redis, a file,
+a real PostgreSQL.
 
 Each guard is run against its real resource: an SQLite database in a temporary directory, a
 ``redis-server`` that this module starts itself (on a Unix socket only, no TCP port; skipped
-when ``redis-server`` or the ``redis`` package is missing) and a file. The tests check that
-each guard accepts a write exactly when the writer's token is not less than the greatest one
-that wrote (the order of :class:`FencingToken`), with real electors too: in-process ones in
-the lab's ``local`` namespace, and the example's own command line in two lab hosts, where the
-leader is paused in the middle of its work while another node takes over.
+when ``redis-server`` or the ``redis`` package is missing), a file, and a PostgreSQL server
+that this module starts itself (on a Unix socket only; skipped when PostgreSQL or psycopg is
+missing). The tests check that each guard accepts a write exactly when the writer's fence is
+not less than the greatest one that wrote: the token's key (the order of
+:class:`FencingToken`), or for PostgreSQL's epoch guard its term. They run with real electors
+too: in-process ones in the lab's ``local`` namespace, and the example's own command line in
+two lab hosts, where the leader is paused in the middle of its work while another node takes
+over (for PostgreSQL the copies elect through the database whose epoch fences them).
 """
 
 from __future__ import annotations
@@ -24,8 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -34,22 +37,17 @@ from hypothesis import strategies as st
 from followtheleader import Elector, Event, FencingToken, State, elect
 
 from conftest import Local, outlives_its_test
+from coordservers import UnixPostgreSQL, unavailable_reason
 from netlab import Lab
+from recipes import fencing_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 20.0
-GUARDS = ("sqlite", "redis", "file")
+GUARDS = ("sqlite", "redis", "file", "postgresql")
+T = TypeVar("T")
 
 
-def _load_recipe() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fencing_recipe", ROOT / "examples" / "fencing.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-recipe = _load_recipe()
+recipe = fencing_recipe()
 
 
 def unique(prefix: str) -> str:
@@ -126,39 +124,72 @@ def redis_client(redis_server: RedisServer) -> Iterator[Any]:
         yield client
 
 
+@pytest.fixture(scope="session")
+def postgresql_server() -> Iterator[UnixPostgreSQL]:
+    if reason := unavailable_reason("postgresql"):
+        pytest.skip(reason)
+    server = UnixPostgreSQL()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(params=GUARDS)
-def new_guard(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Any]:
+def guard_kind(request: pytest.FixtureRequest) -> str:
+    """The kind of guard the test is parametrised with."""
+    return str(request.param)
+
+
+@pytest.fixture
+def new_guard(guard_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Any]:
     """``new_guard()``: a guard of the kind the test is parametrised with, on a fresh resource."""
-    kind: str = request.param
-    client = request.getfixturevalue("redis_client") if kind == "redis" else None
+    client = request.getfixturevalue("redis_client") if guard_kind == "redis" else None
+    dsn = request.getfixturevalue("postgresql_server").dsn if guard_kind == "postgresql" else None
 
     def make() -> Any:
-        if kind == "sqlite":
+        if guard_kind == "sqlite":
             return recipe.SqliteGuard(tmp_path / "fencing.db", name=unique("row-"))
-        if kind == "redis":
+        if guard_kind == "redis":
             return recipe.RedisGuard(client, name=unique("fenced:"))
+        if guard_kind == "postgresql":
+            return recipe.PostgreSQLEpochGuard(dsn, name=unique("row-"))
         return recipe.FileGuard(tmp_path / unique("fenced-"))
 
     return make
 
 
+@pytest.fixture
+def fence(guard_kind: str) -> Callable[[FencingToken], Any]:
+    """``fence(token)``: what the guard compares and ``read()`` returns first. The token's key;
+    for PostgreSQL's epoch guard the term alone (in a PostgreSQL group each epoch is one
+    leadership, so two tokens of one term are the same leadership there)."""
+    if guard_kind == "postgresql":
+        return lambda token: token.term
+    return lambda token: token.key
+
+
 # --------------------------------------------------------------------- the guards alone
 
 
-def test_each_guard_refuses_a_lesser_token_and_accepts_an_equal_or_greater_one(new_guard: Callable[[], Any]) -> None:
+def test_each_guard_refuses_a_lesser_token_and_accepts_an_equal_or_greater_one(
+    new_guard: Callable[[], Any], fence: Callable[[FencingToken], Any]
+) -> None:
     guard = new_guard()
     assert guard.read() is None
     current = FencingToken(3, 0, "b-node", 1_700_000_000_000_000)
     assert guard.write(current, "first")
     assert guard.write(current, "again")  # the same leadership writes again
-    assert guard.read() == (current.key, "again")
+    assert guard.read() == (fence(current), "again")
     older = FencingToken(2, 100, "z-node", 2**63 - 1)  # a former term, whatever the rest
     rival = FencingToken(3, 0, "a-node", 2**63 - 1)  # same term, the rival that gives way
     restarted = FencingToken(3, 0, "b-node", 1_699_999_999_999_999)  # an earlier run of the same node
-    for stale in (older, rival, restarted):
+    # The epoch guard compares terms: rival and restarted share current's (in a PostgreSQL
+    # group they cannot exist beside it, an epoch being one leadership); the others refuse them.
+    stale_ones = [token for token in (older, rival, restarted) if fence(token) < fence(current)]
+    assert older in stale_ones
+    for stale in stale_ones:
         assert stale < current
         assert not guard.write(stale, "stale"), stale
-    assert guard.read() == (current.key, "again")
+    assert guard.read() == (fence(current), "again")
     newer_ones = (
         FencingToken(3, 0, "b-node", 1_700_000_000_000_001),
         FencingToken(3, 1, "a"),
@@ -168,7 +199,7 @@ def test_each_guard_refuses_a_lesser_token_and_accepts_an_equal_or_greater_one(n
         assert newer > current
         assert guard.write(newer, f"by {newer.node_id}"), newer
         current = newer
-    assert guard.read() == (current.key, "by a")
+    assert guard.read() == (fence(current), "by a")
 
 
 _node_ids = st.sampled_from(["a", "A", "b", "a-1", "a_1", "Z", "0", "9" * 32, "a" * 32, "node-" + "x" * 27])
@@ -184,20 +215,23 @@ _tokens = st.builds(
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(tokens=st.lists(_tokens, min_size=1, max_size=12))
 def test_each_guard_accepts_exactly_what_the_token_order_accepts(
-    new_guard: Callable[[], Any], tokens: list[FencingToken]
+    new_guard: Callable[[], Any], fence: Callable[[FencingToken], Any], tokens: list[FencingToken]
 ) -> None:
     guard = new_guard()
     greatest: FencingToken | None = None
+    last_written = -1
     for index, token in enumerate(tokens):
-        expected = greatest is None or token >= greatest
+        expected = greatest is None or fence(token) >= fence(greatest)
         assert guard.write(token, str(index)) is expected, (token, greatest)
         if expected:
-            greatest = token
+            greatest, last_written = token, index
     assert greatest is not None
-    assert guard.read() == (greatest.key, str(max(i for i, t in enumerate(tokens) if t == greatest)))
+    assert guard.read() == (fence(greatest), str(last_written))
 
 
-def test_concurrent_writers_never_leave_a_lesser_key_behind(new_guard: Callable[[], Any]) -> None:
+def test_concurrent_writers_never_leave_a_lesser_key_behind(
+    new_guard: Callable[[], Any], fence: Callable[[FencingToken], Any]
+) -> None:
     """Four threads write shuffled tokens at once; the key that remains is the greatest accepted.
 
     A guard whose compare and write were not atomic (no lock around them for the file) could
@@ -229,7 +263,7 @@ def test_concurrent_writers_never_leave_a_lesser_key_behind(new_guard: Callable[
         thread.join(TIMEOUT)
     assert not errors, errors
     assert not any(thread.is_alive() for thread in threads)
-    assert guard.read()[0] == max(accepted).key
+    assert guard.read()[0] == fence(max(accepted))
     assert max(tokens) in accepted  # nothing can refuse the greatest token
 
 
@@ -285,7 +319,7 @@ class Recorder:
 
 @pytest.mark.lab
 def test_a_former_leaders_token_is_refused_after_the_new_leader_wrote(
-    local: Local, new_guard: Callable[[], Any]
+    local: Local, new_guard: Callable[[], Any], fence: Callable[[FencingToken], Any]
 ) -> None:
     guard = new_guard()
     group = unique("fence")
@@ -309,7 +343,7 @@ def test_a_former_leaders_token_is_refused_after_the_new_leader_wrote(
 
         # The first leader, late with work it began while leading, is refused.
         assert not guard.write(old, "stale work of the first leadership")
-        assert guard.read() == (new.key, "second leadership")
+        assert guard.read() == (fence(new), "second leadership")
         following = first_events.wait("follower", after=first_events.events.index(led) + 1)
         assert following.fencing_token == new and first.fencing_token == new
         assert first.state is State.FOLLOWER
@@ -373,14 +407,20 @@ class Output:
 def test_the_example_refuses_a_paused_leader_that_resumes(
     lab: Lab, tmp_path: Path, kind: str, request: pytest.FixtureRequest
 ) -> None:
-    """Two copies of the example in two lab hosts, one resource; the leader is paused mid-work."""
+    """Two copies of the example in two lab hosts, one resource; the leader is paused mid-work.
+    For PostgreSQL the resource is a server in the lab that the copies also elect through."""
     if kind == "redis":
         target: str = request.getfixturevalue("redis_server").url
         _clear_redis_guard(target)  # a fresh resource, as tmp_path is for the others
+    elif kind == "postgresql":
+        servers = request.getfixturevalue("coordinator_servers").get(lab, "postgresql", 1)
+        target = servers.url
+        _clear_postgresql_guard(lab, target)
     else:
         target = str(tmp_path / ("fencing.db" if kind == "sqlite" else "fencing.txt"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("FOLLOWTHELEADER_")}
     env.update(FTL_GROUP=unique("fence"), JOB_PERIOD="0.1", WORK_SECONDS="2", PYTHONUNBUFFERED="1")
+    env.update(COORDINATOR_TTL="3")  # PostgreSQL: the paused leader's claim lapses within the test's waits
     argv = [sys.executable, str(ROOT / "examples" / "fencing.py"), kind, target]
     output = Output()
 
@@ -413,8 +453,11 @@ def test_the_example_refuses_a_paused_leader_that_resumes(
             assert popen.wait(TIMEOUT) == 0
     finally:
         output.finish()
-    stored = _read(kind, target)
-    assert stored is not None and stored[0] >= wrote["key"]
+    stored = _read(lab, kind, target)
+    if kind == "postgresql":  # the epoch guard stores the term
+        assert stored is not None and stored[0] >= int(wrote["term"])
+    else:
+        assert stored is not None and stored[0] >= wrote["key"]
 
 
 def _clear_redis_guard(url: str) -> None:
@@ -424,7 +467,26 @@ def _clear_redis_guard(url: str) -> None:
         client.delete(recipe.RedisGuard(client).name)
 
 
-def _read(kind: str, target: str) -> tuple[str, str] | None:
+def _in_lab_postgresql(lab: Lab, url: str, fn: Callable[[Any], T]) -> T:
+    """``fn(guard)`` with the example's epoch guard on the lab's PostgreSQL server at ``url``
+    (reachable from the lab's namespaces only)."""
+    return lab.hosts["local"].call_in_namespace(lambda: fn(recipe.PostgreSQLEpochGuard(url)), timeout=30)
+
+
+def _clear_postgresql_guard(lab: Lab, url: str) -> None:
+    """Delete the example's row: the server lives as long as the module, and an earlier run of
+    the test left its epoch there (a new group in the same database goes on from it anyway)."""
+
+    def clear(guard: Any) -> None:
+        with guard._connect() as db:
+            db.execute("DELETE FROM fenced_epoch WHERE name = %s", (guard.name,))
+
+    _in_lab_postgresql(lab, url, clear)
+
+
+def _read(lab: Lab, kind: str, target: str) -> tuple[Any, str] | None:
+    if kind == "postgresql":
+        return _in_lab_postgresql(lab, target, lambda guard: guard.read())
     if kind == "redis":
         with _redis(target) as client:
             return recipe.RedisGuard(client).read()  # type: ignore[no-any-return]

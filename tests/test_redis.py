@@ -4,8 +4,9 @@ killed and restarted without persistence run there against ``redis`` too).
 
 * A ``redis-server`` of this module's own on a Unix socket (``--port 0``: no TCP), killed and
   restarted with and without persistence: fencing tokens never repeat.
-* Lab: a leader stopped (SIGSTOP) past its TTL, then continued: a successor leads first, the
-  old leader demotes, and a write with its old token is refused by the fencing recipe.
+
+The lab cases of a leader stopped (SIGSTOP) past its TTL and of a client whose wall clock is a
+day off run in test_coordinator.py, for Redis, PostgreSQL and PostgreSQL behind pgbouncer.
 """
 
 from __future__ import annotations
@@ -21,13 +22,11 @@ from typing import Any
 
 import pytest
 
-from followtheleader import FencingToken, elect
+from followtheleader import elect
 from followtheleader._coordinators.base import CoordinatorError, make_coordinator, parse_coordinator
 from followtheleader._core.model import Member
 
-from cluster import Cluster, check_pairing, leader_overlap
-from coordservers import ServerPool, make_certificates, unavailable_reason
-from netlab import Host, Lab
+from coordservers import make_certificates, unavailable_reason
 
 DEADLINE = 20.0
 
@@ -144,74 +143,6 @@ def test_unix_socket_electors_elect_one_and_hand_over_on_stop(unix_redis: UnixRe
             elector.stop()
 
 
-# --------------------------------------------------------------------- lab: a paused leader
-
-
-@pytest.mark.lab
-def test_a_paused_leader_demotes_and_its_old_token_is_refused(
-    cluster: Cluster, hosts: list[Host], lab: Lab, coordinator_servers: ServerPool
-) -> None:
-    servers = coordinator_servers.get(lab, "redis", 1)
-    ttl = 3.0
-    options = {"coordinator": servers.url, "coordinator_ttl": ttl}
-    processes = [
-        cluster.spawn(host, wait_go=True, node_ids=[f"c{i}"], options={**options, "priority": i})
-        for i, host in enumerate(hosts[:3])
-    ]
-    cluster.wait_ready()
-    for process in processes:
-        process.send("go")
-    first = cluster.wait_agreement(timeout=DEADLINE)
-    old = cluster.process_of(first.leader)
-    old.proc.send_signal(signal.SIGSTOP)
-    stopped_at = time.monotonic()
-
-    def others_lead() -> tuple[str, int] | None:
-        roles = {node: r for node, r in cluster.roles_locked().items() if node != first.leader}
-        leaders = [(node, r.term) for node, r in roles.items() if r.kind == "leader" and r.term > first.term]
-        return leaders[0] if leaders else None
-
-    try:
-        successor, term = cluster.wait(others_lead, ttl + DEADLINE, "a successor while the leader is stopped")
-    finally:
-        continued_at = time.monotonic()
-        old.proc.send_signal(signal.SIGCONT)
-    assert continued_at - stopped_at > ttl * 0.8  # the successor waited for the stopped leader's key to expire
-    second = cluster.wait_agreement(timeout=DEADLINE, after_term=first.term)
-    assert (second.leader, second.term) == (successor, term)
-    demotions = cluster.wait(
-        lambda: [e for e in old.events() if e["kind"] != "leader" and e["t"] >= stopped_at] or None,
-        DEADLINE,
-        "the paused leader to demote itself once continued",
-    )
-    assert demotions
-    # A stopped process cannot say it stopped leading: on the shared clock its leader role ends
-    # only once it runs again (its lease ended at its deadline, the ticker says so at once).
-    # That window is what the fencing token is for.
-    assert demotions[0]["kind"] == "reelection" and demotions[0]["t"] - continued_at < 1.0
-    assert leader_overlap([e for e in cluster.all_events() if e["node"] != first.leader]) == 0.0
-    check_pairing(cluster.all_events())
-    # The fencing recipe (examples/fencing.py): the successor's write goes, the old leader's is refused.
-    spec = importlib.util.spec_from_file_location(
-        "fencing_recipe", Path(__file__).parent.parent / "examples/fencing.py"
-    )
-    assert spec is not None and spec.loader is not None
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
-    server_host = servers.servers[0].host
-
-    def fenced_writes() -> tuple[bool, bool]:
-        import redis
-
-        with redis.Redis(host=server_host.address, port=6379, socket_timeout=5) as client:
-            guard = recipe.RedisGuard(client, "fenced:paused")
-            new = guard.write(FencingToken(second.term, int(second.leader[1:]), second.leader, 0), "successor")
-            stale = guard.write(FencingToken(first.term, int(first.leader[1:]), first.leader, 0), "paused leader")
-            return new, stale
-
-    assert server_host.call_in_namespace(fenced_writes, timeout=30) == (True, False)
-
-
 def test_redis_binaries_or_a_clear_skip() -> None:
     reason = _skip_reason()
     if shutil.which("redis-server") is None:
@@ -265,43 +196,6 @@ def test_rediss_url_talks_tls_and_refuses_an_unknown_certificate(tmp_path: Path)
     finally:
         server.kill()
         server.wait(10)
-
-
-# --------------------------------------------------------------------- a client with a wrong clock
-
-
-@pytest.mark.lab
-def test_a_client_whose_wall_clock_is_a_day_off_elects_and_hands_over(
-    cluster: Cluster, hosts: list[Host], lab: Lab, coordinator_servers: ServerPool
-) -> None:
-    """Expiries are the server's (PX, and member entries scored by the server's TIME): a
-    member whose wall clock is wrong (libfaketime, monotonic clock left alone so that the
-    shared clock of the events stays true) leads and hands over like the others."""
-    if shutil.which("faketime") is None:
-        pytest.skip("faketime is not installed (apt-get install faketime)")
-    servers = coordinator_servers.get(lab, "redis", 1)
-    options = {"coordinator": servers.url, "coordinator_ttl": 3.0}
-    skewed = cluster.spawn(
-        hosts[2],
-        node_ids=["c2"],
-        options={**options, "priority": 2},
-        wrapper=["faketime", "-f", "-1d"],
-        env={"FAKETIME_DONT_FAKE_MONOTONIC": "1"},
-    )
-    first = cluster.wait_agreement(timeout=DEADLINE)
-    assert first.leader == "c2" and skewed.alive
-    for i in (0, 1):  # the others follow it (a leadership is sticky)
-        cluster.spawn(hosts[i], node_ids=[f"c{i}"], options={**options, "priority": i})
-    cluster.wait(
-        lambda: [r.leader for r in cluster.roles_locked().values()] == ["c2"] * 3 or None,
-        DEADLINE,
-        "the others to follow the skewed leader",
-    )
-    sent = cluster.process_of("c2").send("stop 0")
-    second = cluster.wait_agreement(timeout=DEADLINE, other_than="c2", after_term=first.term)
-    assert second.leader == "c1" and second.time - sent < 0.5
-    assert cluster.leader_overlap() == 0.0
-    check_pairing(cluster.all_events())
 
 
 @pytest.mark.parametrize("url", ["redis://127.0.0.1/notanumber", "unix:///tmp/r.sock?db=x"])

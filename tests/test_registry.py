@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,7 @@ def test_the_builtin_drivers() -> None:
         "redis",
         "rediss",
         "unix",
+        "redis+sentinel",
         "memory",
     }
     zookeeper, etcds, memory = BUILTIN["zookeeper"], BUILTIN["etcds"], BUILTIN["memory"]
@@ -53,6 +55,8 @@ def test_the_builtin_drivers() -> None:
     )
     assert (unix.backend, unix.library, unix.path) == ("redis", "redis", "socket")
     assert BUILTIN["rediss"].tls and BUILTIN["rediss"].backend == "redis"
+    sentinel = BUILTIN["redis+sentinel"]
+    assert (sentinel.backend, sentinel.default_port, sentinel.path, sentinel.tls) == ("redis", 26379, "database", False)
 
 
 def test_what_a_url_path_names() -> None:
@@ -60,6 +64,19 @@ def test_what_a_url_path_names() -> None:
     database = parse_coordinator("postgresql://u:pw@h/app%20db?sslmode=disable")
     assert (database.path, database.prefix, database.hosts) == ("app db", "/followtheleader", (("h", 5432),))
     assert parse_coordinator("redis://h:7000/3").path == "3"
+    local = parse_coordinator("postgresql://app@%2Fvar%2Frun%2Fpostgresql/app")
+    assert (local.hosts, local.path) == ((("%2Fvar%2Frun%2Fpostgresql", 5432),), "app")  # a socket directory
+    assert (local.username, local.password, local.url) == (
+        "app",
+        None,
+        "postgresql://app@%2Fvar%2Frun%2Fpostgresql/app",
+    )
+    with pytest.raises(ValueError, match="credentials must be given"):
+        parse_coordinator("postgresql://:pw@h/app")
+    sentinels = parse_coordinator("redis+sentinel://u:pw@s1,s2:26380/my%20master/2?prefix=/p")
+    assert sentinels.hosts == (("s1", 26379), ("s2", 26380))
+    assert (sentinels.path, sentinels.backend, sentinels.scheme) == ("my master/2", "redis", "redis+sentinel")
+    assert (sentinels.username, sentinels.password, sentinels.setting("prefix")) == ("u", "pw", "/p")
     socket = parse_coordinator("unix:///run/redis/redis.sock?db=2")
     assert (socket.hosts, socket.path, socket.backend) == ((), "/run/redis/redis.sock", "redis")
     with pytest.raises(ValueError, match="names a socket"):
@@ -93,7 +110,8 @@ def test_an_unknown_scheme_lists_the_known_ones(url: str) -> None:
         elect("g", coordinator=url)
     text = str(raised.value)
     assert f"unknown scheme {url.partition('://')[0].lower()!r}" in text
-    assert "use one of etcd, etcds, memory, postgres, postgresql, redis, rediss, unix, zookeeper, zookeepers" in text
+    known = "etcd, etcds, memory, postgres, postgresql, redis, redis+sentinel, rediss, unix, zookeeper, zookeepers"
+    assert f"use one of {known}" in text
     with pytest.raises(ValueError, match="unknown scheme"):
         driver_for("zk")
 
@@ -170,7 +188,8 @@ def test_a_third_party_driver_registers_through_an_entry_point(
     assert {"wrong", "broken", "memory"} <= {word.strip("'") for r in caplog.records for word in r.getMessage().split()}
     with pytest.raises(
         ValueError,
-        match="unknown scheme 'zk'; use one of etcd, etcds, fake, memory, postgres, postgresql, redis, rediss, unix",
+        match=r"unknown scheme 'zk'; use one of etcd, etcds, fake, memory, postgres, postgresql, redis, "
+        r"redis\+sentinel, rediss, unix",
     ):
         parse_coordinator("zk://h")
 
@@ -201,3 +220,37 @@ def _env(root: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
     return env
+
+
+@pytest.mark.parametrize("password", ["a/b", "a%2Fb", "p@ss:w?rd#1", "%41", "x"])
+def test_the_shown_url_never_contains_the_password(password: str) -> None:
+    written = urllib.parse.quote(password, safe="")
+    for url in (
+        f"postgresql://me:{written}@h/db?sslmode=require",
+        f"redis://me:{written}@h:6379/0",
+        f"redis+sentinel://me:{written}@s1,s2/mymaster/0",
+    ):
+        config = parse_coordinator(url)
+        assert config.password == password
+        assert written not in config.url and password not in config.url, config.url
+        assert config.url == url.replace(f":{written}@", ":***@")
+
+
+@pytest.mark.parametrize("url", ["redis://u:1234/abc@h:6379/0", "redis://u:pa/ss@h/0", "redis://u:p?ss@h/0"])
+def test_a_password_with_a_raw_slash_or_question_mark_is_refused_without_showing_it(url: str) -> None:
+    with pytest.raises(ValueError, match="must be percent-encoded") as refused:
+        parse_coordinator(url)
+    assert "ss@" not in str(refused.value) and "abc@" not in str(refused.value)
+
+
+def test_a_string_that_is_no_url_is_refused_without_its_credentials() -> None:
+    with pytest.raises(ValueError, match="must be a URL") as refused:
+        parse_coordinator("me:s3cret@db:5432")
+    assert "s3cret" not in str(refused.value)
+
+
+def test_redis_takes_a_password_without_a_user() -> None:
+    config = parse_coordinator("redis://:s3cret@h:6379/0")
+    assert (config.username, config.password, config.url) == (None, "s3cret", "redis://:***@h:6379/0")
+    with pytest.raises(ValueError, match="credentials must be given"):
+        parse_coordinator("postgresql://:s3cret@h/app")

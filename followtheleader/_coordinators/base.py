@@ -26,6 +26,7 @@ from __future__ import annotations
 import abc
 import importlib
 import importlib.util
+import json
 import logging
 import urllib.parse
 from dataclasses import dataclass, field
@@ -43,7 +44,9 @@ __all__ = [
     "GroupInfo",
     "SessionLost",
     "make_coordinator",
+    "member_from_json",
     "member_from_label",
+    "member_json",
     "member_label",
     "parse_coordinator",
 ]
@@ -107,21 +110,35 @@ def parse_coordinator(url: str) -> CoordinatorConfig:
         raise TypeError(f"option 'coordinator' must be a URL string, not {type(url).__name__}")
     scheme_name, sep, rest = url.partition("://")
     if not sep:
+        given = url if "@" not in url else "***@" + url.rpartition("@")[2]  # never a password in a message
         raise ValueError(
-            f"option 'coordinator' must be a URL like zookeeper://host:2181/prefix or etcd://host:2379, not {url!r}"
+            f"option 'coordinator' must be a URL like zookeeper://host:2181/prefix or etcd://host:2379, not {given!r}"
         )
     driver = driver_for(scheme_name)  # raises ValueError naming the known schemes
     rest, _, query_text = rest.partition("?")
     netloc, slash, path = rest.partition("/")
     username = password = None
+    shown = url
+    if "@" not in netloc and ("@" in path or "@" in query_text):
+        # user:pa/ss@host: the host part ends at the raw '/', and the password would be read
+        # as a host and a path (and shown in messages and logs): refuse, quoting nothing.
+        raise ValueError(
+            "option 'coordinator': the URL has an '@' after its host part; a '/', '?' or '#' in a "
+            "user name or password must be percent-encoded (%2F, %3F, %23)"
+        )
     if "@" in netloc:
         credentials, _, netloc = netloc.rpartition("@")
         user, colon, secret = credentials.partition(":")
-        if not user or not colon:
-            raise ValueError("option 'coordinator': credentials must be given as user:password@")
+        if not user and not (colon and driver.backend == "redis"):  # redis://:password@ (requirepass)
+            raise ValueError("option 'coordinator': credentials must be given as user:password@ or user@")
         if driver.refuse_credentials:
             raise ValueError(f"option 'coordinator': {driver.refuse_credentials}")
-        username, password = urllib.parse.unquote(user), urllib.parse.unquote(secret)
+        username = urllib.parse.unquote(user) or None
+        password = urllib.parse.unquote(secret) if colon else None  # user@: the client's own way (e.g. .pgpass)
+        # The credentials are the start of what follows "://": mask the password as written
+        # (percent-encoded or not), whatever characters it has.
+        after = len(scheme_name) + len("://") + len(credentials)
+        shown = f"{url[: len(scheme_name)]}://{user}:***{url[after:]}" if colon else url
     prefix, raw_path = DEFAULT_PREFIX, urllib.parse.unquote(path)
     if driver.path == "socket":  # unix:///path/to/socket: no server, a path
         if netloc:
@@ -150,11 +167,6 @@ def parse_coordinator(url: str) -> CoordinatorConfig:
         raise ValueError(
             f"option 'coordinator': {driver.backend} needs the {driver.library} package; install {_extra(driver)}"
         )
-    shown = (
-        url
-        if password is None
-        else url.replace(f":{urllib.parse.quote(password)}@", ":***@").replace(f":{password}@", ":***@")
-    )
     return CoordinatorConfig(
         driver.backend, hosts, prefix, driver.tls, username, password, query, shown, driver.scheme, raw_path
     )
@@ -213,6 +225,20 @@ def member_from_label(label: str) -> Member | None:
     try:
         return Member(node_id, int(priority)) if dot and node_id else None
     except ValueError:
+        return None
+
+
+def member_json(member: Member) -> str:
+    """A member as the JSON a ``leader`` node or key holds (ZooKeeper and etcd)."""
+    return json.dumps({"node_id": member.node_id, "priority": member.priority})
+
+
+def member_from_json(data: bytes | str) -> Member | None:
+    """The member that :func:`member_json` wrote, or None for data this library did not write."""
+    try:
+        fields = json.loads(data)
+        return Member(str(fields["node_id"]), int(fields["priority"]))
+    except (ValueError, KeyError, TypeError):
         return None
 
 

@@ -14,8 +14,11 @@ reads the group's prefix once, then keeps that view current from one long-lived 
 stream of the gateway, and wakes the session thread on every change. etcd3gw's own watches
 run on a thread pool that outlives any one client, so the stream is read here with requests.
 A stream that breaks is opened again after a full read; an idle stream is replaced by a full
-read every :data:`RESYNC` seconds (a safety net). While the stream is down the session thread
-reads the group itself every :data:`POLL` seconds, as before.
+read every :data:`RESYNC` seconds (a safety net). The session thread's :meth:`EtcdCoordinator.wait`
+is woken by the watch only (it never polls): at every change, and whenever the watched view
+becomes current or stops being so; while the stream is down, the session thread reads the
+group itself at each renewal (and when woken), and the watch thread wakes it once the stream
+is current again.
 """
 
 from __future__ import annotations
@@ -44,32 +47,20 @@ from .base import (
     CoordinatorError,
     GroupInfo,
     SessionLost,
+    member_from_json,
     member_from_label,
+    member_json,
     member_label,
     quote_group,
     ranked,
 )
 
-__all__ = ["POLL", "RESYNC", "EtcdCoordinator", "GroupWatch", "parse_watch_message"]
+__all__ = ["RESYNC", "EtcdCoordinator", "GroupWatch", "parse_watch_message"]
 
 log = logging.getLogger(__name__)
 
-POLL = 0.1
-"""Seconds between two reads of the group while the watch stream is down."""
 RESYNC = 30.0
 """Seconds an idle watch stream runs before a full read replaces it (at least the TTL)."""
-
-
-def _member_data(member: Member) -> str:
-    return json.dumps({"node_id": member.node_id, "priority": member.priority})
-
-
-def _decode_member(data: bytes | str) -> Member | None:
-    try:
-        fields = json.loads(data)
-        return Member(str(fields["node_id"]), int(fields["priority"]))
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 class EtcdCoordinator(Coordinator):
@@ -86,7 +77,10 @@ class EtcdCoordinator(Coordinator):
         self._renewed_sent = 0.0
         self._wake = threading.Event()
         self._watch: GroupWatch | None = None
-        self._written = 0  # the revision of this member's last acknowledged write
+        # this member's acknowledged writes, (revision, what it did to the group's keys:
+        # encoded key -> new key-value, or None when deleted; None when not known), for a
+        # watched view that has not seen them yet
+        self._wrote: list[tuple[int, dict[str, dict[str, Any] | None] | None]] = []
         self._base = f"{config.prefix}/{quote_group(group)}"
         self._leader_key = f"{self._base}/leader"
         self._members_prefix = f"{self._base}/members/"
@@ -149,13 +143,18 @@ class EtcdCoordinator(Coordinator):
 
     # ----------------------------------------------------------------- session
 
-    def _note_written(self, result: Any, wrote: bool = True) -> Any:
+    def _note_written(
+        self, result: Any, wrote: bool = True, changes: dict[str, dict[str, Any] | None] | None = None
+    ) -> Any:
         """Remember the revision a write that changed a key of the group was acknowledged
-        at: the watched view waits for it. (A request that changed nothing is not noted:
-        the watch would see no event of its revision.)"""
+        at, and ``changes``, what it did (encoded key: new key-value, or None when deleted):
+        until the watch has seen that revision, the watched view is the watch's with these
+        changes applied (without ``changes``, no watched view until then). A request that
+        changed nothing is not noted: the watch would see no event of its revision."""
         if wrote:
             with _suppress_bad_revision():
-                self._written = max(self._written, int(result["header"]["revision"]))
+                revision = int(result["header"]["revision"])
+                self._wrote.append((revision, changes))
         return result
 
     def connect_only(self) -> None:
@@ -168,6 +167,7 @@ class EtcdCoordinator(Coordinator):
         grant = self._post("/lease/grant", {"TTL": math.ceil(self.ttl), "ID": 0})
         self._lease_id = int(grant["ID"])
         self._granted, self._renewed_sent = float(grant.get("TTL", self.ttl)), sent
+        self._wrote = []
         self._watch = GroupWatch(self, self._base + "/", self._wake.set)
         self._watch.start()
 
@@ -201,8 +201,9 @@ class EtcdCoordinator(Coordinator):
         self._clients = []
 
     def wait(self, timeout: float) -> None:
-        watch = self._watch
-        self._wake.wait(timeout if watch is not None and watch.current() is not None else min(timeout, POLL))
+        """Until the watch reports a change (or that its view became current, or stopped
+        being so), :meth:`wake`, or ``timeout``: pushed, never a poll."""
+        self._wake.wait(timeout)
         self._wake.clear()
 
     def wake(self) -> None:
@@ -213,7 +214,7 @@ class EtcdCoordinator(Coordinator):
     def join(self) -> None:
         # Leftovers of an older lease of this node: its leadership has lapsed locally.
         for kv in self._range(self._leader_key):
-            holder = _decode_member(etcd3gw.utils._decode(kv.get("value", "")))
+            holder = member_from_json(etcd3gw.utils._decode(kv.get("value", "")))
             if holder is not None and holder.node_id == self.me.node_id and int(kv.get("lease", 0)) != self._lease_id:
                 self._delete_if(self._leader_key, "MOD", int(kv["mod_revision"]))
         self.rejoin()
@@ -228,7 +229,7 @@ class EtcdCoordinator(Coordinator):
             key = etcd3gw.utils._decode(kv["key"]).decode()
             rest = key[len(base) :]
             if rest == "leader":
-                holder = _decode_member(etcd3gw.utils._decode(kv.get("value", "")))
+                holder = member_from_json(etcd3gw.utils._decode(kv.get("value", "")))
                 if holder is not None:
                     mine = self._lease_id is not None and int(kv.get("lease", 0)) == self._lease_id
                     leadership = Leadership(holder, int(kv["create_revision"]), mine)
@@ -239,27 +240,41 @@ class EtcdCoordinator(Coordinator):
         return View(leadership, ranked(members))
 
     def watched_view(self) -> View | None:
-        """The watch's view, once it includes this member's last write (else None)."""
+        """The watch's view, with this member's acknowledged writes that the watch has not
+        seen yet applied to it (a claim's leadership, a release's deletions, a rejoin); None
+        while the watch is not current, or after a write whose effect is not known."""
         watch = self._watch
         current = watch.current() if watch is not None else None
-        if current is None or current[0] < self._written:
+        if current is None:
             return None
-        return self._view(current[1], self._base + "/")
+        revision, kvs = current
+        self._wrote = [(r, changes) for r, changes in self._wrote if r > revision]  # not seen yet
+        if any(changes is None for _, changes in self._wrote):
+            return None
+        # the watch's view, with what this member wrote since (in order) applied to it
+        by_key = {kv["key"]: kv for kv in kvs}
+        for _, changes in sorted(self._wrote, key=lambda item: item[0]):
+            for key, kv in (changes or {}).items():
+                if kv is None:
+                    by_key.pop(key, None)
+                else:
+                    by_key[key] = kv
+        return self._view(list(by_key.values()), self._base + "/")
 
     def claim(self) -> int | None:
         key = _encode(self._leader_key)
         txn = {
             "compare": [{"key": key, "result": "EQUAL", "target": "CREATE", "create_revision": "0"}],
-            "success": [
-                {"request_put": {"key": key, "value": _encode(_member_data(self.me)), "lease": self._lease_id}}
-            ],
+            "success": [{"request_put": {"key": key, "value": _encode(member_json(self.me)), "lease": self._lease_id}}],
             "failure": [],
         }
         result = self._post("/kv/txn", txn)
-        self._note_written(result, wrote=bool(result.get("succeeded")))
         if not result.get("succeeded"):
             return None
-        return int(result["header"]["revision"])
+        term = int(result["header"]["revision"])
+        kv = {"key": key, "value": _encode(member_json(self.me)), "create_revision": str(term)}
+        self._note_written(result, changes={key: {**kv, "mod_revision": str(term), "lease": str(self._lease_id)}})
+        return term
 
     def _delete_if(self, key: str, target: str, revision: int, lease: int | None = None) -> bool:
         """Delete ``key`` if its create (``CREATE``) or mod (``MOD``) revision is ``revision``
@@ -290,11 +305,14 @@ class EtcdCoordinator(Coordinator):
             "failure": [{"request_delete_range": {"key": mine}}],
         }
         result = self._post("/kv/txn", txn)
-        self._note_written(result, wrote=bool(result.get("succeeded")) or _deleted_any(result))
+        succeeded = bool(result.get("succeeded"))
+        changes: dict[str, dict[str, Any] | None] = {mine: None, leader: None} if succeeded else {mine: None}
+        self._note_written(result, wrote=succeeded or _deleted_any(result), changes=changes)
 
     def rejoin(self) -> None:
         key, value = _encode(self._my_key), _encode("")
-        self._note_written(self._post("/kv/put", {"key": key, "value": value, "lease": self._lease_id}))
+        result = self._post("/kv/put", {"key": key, "value": value, "lease": self._lease_id})
+        self._note_written(result, changes={key: {"key": key, "value": value, "lease": str(self._lease_id)}})
 
     def groups(self) -> list[GroupInfo]:
         prefix = self.config.prefix + "/"
@@ -437,8 +455,8 @@ class GroupWatch:
 
     def _run(self) -> None:
         """Watch thread: read and follow the group until stopped; errors are logged, the view
-        is marked not current (the session thread then polls), and the watch starts again
-        after a backoff."""
+        is marked not current (the session thread then reads the group itself), and the
+        watch starts again after a backoff."""
         backoff = 0.05
         while not self._stopping.is_set():
             try:

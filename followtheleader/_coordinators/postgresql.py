@@ -16,7 +16,11 @@ uses no advisory lock, no transaction spanning statements and no prepared statem
 Handovers are pushed by ``NOTIFY`` (sent by the release and claim statements themselves) to a
 second connection that ``LISTEN``\\ s. When that connection cannot hear its own probe (behind
 a transaction pooler LISTEN does not work), the driver logs it once at INFO and reads the
-group at every renewal instead.
+group at every renewal instead, and also just after another holder's row expires (its
+remaining time computed by the server: ``expires - clock_timestamp()``) and, while the
+leadership is vacant, soon after each read (to learn the successor's claim): a crashed
+leader's successor is agreed on within the TTL and a few round trips, at no extra request
+while the leader is alive.
 
 Epochs rest on the durability of the commit: keep ``synchronous_commit`` on.
 
@@ -31,6 +35,7 @@ import logging
 import selectors
 import socket
 import time
+import urllib.parse
 import uuid
 from typing import Any
 
@@ -49,7 +54,22 @@ _OWN_SETTINGS = frozenset({"schema", "table_prefix"})
 _PROBE_WAIT = 1.0
 """Seconds the listening connection is given to hear its own probe notification."""
 
+_VACANT_POLL = 0.05
+"""Polling mode: seconds from a read that found the leadership vacant to the next read,
+doubled at each vacant read up to the renewal period (a vacancy that lasts costs no more)."""
+
 _polling_logged = False
+
+_GROUP_ROWS = (
+    " UNION ALL SELECT 'L', holder, priority, epoch, session,"
+    " extract(epoch FROM expires - clock_timestamp())::float8 FROM {leader}"
+    " WHERE grp = %(g)s AND expires > clock_timestamp()"
+    " UNION ALL SELECT 'M', node_id, priority, 0::bigint, session, 0::float8 FROM {member}"
+    " WHERE grp = %(g)s AND active AND expires > clock_timestamp()"
+)
+"""The rows of a group's read, after the first (``'S'``: whether this member's row was
+renewed): ``'L'`` the live leadership, with the seconds it has left by the server's clock,
+and ``'M'`` each active member."""
 
 
 def schema_sql(schema: str = "public", table_prefix: str = "followtheleader_") -> list[sql.Composed]:
@@ -102,6 +122,10 @@ class PostgreSQLCoordinator(Coordinator):
         self._dirty = True
         self._fresh = False
         """True from :meth:`keep_alive` to the next :meth:`observe`, which returns its view."""
+        self._poll_at: float | None = None
+        """Polling mode: the monotonic time of the next read before the renewal period's
+        (another holder's row expires, or the leadership was vacant); :meth:`wait` ends then."""
+        self._vacant_poll = _VACANT_POLL
         self._wake_pair: tuple[socket.socket, socket.socket] | None = None
         """A socket pair that :meth:`wake` writes to and :meth:`wait` selects on; made by
         :meth:`open`, closed by :meth:`close`."""
@@ -128,7 +152,9 @@ class PostgreSQLCoordinator(Coordinator):
             params.setdefault("sslmode", "require")
         try:
             return psycopg.connect(
-                host=",".join(host for host, _ in config.hosts),
+                # A percent-encoded host such as %2Fvar%2Frun%2Fpostgresql is a Unix-socket
+                # directory, as in libpq's own URIs.
+                host=",".join(urllib.parse.unquote(host) for host, _ in config.hosts),
                 port=",".join(str(port) for _, port in config.hosts),
                 dbname=config.path or None,
                 user=config.username,
@@ -243,13 +269,10 @@ class PostgreSQLCoordinator(Coordinator):
             " RETURNING 1),"
             " l AS (UPDATE {leader} SET expires = clock_timestamp() + %(ttl)s * interval '1 second'"
             " WHERE grp = %(g)s AND session = %(s)s AND expires > clock_timestamp() RETURNING 1)"
-            " SELECT 'S', '', (SELECT count(*) FROM m)::integer, 0::bigint, ''"
-            " UNION ALL SELECT 'L', holder, priority, epoch, session FROM {leader}"
-            " WHERE grp = %(g)s AND expires > clock_timestamp()"
-            " UNION ALL SELECT 'M', node_id, priority, 0::bigint, session FROM {member}"
-            " WHERE grp = %(g)s AND active AND expires > clock_timestamp()"
+            " SELECT 'S', '', (SELECT count(*) FROM m)::integer, 0::bigint, '', 0::float8" + _GROUP_ROWS
         ).format(member=self._member, leader=self._leader)
         self._dirty = False
+        self._poll_at = None
         rows = self._execute(query, self._args())
         if self._listen_works and self._listener is None:
             self._listen()  # it died with the server: listen again
@@ -259,6 +282,23 @@ class PostgreSQLCoordinator(Coordinator):
             raise SessionLost("this member's PostgreSQL row expired")
         self._view, self._viewed_at, self._fresh = view, started, True
         return self.ttl
+
+    def _schedule_poll(self, view: View, expires_in: float | None) -> None:
+        """Polling mode: when to read again before the renewal period, after reading ``view``
+        (``expires_in``: the seconds its leadership had left, by the server's clock). The row
+        was read before now, so it has expired ``expires_in`` seconds after now."""
+        if self._listen_works:
+            return
+        now = time.monotonic()
+        leadership = view.leadership
+        self._poll_at = None
+        if leadership is None:
+            self._poll_at = now + self._vacant_poll
+            self._vacant_poll = min(2 * self._vacant_poll, self.ttl * self.renew_fraction)
+            return
+        self._vacant_poll = _VACANT_POLL
+        if not leadership.mine and expires_in is not None:
+            self._poll_at = now + max(0.0, expires_in)
 
     def _args(self) -> dict[str, Any]:
         return {
@@ -271,18 +311,24 @@ class PostgreSQLCoordinator(Coordinator):
         }
 
     def _read_view(self, rows: list[tuple[Any, ...]]) -> tuple[View, bool]:
+        """The view in ``rows`` (of :data:`_GROUP_ROWS`), and whether this member's row was
+        renewed; schedules the next early poll (:meth:`_schedule_poll`)."""
         alive = True
         leadership = None
+        expires_in = None
         members = []
-        for kind, name, priority, epoch, session in rows:
+        for kind, name, priority, epoch, session, remaining in rows:
             if kind == "S":
                 alive = priority > 0
             elif kind == "L":
                 mine = bool(self._session) and session == self._session
                 leadership = Leadership(Member(name, int(priority)), int(epoch), mine)
+                expires_in = float(remaining)
             else:
                 members.append(Member(name, int(priority)))
-        return View(leadership, ranked(members)), alive
+        view = View(leadership, ranked(members))
+        self._schedule_poll(view, expires_in)
+        return view, alive
 
     def close(self) -> None:
         """Delete this member's row and end its leadership (one statement), then disconnect."""
@@ -294,6 +340,8 @@ class PostgreSQLCoordinator(Coordinator):
         self._session = ""
         self._view = None
         self._dirty = True
+        self._poll_at = None
+        self._vacant_poll = _VACANT_POLL
         self._drop(self._listener)
         self._listener = None
         self._drop(self._conn)
@@ -304,16 +352,21 @@ class PostgreSQLCoordinator(Coordinator):
             pair[1].close()
 
     def wait(self, timeout: float) -> None:
-        """Wait for a notification of the group, a :meth:`wake` or ``timeout`` seconds."""
-        listener, pair = self._listener, self._wake_pair
+        """Wait for a notification of the group, a :meth:`wake`, an early poll (polling mode:
+        :meth:`_schedule_poll`) or ``timeout`` seconds."""
+        listener, pair, poll_at = self._listener, self._wake_pair, self._poll_at
         if pair is None:
             time.sleep(timeout)  # not open: nothing to wait for
             return
+        if poll_at is not None:
+            timeout = max(0.0, min(timeout, poll_at - time.monotonic()))
         with selectors.DefaultSelector() as selector:
             selector.register(pair[0], selectors.EVENT_READ)
             if listener is not None:
                 selector.register(listener.fileno(), selectors.EVENT_READ)
             ready = selector.select(timeout)
+        if poll_at is not None and time.monotonic() >= poll_at:
+            self._dirty = True  # the next keep_alive reads the group
         for key, _ in ready:
             if key.fileobj is pair[0]:
                 try:
@@ -356,13 +409,9 @@ class PostgreSQLCoordinator(Coordinator):
         fresh, self._fresh = self._fresh, False
         if fresh and self._view is not None:
             return self._view
-        query = sql.SQL(
-            "SELECT 'S', '', 1, 0::bigint, ''"
-            " UNION ALL SELECT 'L', holder, priority, epoch, session FROM {leader}"
-            " WHERE grp = %(g)s AND expires > clock_timestamp()"
-            " UNION ALL SELECT 'M', node_id, priority, 0::bigint, session FROM {member}"
-            " WHERE grp = %(g)s AND active AND expires > clock_timestamp()"
-        ).format(member=self._member, leader=self._leader)
+        query = sql.SQL("SELECT 'S', '', 1, 0::bigint, '', 0::float8" + _GROUP_ROWS).format(
+            member=self._member, leader=self._leader
+        )
         view, _ = self._read_view(self._execute(query, self._args()))
         return view
 

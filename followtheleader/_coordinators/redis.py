@@ -1,4 +1,5 @@
-"""Redis coordinator, through redis-py: ``redis://``, ``rediss://`` (TLS) and ``unix://``.
+"""Redis coordinator, through redis-py: ``redis://``, ``rediss://`` (TLS), ``unix://`` and
+``redis+sentinel://`` (the primary of a Sentinel service).
 
 One Redis primary holds the group; this is not Redlock (several independent primaries
 voting): Redlock's safety rests on bounded clock drift and process pauses, which this
@@ -24,6 +25,17 @@ that takes the leadership. It never repeats, even when Redis restarts without pe
 loses the counter: a missing counter is seeded from the server's ``TIME`` in microseconds, so
 a new token is greater than any token given before, as long as the server's clock did not go
 back and fewer than one claim per microsecond was made since the counter was first seeded.
+
+With ``redis+sentinel://HOST:26379[,HOST...]/SERVICE[/DB]`` the client asks the sentinels for
+the service's primary (redis-py's ``Sentinel.master_for``) on every new connection, so after a
+failover the next request, which fails on the old primary, reconnects to the promoted
+replica. Replication is asynchronous: a claim or renewal the old primary acknowledged may be
+missing on the replica promoted. Two things follow (see the docs page "Beyond one subnet"):
+a leader whose key was lost leads on by its local lease beside a successor, and the fence
+counter may be behind. Against the second, a claim through Sentinel sets the counter to the
+server's ``TIME`` in microseconds when that is greater than the counter plus one: a token is
+then the claim's time, which grows across a failover as long as the promoted replica's clock
+is not behind the old primary's by more than the time between the two claims.
 
 Idle cost: one renewal is one ``EVALSHA`` running ``TIME``, ``ZRANGE`` (the live entries,
 among which this member's must be: an expired entry is not renewed), ``ZADD``, ``GET`` (and
@@ -51,6 +63,7 @@ import urllib.parse
 from typing import Any
 
 import redis
+import redis.sentinel
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -68,7 +81,7 @@ from .base import (
     ranked,
 )
 
-__all__ = ["FRESH", "RedisCoordinator"]
+__all__ = ["FRESH", "SENTINEL_SCHEME", "RedisCoordinator"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +89,9 @@ FRESH = 0.05
 """Seconds after a renewal during which :meth:`RedisCoordinator.observe` returns the group as
 the renewal read it (the session thread observes right after renewing) instead of reading it
 again: one script per round."""
+
+SENTINEL_SCHEME = "redis+sentinel"
+"""The scheme whose URL names sentinels and a service, not the primary."""
 
 # KEYS: leader, members. ARGV: my label, my leader value ("" when I hold nothing), ttl ms.
 # Returns {my entry was there (0/1), leader value or false, live member labels}.
@@ -96,15 +112,23 @@ if leader and ARGV[2] ~= '' and leader == ARGV[2] then redis.call('PEXPIRE', KEY
 return {present, leader, live}
 """
 
-# KEYS: leader, fence, members, channel. ARGV: session, label, ttl ms.
-# Returns the new term, or false when the leadership is held.
+# KEYS: leader, fence, members, channel. ARGV: session, label, ttl ms, "clock" or "".
+# Returns the new term, or false when the leadership is held. With "clock" (Sentinel), the
+# term is at least the server's TIME in microseconds: a replica promoted with a stale
+# counter still gives a greater token than the old primary gave (its clock permitting).
 _CLAIM = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. now)
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call('SET', KEYS[2], t[1] .. string.rep('0', 6 - #t[2]) .. t[2])
+local micros = t[1] .. string.rep('0', 6 - #t[2]) .. t[2]
+if ARGV[4] == 'clock' then
+  local fence = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if fence == nil or fence + 1 < tonumber(micros) then
+    redis.call('SET', KEYS[2], string.format('%d', tonumber(micros) - 1))
+  end
+elseif redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('SET', KEYS[2], micros)
 end
 local term = redis.call('INCR', KEYS[2])
 local value = string.format('%d', term) .. ' ' .. ARGV[1] .. ' ' .. ARGV[2]
@@ -187,11 +211,28 @@ class RedisCoordinator(Coordinator):
         self._label = member_label(me)
         self._ttl_ms = max(1, int(ttl * 1000))
         self._timeout = max(1.0, ttl / 4)
-        db_text = config.setting("db") or (config.path if config.scheme != "unix" else "") or "0"
+        self._service_name = ""
+        """The Sentinel service (its master name) of a ``redis+sentinel://`` URL, else ""."""
+        path = config.path if config.scheme != "unix" else ""
+        if config.scheme == SENTINEL_SCHEME:
+            self._service_name, _, path = path.partition("/")
+            if not self._service_name:
+                raise ValueError(
+                    f"option 'coordinator': a {SENTINEL_SCHEME}:// URL names the Sentinel service after the "
+                    f"sentinels: {SENTINEL_SCHEME}://HOST:26379[,HOST:26379...]/SERVICE[/DB]"
+                )
+            if tls_settings := sorted(key for key, _ in config.query if key.startswith("ssl_")):
+                raise ValueError(
+                    f"option 'coordinator': {SENTINEL_SCHEME}:// talks to the sentinels and the primary "
+                    f"without TLS; it takes no {', '.join(tls_settings)}"
+                )
+        db_text = config.setting("db") or path or "0"
         if not db_text.isdigit():
             raise ValueError(f"option 'coordinator': a Redis database is a number, not {db_text!r}")
         self._db = int(db_text)
         self._client: redis.Redis | None = None
+        self._sentinel: redis.sentinel.Sentinel | None = None
+        """The sentinels' clients (``redis+sentinel://`` only), closed with the client."""
         self._pubsub: Any = None
         self._scripts: dict[str, Any] = {}
         self._session: str | None = None
@@ -220,6 +261,20 @@ class RedisCoordinator(Coordinator):
             "retry": Retry(NoBackoff(), 0),
         }
         common["db"] = self._db
+        if self._service_name:
+            # One client per sentinel; each new connection of the primary's pool asks them
+            # (in turn, each bounded by the timeout) for the service's primary.
+            self._sentinel = redis.sentinel.Sentinel(
+                list(config.hosts),
+                sentinel_kwargs={
+                    "socket_timeout": self._timeout,
+                    "socket_connect_timeout": self._timeout,
+                    "retry": Retry(NoBackoff(), 0),
+                },
+                **common,
+            )
+            primary: redis.Redis = self._sentinel.master_for(self._service_name)
+            return primary
         if config.scheme == "unix":
             return redis.Redis(unix_socket_path=config.path, **common)
         host, port = config.hosts[0]
@@ -319,12 +374,15 @@ class RedisCoordinator(Coordinator):
             except Exception:  # closing must never raise
                 log.debug("error while closing the Redis subscription", exc_info=True)
         client, self._client = self._client, None
-        if client is not None:
+        sentinel, self._sentinel = self._sentinel, None
+        clients = [client] if client is not None else []
+        clients += sentinel.sentinels if sentinel is not None else []
+        for each in clients:
             try:
-                client.close()
-                client.connection_pool.disconnect()
+                each.close()
+                each.connection_pool.disconnect()
             except Exception:
-                log.debug("error while closing the Redis client", exc_info=True)
+                log.debug("error while closing a Redis client", exc_info=True)
 
         pair, self._wake_pair = self._wake_pair, None
         if pair is not None:
@@ -413,7 +471,7 @@ class RedisCoordinator(Coordinator):
         term = self._run(
             "claim",
             [self._leader_key, self._fence_key, self._members_key, self._channel],
-            [self._session or "", self._label, self._ttl_ms],
+            [self._session or "", self._label, self._ttl_ms, "clock" if self._service_name else ""],
         )
         if not term:
             return None

@@ -158,6 +158,8 @@ BUILTIN: dict[str, Driver] = {
         Driver("redis", _REDIS, 6379, "redis", "redis", False, _REDIS_QUERY, path="database"),
         Driver("rediss", _REDIS, 6379, "redis", "redis", True, _REDIS_QUERY, "redis", path="database"),
         Driver("unix", _REDIS, 0, "redis", "redis", False, _REDIS_QUERY, "redis", path="socket"),
+        # the sentinels are named, and the path is SERVICE[/DB]: the primary is asked of them
+        Driver("redis+sentinel", _REDIS, 26379, "redis", "redis", False, _REDIS_QUERY, "redis", path="database"),
         Driver(
             "memory",
             "followtheleader._coordinators.memory:MemoryCoordinator",

@@ -1,17 +1,22 @@
 """ZooKeeper coordinator, through kazoo.
 
 The renewal is a ``sync`` (which the ensemble's leader answers, so that it fails on a server
-cut off from the leader) then two reads; the session may count as alive from when the sync
-was sent.
+cut off from the leader), then a read of the group only if a watch fired; the session may
+count as alive from when the sync was sent.
 
 Layout (see :mod:`followtheleader._coordinators.base`): ``<prefix>/<group>/leader`` is an ephemeral znode that
 holds the leader's id and priority as JSON; its creation zxid (``czxid``) is the term.
 ``<prefix>/<group>/members/<id>.<priority>`` are ephemeral znodes, one per member. All are
 bound to the member's ZooKeeper session: when the session expires or is closed, they go.
 
-The group is watched, not polled: a read of the group sets kazoo watches on the leader znode
-and the members' list, and the view read is kept until one of them fires (or the connection
-state changes, or this member writes); the renewal then costs one request, the ``sync``.
+The group is watched, not polled: a read of the group (one round trip: ``get`` and
+``exists`` of the leader znode, ``get_children`` of the members) sets kazoo watches on the
+leader znode and the members' list, and the view read is kept until one of them fires (or the
+connection state changes, or this member writes); the renewal then costs one request, the
+``sync``. An event of the leader znode that the last read already shows (see :func:`_stale`)
+does not count, and a claim sends its ``create`` and the reads in one round trip (its own
+creation event does not count either): the successor of a leader that left reads the group
+once, then claims, and needs no read after the claim.
 
 kazoo runs its own threads (connection, and one that calls watchers and state listeners);
 here those only set a flag and an Event. Every request is made on the session thread with kazoo's
@@ -25,7 +30,6 @@ only in a log message, so :class:`_GrantedTimeout` reads it from there.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -35,6 +39,7 @@ from typing import Any
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError, SessionExpiredError
 from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.protocol.states import EventType, WatchedEvent
 from kazoo.security import make_digest_acl
 
 from .._core.lease import Leadership, View
@@ -45,7 +50,9 @@ from .base import (
     CoordinatorError,
     GroupInfo,
     SessionLost,
+    member_from_json,
     member_from_label,
+    member_json,
     member_label,
     quote_group,
     ranked,
@@ -71,15 +78,7 @@ class _GrantedTimeout(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 
 def _member_data(member: Member) -> bytes:
-    return json.dumps({"node_id": member.node_id, "priority": member.priority}).encode()
-
-
-def _decode_member(data: bytes) -> Member | None:
-    try:
-        fields = json.loads(data)
-        return Member(str(fields["node_id"]), int(fields["priority"]))
-    except (ValueError, KeyError, TypeError):
-        return None
+    return member_json(member).encode()
 
 
 class ZooKeeperCoordinator(Coordinator):
@@ -101,6 +100,12 @@ class ZooKeeperCoordinator(Coordinator):
         self._lost = False
         self._cached: View | None = None  # the last view read, while no watch has fired since
         self._dirty = True
+        self._own_create = False  # a claim is under way or done: its own CREATED event tells nothing
+        self._events = threading.Lock()  # the flags above against kazoo's thread
+        self._reading = False  # observe() is waiting for its reads
+        self._present = False  # whether the leader znode existed when the cached view was read
+        self._read_during: list[str] = []  # leader znode events that came while it waited
+        self._claimed: tuple[int, int | None] | None = None  # (term, session id) of this session's claim
         self._synced_sent: float | None = None  # when the last sync that succeeded was sent
         base = f"{config.prefix}/{quote_group(group)}"
         self._leader_path = f"{base}/leader"
@@ -146,14 +151,32 @@ class ZooKeeperCoordinator(Coordinator):
         self._dirty = True
         self._changed.set()
 
-    def _watch(self, event: object) -> None:
-        """kazoo's thread: a watched znode changed."""
-        self._dirty = True
+    def _watch(self, event: WatchedEvent) -> None:
+        """kazoo's thread: a watched znode changed.
+
+        The creation of the leader znode by this member's own claim is no change: the claim
+        put it in the cached view already (:meth:`claim`). Only one such event can come per
+        claim (the watch read set fires once), and only while the claim is under way or won;
+        any later event of the leader znode is a deletion or a change."""
+        with self._events:
+            if event.path == self._leader_path:
+                if self._own_create and event.type == EventType.CREATED:
+                    self._own_create = False
+                    return
+                if self._reading:
+                    self._read_during.append(event.type)  # judged by what the reads return
+                elif self._cached is not None and _stale(event.type, self._present):
+                    return
+                else:
+                    self._dirty = True
+            else:
+                self._dirty = True
         self._changed.set()
 
     def _connect(self) -> KazooClient:
         self.close()
         self._dirty, self._cached, self._synced_sent = True, None, None
+        self._own_create, self._claimed = False, None
         self._granted = _GrantedTimeout()
         self._lost = False
         client = self._new_client()
@@ -224,21 +247,44 @@ class ZooKeeperCoordinator(Coordinator):
             self._call(client.create_async(self._my_path, _member_data(self.me), ephemeral=True), exists_ok=True)
 
     def observe(self) -> View:
-        client = self._live_client()
-        self._dirty = False  # before the reads: a watch that fires during them makes it True
+        return self._read_group(self._live_client())[0]
+
+    def _read_group(self, client: KazooClient, claim: bool = False) -> tuple[View, Any]:
+        """Read the group in one round trip (``get`` and ``exists`` of the leader znode,
+        ``get_children`` of the members, all with watches), after a ``create`` of the leader
+        znode when ``claim``: the view, and the pending result of that ``create`` (or None).
+
+        The watches' events that come while the reads are under way are judged by what the
+        reads return (:func:`_stale`); the claim's own creation event is not news."""
+        with self._events:  # before the reads: a watch that fires during them makes it True
+            self._dirty, self._own_create = False, claim
+            self._reading, self._read_during = True, []
+        created = None
         try:
-            # both requests sent at once: one round trip, not two
+            if claim:
+                created = client.create_async(
+                    self._leader_path, _member_data(self.me), ephemeral=True, include_data=True
+                )
+            # The exists() watches the leader znode's creation when it is vacant (when it is
+            # held, it sets the watch get() sets)
             leader = client.get_async(self._leader_path, watch=self._watch)
+            exists = client.exists_async(self._leader_path, watch=self._watch)
             children = client.get_children_async(self._members_path, watch=self._watch)
-            held = self._read_leader(client, watch=True, sent=leader)
+            held = self._read_leader(client, watch=True, sent=leader, exists=exists)
+            present = self._call(exists) is not None  # (what the watches set here send depends on it)
             labels = self._call(children)
             self._check_session()
         except BaseException:
-            self._dirty = True
+            with self._events:
+                self._dirty, self._reading, self._own_create = True, False, False
             raise
         members = ranked([m for m in map(member_from_label, labels) if m is not None])
-        self._cached = View(held[0] if held else None, members)
-        return self._cached
+        view = View(held[0] if held else None, members)
+        with self._events:
+            self._cached, self._present, self._reading = view, present, False
+            if present != leader.successful() or any(not _stale(kind, present) for kind in self._read_during):
+                self._dirty = True  # changed between the two reads, or an event that may be news
+        return view, created
 
     def watched_view(self) -> View | None:
         """The view last read, while none of the watches its reads set has fired since."""
@@ -249,22 +295,44 @@ class ZooKeeperCoordinator(Coordinator):
         return cached
 
     def claim(self) -> int | None:
+        """Create the leader znode and read the group in the same round trip (the reads go
+        after the ``create``, so they show its outcome): won or lost, the cached view is
+        current after the claim, and no read follows it."""
         client = self._live_client()
-        self._dirty = True
+        view, created = self._read_group(client, claim=True)
         try:
-            _, stat = self._call(
-                client.create_async(self._leader_path, _member_data(self.me), ephemeral=True, include_data=True)
-            )
+            _, stat = self._call(created)
         except _Exists:
+            self._own_create = False
+            self._changed.set()  # the session thread takes the view read here, at once
             return None
-        self._check_session()
-        return int(stat.czxid)
+        except BaseException:
+            with self._events:
+                self._own_create, self._dirty = False, True
+            raise
+        term = int(stat.czxid)
+        self._claimed = (term, self._session_id)
+        held = view.leadership
+        if held is None or not held.mine or held.term != term:  # gone already: read again
+            self._dirty = True
+            self._changed.set()
+        return term
 
     def release(self, term: int) -> None:
         """The member znode and (if this session holds the leadership of ``term``) the leader
         znode go in one transaction: the others' watches fire at once for both."""
         client = self._live_client()
-        self._dirty = True
+        self._dirty, self._own_create = True, False
+        if self._claimed == (term, self._session_id):
+            # this very session created the leader znode of ``term`` and has not deleted it
+            # (nothing else deletes it while the session lives): no need to read it first
+            self._claimed = None
+            transaction = client.transaction()
+            transaction.delete(self._my_path)
+            transaction.delete(self._leader_path, version=0)  # never written after its creation
+            results = self._call(transaction.commit_async())
+            if not any(isinstance(result, Exception) for result in results):
+                return
         held = self._read_leader(client, watch=False)
         if held is not None and held[0].mine and held[0].term == term:
             transaction = client.transaction()
@@ -313,21 +381,28 @@ class ZooKeeperCoordinator(Coordinator):
         if client_id is None:
             raise CoordinatorError("not connected to ZooKeeper (kazoo is reconnecting)")
 
-    def _read_leader(self, client: KazooClient, watch: bool, sent: Any = None) -> tuple[Leadership, int] | None:
+    def _read_leader(
+        self, client: KazooClient, watch: bool, sent: Any = None, exists: Any = None
+    ) -> tuple[Leadership, int] | None:
         """The leadership and its znode's data version, or None (then watched for creation).
 
-        :param sent: the pending result of the ``get`` (with the watch) if already sent."""
+        :param sent: the pending result of the ``get`` (with the watch) if already sent.
+        :param exists: the pending result of an ``exists`` with the watch sent after it."""
         if sent is None:
             sent = client.get_async(self._leader_path, watch=self._watch if watch else None)
         try:
             data, stat = self._call(sent)
         except _Missing:
             # vacant: be told when someone claims it (claimed in between: look again at once)
-            if watch and self._call(client.exists_async(self._leader_path, watch=self._watch)) is not None:
+            if exists is None and watch:
+                exists = client.exists_async(self._leader_path, watch=self._watch)
+            if exists is not None and self._call(exists) is not None:
                 self._dirty = True
                 self._changed.set()
             return None
-        leader = _decode_member(data)
+        if exists is not None:
+            self._call(exists)  # (its watch is the one get() set)
+        leader = member_from_json(data)
         if leader is None:
             log.warning("ignored the unreadable ZooKeeper node %s", self._leader_path)
             return None
@@ -338,7 +413,7 @@ class ZooKeeperCoordinator(Coordinator):
             data, stat = self._call(client.get_async(path))
         except _Missing:
             return None
-        leader = _decode_member(data)
+        leader = member_from_json(data)
         return None if leader is None else Leadership(leader, int(stat.czxid), False)
 
     def _delete(self, client: KazooClient, path: str, version: int = -1) -> None:
@@ -364,6 +439,18 @@ class ZooKeeperCoordinator(Coordinator):
             raise CoordinatorError(f"ZooKeeper did not answer within {self._request_timeout:g} s") from exc
         except KazooException as exc:
             raise CoordinatorError(f"ZooKeeper: {type(exc).__name__} {exc}".rstrip()) from exc
+
+
+def _stale(kind: str, present: bool) -> bool:
+    """Whether an event of the leader znode is about a change the last read already shows.
+
+    The watch the last read set on the leader znode sends only its deletion or change when
+    the znode was ``present``, only its creation when it was not; an event of the other kind
+    comes from an older watch, for a change made before that read. (A deletion while present
+    is never stale: it may come from the new watch.)"""
+    if present:
+        return bool(kind == EventType.CREATED)
+    return kind in (EventType.DELETED, EventType.CHANGED)
 
 
 class _Missing(CoordinatorError):
