@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from collections import Counter
 
+from followtheleader._core.machine import Machine, Notify
 from followtheleader._core.messages import BASE_PROTOCOL, PROTOCOL, Message
-from followtheleader._core.model import State
+from followtheleader._core.model import Member, State
 from followtheleader._core.timing import ACK_EVERY, THIN_FROM
 from followtheleader._wire.protocol import decode_message
 
-from simnet import TIMING, SimNet
+from simnet import MULTICAST, TIMING, SimNet
 
 INTERVAL = TIMING.interval
 W = TIMING.failure_window
@@ -247,3 +248,33 @@ def test_crash_failover_takes_no_longer_with_protocol_3() -> None:
             new = crash_failover(PROTOCOL, seed, settle)
             assert new <= old + 0.005, (seed, settle, old, new)
             assert new <= W + TIMING.confirm + 0.02, (seed, settle, new)
+
+
+def test_a_candidate_ping_read_after_its_claim_is_no_step_down() -> None:
+    """A follower of protocol 3 reads multicast beats on a socket of their own, so a beat of
+    its new leader may be decided on before a ping that the leader sent as a candidate (an
+    older term of the same run). That ping must not make it re-elect; a word of the same term,
+    or of a new run, still says the leader stepped down."""
+    boss = Member("boss", 0, "198.18.0.2", 9001)
+
+    def follower(protocol: int) -> Machine:
+        machine = Machine("group", Member("me", 0, "", 9001), TIMING, protocol=protocol, multicast=MULTICAST)
+        machine.start(0.0)
+        beat = Message("beat", "group", "boss", 0, State.LEADER, 4, leader="boss", boot=7, protocol=3, multicast=True)
+        machine.on_message(beat, boss.address, 0.05)
+        assert machine.state is State.FOLLOWER and machine.term == 4
+        return machine
+
+    def ping(term: int, boot: int) -> Message:
+        return Message("ping", "group", "boss", 0, State.ELECTING, term, boot=boot, protocol=3)
+
+    machine = follower(PROTOCOL)
+    actions = machine.on_message(ping(3, 7), boss.address, 0.06)
+    assert machine.state is State.FOLLOWER and not [a for a in actions if isinstance(a, Notify)]
+    for term, boot in ((4, 7), (0, 8)):  # it stepped down; it restarted
+        machine = follower(PROTOCOL)
+        machine.on_message(ping(term, boot), boss.address, 0.06)
+        assert machine.state is State.ELECTING, (term, boot)
+    machine = follower(BASE_PROTOCOL)  # 0.2 re-elects, as it always did
+    machine.on_message(ping(3, 7), boss.address, 0.06)
+    assert machine.state is State.ELECTING

@@ -96,6 +96,11 @@ class Role:
         """(Follower) ``node_id`` stepped down, resigned or left: elect if it is the leader."""
         return False
 
+    def outdated(self, node: Node, message: Message) -> bool:
+        """(Follower) ``message`` is older than the leadership this node follows: see
+        :meth:`.Follower.outdated`."""
+        return False
+
     def from_own_leader(self, node: Node, message: Message, sender: Member, now: float, measure: bool) -> None:
         """(Follower) a beat, pong or claim came from ``sender``, if it is this node's leader."""
 
