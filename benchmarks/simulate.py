@@ -18,10 +18,10 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
-from simfuzz import Result, faults_of, generate, run_schedule, shrink
+from simfuzz import VERSIONS, Result, faults_of, generate, run_schedule, shrink
 
 
-def report_failure(result: Result, quorum: bool | None, do_shrink: bool) -> None:
+def report_failure(result: Result, quorum: bool | None, do_shrink: bool, version: str = "0.2") -> None:
     assert result.violation is not None
     schedule = result.schedule
     print(f"FAIL seed {schedule.seed}: {result.violation}")
@@ -31,6 +31,7 @@ def report_failure(result: Result, quorum: bool | None, do_shrink: bool) -> None
     for line in shrunk.schedule.describe().splitlines():
         print(f"  {line}")
     flag = {True: " --quorum", False: " --no-quorum", None: ""}[quorum]
+    flag += f" --version {version}" if version != "0.2" else ""
     print(f"  replay: python benchmarks/simulate.py --seed {schedule.seed}{flag} --keep '{keep}'", flush=True)
 
 
@@ -44,10 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quorum", dest="quorum", action="store_true", default=None, help="quorum mode only")
     mode.add_argument("--no-quorum", dest="quorum", action="store_false", help="without quorum only")
+    parser.add_argument(
+        "--version", choices=VERSIONS, default="0.2", help="protocol of the nodes: 0.2's, 0.3's, or mixed"
+    )
     args = parser.parse_args(argv)
 
     if args.seed is not None:
-        schedule = generate(args.seed, args.quorum)
+        schedule = generate(args.seed, args.quorum, version=args.version)
         if args.keep is not None:
             schedule = schedule.keep(int(i) for i in args.keep.split(",") if i.strip())
         print(schedule.describe())
@@ -61,11 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     simulated = 0.0
     began = time.perf_counter()
     for seed in range(args.start, args.start + args.seeds):
-        result = run_schedule(generate(seed, args.quorum))
+        result = run_schedule(generate(seed, args.quorum, version=args.version))
         simulated += result.simulated
         if result.violation is not None:
             failures += 1
-            report_failure(result, args.quorum, not args.no_shrink)
+            report_failure(result, args.quorum, not args.no_shrink, args.version)
     took = time.perf_counter() - began
     print(
         f"{args.seeds} seeds ({args.start}..{args.start + args.seeds - 1}) in {took:.1f} s:"

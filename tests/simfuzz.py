@@ -34,7 +34,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 from followtheleader._core.machine import FORGET_AFTER, PROBE_FAST_FOR, PROBE_SLOW_EVERY, Timing
+from followtheleader._core.messages import BASE_PROTOCOL, PROTOCOL
 from followtheleader._core.model import Event, FencingToken, State
+from followtheleader._core.timing import THIN_FROM
 
 from simnet import NEW_SERVICE, REDISCOVERY, TIMING, SimNet, SimNode
 
@@ -171,6 +173,10 @@ class Schedule:
     """The nodes that find their peers from a list of every node's address, not by mDNS."""
     secret: bool = False
     """The group is authenticated (see :class:`simnet.SimNet`)."""
+    protocols: tuple[int, ...] = ()
+    """The protocol of each node (empty: every node speaks 2, as 0.2 does)."""
+    thin_from: int = THIN_FROM
+    """:attr:`Machine.thin_from` of every node of protocol 3."""
 
     def describe(self) -> str:
         nodes = " ".join(f"{n}:{p}" if p else n for n, p in self.nodes)
@@ -182,6 +188,8 @@ class Schedule:
             head += f"; listed peers at {','.join(self.unicast)}"
         if self.secret:
             head += "; secret"
+        if self.protocols:
+            head += f"; protocols {','.join(map(str, self.protocols))}, thin from {self.thin_from}"
         return "\n".join([head, *(f"  [{i}] {f}" for i, f in enumerate(self.faults))])
 
     def keep(self, indices: Iterable[int]) -> Schedule:
@@ -190,8 +198,17 @@ class Schedule:
         return replace(self, faults=tuple(self.faults[i] for i in chosen))
 
 
-def generate(seed: int, quorum: bool | None = None, timing: Timing = TIMING) -> Schedule:
-    """The random schedule of ``seed`` (quorum mode at random unless ``quorum`` says)."""
+VERSIONS = ("0.2", "0.3", "mixed")
+"""What the nodes of a schedule speak: all protocol 2 (0.2), all protocol 3, or some of each."""
+
+
+def generate(seed: int, quorum: bool | None = None, timing: Timing = TIMING, version: str = "0.2") -> Schedule:
+    """The random schedule of ``seed`` (quorum mode at random unless ``quorum`` says).
+
+    ``version`` (one of :data:`VERSIONS`) draws the nodes' protocols from a generator seeded
+    by the root's fourth draw, so that the rest of the schedule is the same in every version.
+    Groups of protocol 3 thin their acks from 2 to 4 followers (:attr:`Schedule.thin_from`),
+    so that the simulator's small groups run thinned acks."""
     root = random.Random(seed)
     rng = random.Random(root.getrandbits(64))
     net_seed = root.getrandbits(64)
@@ -223,6 +240,17 @@ def generate(seed: int, quorum: bool | None = None, timing: Timing = TIMING) -> 
         unicast = tuple(sorted(mix.sample(ids, mix.randint(1, size))))
         secret = mix.random() < 0.5
         faults = [f for f in faults if f.kind != "npm"]
+    protocols: tuple[int, ...] = ()
+    thin_from = THIN_FROM
+    if version != "0.2":
+        draw = random.Random(root.getrandbits(64))
+        thin_from = draw.randint(2, 4)
+        if version == "0.3":
+            protocols = (PROTOCOL,) * size
+        else:
+            protocols = tuple(draw.choice((BASE_PROTOCOL, PROTOCOL)) for _ in ids)
+            if len(set(protocols)) == 1:  # one of each at least
+                protocols = (BASE_PROTOCOL, *([PROTOCOL] * (size - 1)))
     return Schedule(
         seed,
         tuple(zip(ids, priorities, strict=True)),
@@ -236,6 +264,8 @@ def generate(seed: int, quorum: bool | None = None, timing: Timing = TIMING) -> 
         timing,
         unicast,
         secret,
+        protocols,
+        thin_from,
     )
 
 
@@ -621,8 +651,11 @@ class Run:
 
     def play(self) -> Result:
         net, schedule = self.net, self.schedule
-        for node_id, priority in schedule.nodes:
-            net.add(node_id, priority, unicast=node_id in schedule.unicast)
+        protocols = schedule.protocols or (BASE_PROTOCOL,) * len(schedule.nodes)
+        for (node_id, priority), protocol in zip(schedule.nodes, protocols, strict=True):
+            net.add(
+                node_id, priority, unicast=node_id in schedule.unicast, protocol=protocol, thin_from=schedule.thin_from
+            )
         net.observer = self.checker.check
         todo: list[tuple[float, int, Callable[[], None]]] = []
         seq = itertools.count()
@@ -760,8 +793,8 @@ def run_schedule(schedule: Schedule, verbose: bool = False) -> Result:
     return Run(schedule, verbose).play()
 
 
-def run_seed(seed: int, quorum: bool | None = None, verbose: bool = False) -> Result:
-    return run_schedule(generate(seed, quorum), verbose)
+def run_seed(seed: int, quorum: bool | None = None, verbose: bool = False, version: str = "0.2") -> Result:
+    return run_schedule(generate(seed, quorum, version=version), verbose)
 
 
 # ----------------------------------------------------------------------------- shrinking

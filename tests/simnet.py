@@ -43,11 +43,14 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from followtheleader._core.machine import Action, Machine, Notify, NpmPing, Publish, Send, Timing
-from followtheleader._core.messages import ANYONE, Message, PeerRecord
+from followtheleader._core.messages import ANYONE, BASE_PROTOCOL, PROTOCOL, Message, PeerRecord
 from followtheleader._core.model import Event, Member, State
+from followtheleader._core.timing import THIN_FROM
 from followtheleader._wire.protocol import decode_message, encode_message
 
 TIMING = Timing(interval=0.2, max_failed=3)
+MULTICAST = ("239.255.0.1", 9002)
+"""The simulated group's multicast address (:attr:`Machine.multicast`)."""
 
 FRESH_BROWSER = (0.02, 0.1)
 """A fresh browser sees the existing records after this many seconds (about 0.08 s measured)."""
@@ -138,6 +141,8 @@ class SimNet:
         self.timing = timing
         self.nodes: dict[str, SimNode] = {}
         self.by_address: dict[tuple[str, int], SimNode] = {}
+        self._protocols: dict[str, tuple[int, int, bool]] = {}
+        """(protocol, thin_from, multicast) of each node, for its machine and the machines of its restarts."""
         self._queue: list[tuple[float, int, str, object]] = []
         self._seq = itertools.count()
         self._boots = itertools.count(1)
@@ -179,12 +184,22 @@ class SimNet:
         *,
         unicast: bool = False,
         peers: list[tuple[str, int]] | None = None,
+        protocol: int = PROTOCOL,
+        thin_from: int = THIN_FROM,
+        multicast: bool | None = None,
     ) -> SimNode:
         """A node (not started). With ``unicast``, it finds its peers from ``peers`` (by default
         the address of every node) instead of DNS-SD; like the elector with ``peers`` or a
-        ``secret``, it then never follows npm leaders."""
+        ``secret``, it then never follows npm leaders. ``protocol`` 2 makes it a node of 0.2
+        (see :attr:`Machine.protocol`); ``thin_from`` is :attr:`Machine.thin_from`. With
+        ``multicast`` (by default: protocol 3, found by DNS-SD, no secret, as the elector
+        does), it receives the datagrams sent to :data:`MULTICAST` (:attr:`Machine.multicast`),
+        each copy through the links from the sender as a unicast datagram would go."""
         address = (f"198.18.0.{len(self.nodes) + 1}", 9001)
         npm_compat = npm_compat and not unicast and not self.secret
+        if multicast is None:
+            multicast = protocol >= PROTOCOL and not unicast and not self.secret
+        self._protocols[node_id] = (protocol, thin_from, multicast)
         node = SimNode(self._machine(node_id, priority, npm_compat), address, unicast=unicast)
         node.peer_list = tuple(peers) if peers is not None else None
         node.incarnations.append(Incarnation(node.machine.boot, self.now, node.events))
@@ -193,11 +208,21 @@ class SimNet:
         self._note("add", node_id, priority, npm_compat, address)
         if unicast:  # noted apart, so that the trace of a run without unicast nodes stays as it was
             self._note("unicast", node_id, node.peer_list)
+        if protocol != BASE_PROTOCOL:  # noted apart too: 0.2's traces stay as they were
+            self._note("protocol", node_id, protocol, thin_from, multicast)
         return node
 
     def _machine(self, node_id: str, priority: int, npm_compat: bool) -> Machine:
+        protocol, thin_from, multicast = self._protocols[node_id]
         machine = Machine(
-            "group", Member(node_id, priority, "", 9001), self.timing, quorum=self.quorum, npm_compat=npm_compat
+            "group",
+            Member(node_id, priority, "", 9001),
+            self.timing,
+            quorum=self.quorum,
+            npm_compat=npm_compat,
+            protocol=protocol,
+            thin_from=thin_from,
+            multicast=MULTICAST if multicast else None,
         )
         machine.boot = next(self._boots)
         return machine
@@ -459,10 +484,19 @@ class SimNet:
             self._schedule(self.now + self.random.uniform(*delay), observer, item)
 
     def _deliver(self, sender: SimNode, send: Send) -> None:
-        target = self.by_address.get(send.address)
         self.sent += 1
         data = encode_message(send.message)
         self._note("send", sender.node_id, send.to, send.address, data)
+        if send.address == MULTICAST:  # a copy to each node that listens there, in id order
+            for node_id in sorted(self.nodes):
+                target = self.nodes[node_id]
+                if target is not sender and target.machine.multicast is not None:
+                    self._note("copy", node_id)
+                    self._deliver_to(sender, send, data, target)
+            return
+        self._deliver_to(sender, send, data, self.by_address.get(send.address))
+
+    def _deliver_to(self, sender: SimNode, send: Send, data: bytes, target: SimNode | None) -> None:
         if target is None or frozenset((sender.node_id, target.node_id)) in self.cut:
             self._note("drop", "nowhere" if target is None else "cut")
             return

@@ -1,6 +1,6 @@
 """Full, canonical traces of the fault simulator's runs, to prove a refactoring keeps behaviour.
 
-:func:`trace_lines` plays exactly the schedule of ``simfuzz.generate(seed, quorum)`` (as
+:func:`trace_lines` plays exactly the schedule of ``simfuzz.generate(seed, quorum, version=...)`` (as
 ``benchmarks/simulate.py`` and ``tests/test_simulation.py`` do) with a :class:`Recorder` as
 :attr:`simnet.SimNet.trace`, and returns one line of text per thing that happened, in order:
 
@@ -40,8 +40,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGESTS = os.path.join(ROOT, "benchmarks", "results", "sim-traces.sha256")
 """The committed digests: ``seed mode sha256`` per line, then ``total sha256``."""
 
-MODES = {"plain": False, "quorum": True}
-"""Mode name in the digest file -> the ``quorum`` argument of :func:`simfuzz.generate`."""
+MODES: dict[str, tuple[bool | None, str]] = {
+    "plain": (False, "0.2"),
+    "quorum": (True, "0.2"),
+    "plain-0.3": (False, "0.3"),
+    "quorum-0.3": (True, "0.3"),
+    "mixed": (None, "mixed"),
+}
+"""Mode name in the digest file -> the ``quorum`` and ``version`` arguments of
+:func:`simfuzz.generate`. ``plain`` and ``quorum`` are 0.2's protocol (their traces were
+recorded before protocol 3 and must stay equal); the others run protocol 3 (``mixed``: some
+nodes of each, quorum mode at random)."""
 
 _MESSAGE_ITEMS = ("message", "address-ping")
 """Queued items that carry a datagram (its bytes are on the ``send`` line before them)."""
@@ -118,11 +127,12 @@ class TracedRun(Run):
         self.recorder.emit(f"{self.net.now!r} run {text}")
 
 
-def record(seed: int, quorum: bool, emit: Callable[[str], None]) -> None:
-    """Play the simulator's schedule of ``seed`` (with or without quorum) and pass every line of
-    its trace to ``emit``."""
-    schedule = generate(seed, quorum)
-    emit(f"trace of seed {seed}, {'quorum' if quorum else 'plain'}")
+def record(seed: int, mode: str, emit: Callable[[str], None]) -> None:
+    """Play the simulator's schedule of ``seed`` in ``mode`` (one of :data:`MODES`) and pass
+    every line of its trace to ``emit``."""
+    quorum, version = MODES[mode]
+    schedule = generate(seed, quorum, version=version)
+    emit(f"trace of seed {seed}, {mode}")
     for line in schedule.describe().splitlines():
         emit(f"schedule {line}")
     run = TracedRun(schedule, Recorder(emit))
@@ -144,24 +154,24 @@ def record(seed: int, quorum: bool, emit: Callable[[str], None]) -> None:
         )
 
 
-def trace_lines(seed: int, quorum: bool) -> list[str]:
+def trace_lines(seed: int, mode: str) -> list[str]:
     """The whole trace of one seed, one line per item."""
     lines: list[str] = []
-    record(seed, quorum, lines.append)
+    record(seed, mode, lines.append)
     return lines
 
 
-def trace_digest(seed: int, quorum: bool) -> str:
+def trace_digest(seed: int, mode: str) -> str:
     """The sha256 (hex) of the trace of one seed: of its lines, each followed by a newline."""
     digest = hashlib.sha256()
-    record(seed, quorum, lambda line: digest.update(line.encode("utf-8") + b"\n"))
+    record(seed, mode, lambda line: digest.update(line.encode("utf-8") + b"\n"))
     return digest.hexdigest()
 
 
 def digest_task(task: tuple[int, str]) -> tuple[int, str, str]:
     """``(seed, mode)`` -> ``(seed, mode, sha256)``, for a process pool."""
     seed, mode = task
-    return seed, mode, trace_digest(seed, MODES[mode])
+    return seed, mode, trace_digest(seed, mode)
 
 
 def compute(tasks: Iterable[tuple[int, str]], jobs: int = 1) -> Iterator[tuple[int, str, str]]:

@@ -165,7 +165,8 @@ def _anyone_pings(net: SimNet, seconds: float) -> int:
         def counting(original: Any = original) -> list[Any]:
             nonlocal counted
             actions = original()
-            counted += sum(1 for a in actions if isinstance(a, Send) and a.to == ANYONE)
+            # (a leader's multicast beat is sent to ANYONE too: not a ping)
+            counted += sum(1 for a in actions if isinstance(a, Send) and a.to == ANYONE and a.message.kind == "ping")
             return actions  # type: ignore[no-any-return]
 
         node.machine._flush = counting  # type: ignore[method-assign]

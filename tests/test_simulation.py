@@ -33,6 +33,10 @@ KNOWN_FAILING: dict[bool, dict[int, tuple[str, str]]] = {
 
 MODES = [pytest.param(False, id="no-quorum"), pytest.param(True, id="quorum")]
 
+PROTOCOL_3_SEEDS = {("0.3", False): range(0, 200), ("0.3", True): range(0, 100), ("mixed", None): range(0, 300)}
+"""Seeds of the schedules whose nodes speak protocol 3 (thinned acks), all of them or some
+beside nodes of 0.2 (``mixed``, quorum mode at random): 600 in all, about 60 s."""
+
 
 def failures(results: list[Result]) -> str:
     lines = []
@@ -53,6 +57,22 @@ def test_random_fault_schedules_keep_every_invariant(quorum: bool) -> None:
             if not result.ok:
                 failed.append(result)
     assert not failed, f"{len(failed)} of {len(CI_SEEDS[quorum])} seeds failed:\n{failures(failed)}"
+
+
+@pytest.mark.parametrize(("version", "quorum"), list(PROTOCOL_3_SEEDS), ids=["0.3-no-quorum", "0.3-quorum", "mixed"])
+def test_random_fault_schedules_of_protocol_3_keep_every_invariant(version: str, quorum: bool | None) -> None:
+    failed = []
+    for seed in PROTOCOL_3_SEEDS[(version, quorum)]:
+        result = run_schedule(generate(seed, quorum, version=version))
+        if not result.ok:
+            failed.append(result)
+    flag = {True: "--quorum", False: "--no-quorum", None: ""}[quorum]
+    replay = "\n".join(
+        f"seed {r.schedule.seed}: {r.violation}\n    replay: python benchmarks/simulate.py --seed {r.schedule.seed}"
+        f" {flag} --version {version}"
+        for r in failed
+    )
+    assert not failed, f"{len(failed)} seeds failed:\n{replay}"
 
 
 @pytest.mark.parametrize("quorum", MODES)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -34,6 +35,13 @@ messages = st.builds(
     members=st.none() | st.lists(members, max_size=40).map(tuple),
     lease_mark=st.floats(0, 1e9),
     boot=st.integers(0, 10**16 - 1),
+    protocol=st.sampled_from([2, 3]),
+    multicast=st.booleans(),
+).flatmap(
+    lambda m: (
+        st.sampled_from([(0, 1)]).map(lambda b: replace(m, beat=b[0], ack_every=b[1]))
+        | st.tuples(st.integers(0, 2**53), st.integers(2, 64)).map(lambda b: replace(m, beat=b[0], ack_every=b[1]))
+    )
 )
 
 
@@ -58,7 +66,11 @@ json_values = st.recursive(
 
 
 @settings(max_examples=500)
-@given(messages, st.sampled_from(["k", "g", "id", "p", "r", "t", "l", "lm", "mv", "m", "v"]), json_values)
+@given(
+    messages,
+    st.sampled_from(["k", "g", "id", "p", "r", "t", "l", "lm", "mv", "m", "v", "pv", "n", "ak", "mc"]),
+    json_values,
+)
 def test_valid_looking_messages_with_a_wrong_field_are_refused_or_well_typed(
     message: Message, key: str, value: object
 ) -> None:
@@ -68,6 +80,26 @@ def test_valid_looking_messages_with_a_wrong_field_are_refused_or_well_typed(
     if decoded is not None:
         assert isinstance(decoded.term, int) and isinstance(decoded.sender, str)
         assert decoded.members is None or all(isinstance(m, Member) for m in decoded.members)
+
+
+def test_protocol_2_messages_keep_their_bytes_and_protocol_3_adds_fields_0_2_ignores() -> None:
+    """A node of protocol 2 writes exactly 0.2's datagrams; protocol 3 keeps ``"v": 2`` (0.2
+    reads it) and adds ``pv``, and ``n`` and ``ak`` in a beat that thins acks."""
+    old = Message("beat", "g", "a", 0, State.LEADER, 4, leader="a", members_version=3, lease_mark=12.5, boot=7)
+    assert encode_message(old) == (
+        b'{"v":2,"k":"beat","g":"g","id":"a","p":0,"r":"leader","t":4,"mv":3,"l":"a","e":12.5,"b":7}'
+    )
+    new = replace(old, protocol=3, beat=41, ack_every=4)
+    body = json.loads(encode_message(new))
+    assert body["v"] == 2 and body["pv"] == 3 and body["n"] == 41 and body["ak"] == 4
+    assert decode_message(encode_message(new)) == new
+    assert json.loads(encode_message(replace(new, ack_every=1, beat=0))).keys() == {
+        *json.loads(encode_message(old)),
+        "pv",
+    }
+    assert json.loads(encode_message(replace(new, multicast=True)))["mc"] == 1
+    for key, bad in (("pv", 1), ("pv", "3"), ("ak", 0), ("ak", 65), ("n", -1), ("n", True), ("mc", 2), ("mc", True)):
+        assert decode_message(json.dumps({**body, key: bad}).encode()) is None, (key, bad)
 
 
 def test_truncated_and_oversized_datagrams_are_refused() -> None:

@@ -15,6 +15,7 @@ from .node import Node, Role
 from .peers import Peer
 from .progress import ProgressTable
 from .quorum import followers_needed, majority_mark
+from .timing import ACK_EVERY
 
 __all__ = ["Leading"]
 
@@ -36,6 +37,10 @@ class Leading(Role):
     confirmed: bool = True
     """Announced (always, unless quorum mode waits for a majority to follow)."""
     progress: ProgressTable = field(default_factory=ProgressTable)
+    beats_sent: int = 0
+    """The number of the latest beats (numbered so that thinned acks come in turn)."""
+    ack_every: int = 1
+    """The ``ack_every`` the latest beats asked for (see :meth:`ack_every_now`)."""
 
     # ------------------------------------------------------------- the role's face
 
@@ -95,9 +100,35 @@ class Leading(Role):
         if self.names_this_leadership(node, message):
             self.renew(node, sender.node_id, message.lease_mark, now)
             row.acked_version = message.members_version
-        row.live_until = now + node.timing.failure_window
+        row.protocol = message.protocol
+        if message.kind == "ack":
+            row.multicast = message.multicast
+        elif message.kind == "ping":
+            row.multicast = False  # its beats are overdue: unicast again
+        row.heard_at = now
+        row.ack_every = self.ack_every if row.protocol >= 3 else 1
+        row.live_until = now + self.live_window(node, row.ack_every)
         if sender.node_id not in self.progress.live_ids:  # a datagram of a live member changes nothing
             self.refresh(node, now)
+
+    @staticmethod
+    def live_window(node: Node, ack_every: int) -> float:
+        """How long a follower stays a live member after its latest ack or ping: the failure
+        window, and the intervals by which thinned acks (every ``ack_every`` beats) come
+        later. A follower that died stays in ``members`` that long."""
+        return node.timing.failure_window + (ack_every - 1) * node.timing.interval
+
+    def ack_every_now(self, node: Node) -> int:
+        """The ``ack_every`` of the next beats: :data:`.timing.ACK_EVERY` once
+        :attr:`.Node.thin_from` live followers speak protocol 3, else 1 (every beat, as
+        protocol 2). Always 1 in quorum mode (its lease is the echoes of a majority, renewed
+        with every beat) and while a follower lags (the lease is then cut back to the echoed
+        marks, which must come with every beat, see :meth:`lease_end`)."""
+        if node.protocol < 3 or node.quorum is not None or self.progress.lagging:
+            return 1
+        rows = self.progress.rows
+        thinning = sum(1 for k in self.progress.live_ids if k in rows and rows[k].protocol >= 3)
+        return ACK_EVERY if thinning >= node.thin_from else 1
 
     def renew(self, node: Node, node_id: str, mark: float, now: float) -> None:
         """A follower echoed ``mark``, the time this node sent a heartbeat it received."""
@@ -153,13 +184,39 @@ class Leading(Role):
     def send_beats(self, node: Node, now: float) -> None:
         """Every interval: a heartbeat to every live member, with the member list for those
         that do not hold its current version. The two messages are built once, so the elector
-        encodes each once (unless stamps must name each receiver)."""
-        short = node._message("beat", now)
+        encodes each once (unless stamps must name each receiver).
+
+        With a multicast address (mDNS mode, protocol 3) and a live follower of protocol 3,
+        one beat goes to the multicast address too, and the short beat is not sent one by one
+        to followers whose latest ack says they receive it there."""
+        ack_every = self.ack_every_now(node)
+        if ack_every > self.ack_every:
+            self.thin(node, ack_every)
+        self.ack_every = ack_every
+        self.beats_sent += 1
+        rows = self.progress.rows
+        multicast = node.multicast is not None and any(
+            k in rows and rows[k].protocol >= 3 for k in self.progress.live_ids
+        )
+        number = self.beats_sent if ack_every > 1 or multicast else 0
+        short = node._message("beat", now, beat=number, ack_every=ack_every)
+        if multicast:
+            node._send_multicast(node._message("beat", now, beat=number, ack_every=ack_every, multicast=True))
         full: Message | None = None
         for node_id in self.progress.live_ids:
             peer = node.peers[node_id]
-            if self.progress.row(node_id).acked_version == node.members_version:
-                node._send(short, peer.member)
+            row = self.progress.row(node_id)
+            if row.acked_version == node.members_version:
+                if not (multicast and row.multicast):
+                    node._send(short, peer.member)
             else:
-                full = full or node._message("beat", now, with_members=True)
+                full = full or node._message("beat", now, with_members=True, beat=number, ack_every=ack_every)
                 node._send(full, peer.member)
+
+    def thin(self, node: Node, ack_every: int) -> None:
+        """The beats start asking followers of protocol 3 to ack every ``ack_every`` beats:
+        their next ack may come that much later, so they stay live members that much longer."""
+        for row in self.progress.rows.values():
+            if row.protocol >= 3 and row.ack_every < ack_every and row.live_until > 0.0:
+                row.ack_every = ack_every
+                row.live_until = max(row.live_until, row.heard_at + self.live_window(node, ack_every))

@@ -145,7 +145,7 @@ class Machine(Handlers):
         self._expire(now)
         self.max_term = max(self.max_term, message.term)
         sender = Member(message.sender, message.priority, source[0], source[1])
-        if message.role is not State.LEADER:  # it says so itself
+        if message.role is not State.LEADER and not self.role.outdated(self, message):  # it says so itself
             self.role.lost_leader(self, message.sender, now, "leader stepped down", wait=self.timing.confirm)
         known = self.peers.get(sender.node_id)
         revived = known is not None and known.dead

@@ -10,7 +10,16 @@ from dataclasses import dataclass
 
 from .model import Member, State
 
-__all__ = ["ANYONE", "KINDS", "MAX_MEMBERS", "Message", "PeerRecord"]
+__all__ = ["ANYONE", "BASE_PROTOCOL", "KINDS", "MAX_MEMBERS", "PROTOCOL", "Message", "PeerRecord", "ack_slot"]
+
+PROTOCOL = 3
+"""The protocol this version speaks: 3 added thinned acks (a leader's beats may ask its
+followers to ack only every k-th beat, each in its own slot)."""
+BASE_PROTOCOL = 2
+"""The oldest protocol it still speaks with (0.2's). Every message stays readable by it: the
+additions of protocol 3 are fields that version 2 ignores, and a node says which protocol it
+speaks in each message (:attr:`Message.protocol`), so that a leader thins the acks only of
+followers that speak 3 (see :mod:`.leading`)."""
 
 MAX_MEMBERS = 256
 """A member list longer than this is malformed."""
@@ -41,6 +50,14 @@ class Message:
         there is none.
     :ivar leader_age: in a follower's pong, seconds since it last heard from its leader.
     :ivar boot: the sender's run (see :attr:`FencingToken.boot`); 0 when not sent.
+    :ivar protocol: the protocol the sender speaks (:data:`BASE_PROTOCOL` when not said).
+    :ivar beat: in a leader's beat that thins acks, its number (counted per leadership).
+    :ivar ack_every: in a leader's beat, ack only every this many beats: a follower that
+        speaks protocol 3 acks the beats whose ``(beat + ack_slot(its id)) % ack_every`` is 0
+        (1: every beat, as protocol 2 does).
+    :ivar multicast: in a leader's beat, sent once to the group's multicast address (protocol
+        3 in mDNS mode); in a follower's ack, it received such a beat of its leader within
+        the last two intervals, so the leader may stop sending it beats one by one.
     """
 
     kind: str
@@ -56,6 +73,10 @@ class Message:
     lease_mark: float = 0.0
     leader_age: float | None = None
     boot: int = 0
+    protocol: int = BASE_PROTOCOL
+    beat: int = 0
+    ack_every: int = 1
+    multicast: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,3 +88,13 @@ class PeerRecord:
     role: State
     term: int
     boot: int = 0
+
+
+def ack_slot(node_id: str) -> int:
+    """The slot of a follower among the beats that thin acks: it acks the beats whose
+    ``(beat + ack_slot) % ack_every`` is 0. Spread by a hash of its id, the same in every
+    process, so that the leader reads about ``followers / ack_every`` acks per beat."""
+    value = 0x811C9DC5  # 32-bit FNV-1a: pure arithmetic, as the core may do
+    for byte in node_id.encode("utf-8"):
+        value = ((value ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return value

@@ -13,12 +13,12 @@ from typing import ClassVar
 
 from .actions import Action, Notify, NpmPing, Publish, Send
 from .listed import ListedAddresses
-from .messages import MAX_MEMBERS, Message
+from .messages import ANYONE, MAX_MEMBERS, PROTOCOL, Message
 from .model import Event, FencingToken, Member, State
 from .npm import NpmPart
 from .peers import Peer, silent_since
 from .quorum import has_majority
-from .timing import FORGET_AFTER, NPM_HOLD, PROBE_FAST_FOR, PROBE_SLOW_EVERY, Timing
+from .timing import FORGET_AFTER, NPM_HOLD, PROBE_FAST_FOR, PROBE_SLOW_EVERY, THIN_FROM, Timing
 
 __all__ = ["Node", "Role", "Stopped"]
 
@@ -94,6 +94,11 @@ class Role:
 
     def lost_leader(self, node: Node, node_id: str, now: float, reason: str, wait: float = 0.0) -> bool:
         """(Follower) ``node_id`` stepped down, resigned or left: elect if it is the leader."""
+        return False
+
+    def outdated(self, node: Node, message: Message) -> bool:
+        """(Follower) ``message`` is older than the leadership this node follows: see
+        :meth:`.Follower.outdated`."""
         return False
 
     def from_own_leader(self, node: Node, message: Message, sender: Member, now: float, measure: bool) -> None:
@@ -175,6 +180,16 @@ class Node:
     token: FencingToken | None = None
     """The fencing token of the leadership this node holds or follows (the last one while
     electing), None before any."""
+    protocol: int = PROTOCOL
+    """The protocol this node speaks (2: exactly as 0.2 does, for the simulator's mixed groups
+    and its traces of 0.2's behaviour)."""
+    thin_from: int = THIN_FROM
+    """As leader: thin the acks from this many followers of protocol 3 (see
+    :meth:`.Leading.ack_every_now`)."""
+    multicast: tuple[str, int] | None = None
+    """The group's multicast address, when this node receives its beats there (protocol 3 in
+    mDNS mode, without a secret; set by the elector before start): as leader it then sends one
+    beat there per interval, and unicast beats only to followers that do not ack receiving it."""
     npm: NpmPart = field(default_factory=NpmPart)
     listed: ListedAddresses = field(default_factory=ListedAddresses)
     _last_now: float = 0.0
@@ -340,6 +355,9 @@ class Node:
         term: int | None = None,
         leader: str | None = None,
         role: State | None = None,
+        beat: int = 0,
+        ack_every: int = 1,
+        multicast: bool = False,
     ) -> Message:
         state = role or self.state
         if leader is None and self.leader is not None:
@@ -360,6 +378,10 @@ class Node:
             lease_mark=self.role.lease_mark(kind, now),
             leader_age=self.role.leader_age(self, now) if kind == "pong" else None,
             boot=self.boot,
+            protocol=self.protocol,
+            beat=beat,
+            ack_every=ack_every,
+            multicast=multicast,
         )
 
     def _told_term(self) -> int:
@@ -372,6 +394,11 @@ class Node:
     def _send(self, message: Message, to: Member) -> None:
         if not to.npm:  # an npm node understands nothing but PING
             self._actions.append(Send(message, to.address, to.node_id))
+
+    def _send_multicast(self, message: Message) -> None:
+        """Send once to the group's multicast address (see :attr:`multicast`)."""
+        assert self.multicast is not None
+        self._actions.append(Send(message, self.multicast, ANYONE))
 
     def _send_to_peers(self, message: Message) -> None:
         """Send to every peer that has not departed, those found dead too (they may be back)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
+from .messages import BASE_PROTOCOL
 from .peers import Peer
 
 __all__ = ["Progress", "ProgressTable"]
@@ -31,6 +32,18 @@ class Progress:
     this leader's heartbeats while this leader hears it (a one-way fault)."""
     acked_version: int = -1
     """The member-list version it holds, from its latest ack or ping."""
+    protocol: int = BASE_PROTOCOL
+    """The protocol it speaks, from its latest ack or ping: only a follower of protocol 3
+    thins its acks when the beats ask it to."""
+    multicast: bool = False
+    """Its latest ack says it receives the multicast beats: no unicast beat goes to it (a
+    ping, sent when its beats are overdue, turns this off)."""
+    heard_at: float = 0.0
+    """When its latest ack or ping arrived."""
+    ack_every: int = 1
+    """The largest ``ack_every`` of the beats sent to it since then: its next ack may take
+    that many intervals, so it stays a live member that much longer (see
+    :meth:`.Leading.live_window`)."""
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["FORGET_AFTER", "NPM_HOLD", "PROBE_FAST_FOR", "PROBE_SLOW_EVERY", "Timing"]
+__all__ = ["ACK_EVERY", "FORGET_AFTER", "NPM_HOLD", "PROBE_FAST_FOR", "PROBE_SLOW_EVERY", "THIN_FROM", "Timing"]
 
 
 @dataclass(frozen=True)
@@ -91,3 +91,11 @@ NPM_HOLD = 1.5
 """A leader publishes the records npm nodes look for only once it has led this long: an npm
 node that emitted ``leader`` before our claim is silent while it probes its name (up to 1 s),
 then announces it; this node then follows it, and no npm node was pointed at this one."""
+ACK_EVERY = 4
+"""A leader of protocol 3 with :data:`THIN_FROM` followers of protocol 3 or more asks them to
+ack every this many beats, each in its own slot, so that it reads about a quarter of the acks
+(outside quorum mode, and while no follower shows that it does not hear the beats)."""
+THIN_FROM = 8
+"""The fewest followers of protocol 3 for which a leader thins the acks. With this many, each
+of the :data:`ACK_EVERY` slots holds two followers on average, so the lease marks echoed
+still come with nearly every beat; a smaller group has little to save."""

@@ -35,9 +35,9 @@ from .._runtime.backend import Description, Feeder
 from .._runtime.logs import RateLimitedWarning
 from .._runtime.stats import IoCounts
 from .._wire.auth import MAX_CLOCK_SKEW, Authenticator
-from .._wire.protocol import NPM_PING, NPM_PONG, decode_datagram, encode_message
+from .._wire.protocol import NPM_PING, NPM_PONG, decode_datagram, encode_message, multicast_group
 from .discovery import Discovery
-from .heartbeat import HeartbeatServer, bind_heartbeat_server
+from .heartbeat import HeartbeatServer, MulticastServer, bind_heartbeat_server, open_multicast_server
 from .peers import PeerDirectory, PeerSource, is_local_address
 from .settings import LanSettings
 
@@ -81,6 +81,8 @@ class LanBackend:
         self.tick_period = settings.interval
         self._server: HeartbeatServer | None = None
         self._server_thread: threading.Thread | None = None
+        self._multicast: MulticastServer | None = None
+        self._multicast_thread: threading.Thread | None = None
         self._discovery: PeerSource | None = None
         self._npm_pings_answered = 0
 
@@ -130,6 +132,14 @@ class LanBackend:
             daemon=True,
         )
         self._server_thread.start()
+        if self._multicast is not None:
+            self._multicast_thread = threading.Thread(
+                target=self._multicast.serve_forever,
+                kwargs={"poll_interval": _SERVE_POLL_INTERVAL},
+                name=f"followtheleader-multicast-{settings.name}",
+                daemon=True,
+            )
+            self._multicast_thread.start()
 
     def listed_peers(self, me: Member) -> PeerSource:
         """Peers from the ``peers`` list (unicast mode): a :data:`PeerSourceFactory`."""
@@ -139,7 +149,19 @@ class LanBackend:
         return PeerDirectory(settings.name, settings.peers, ipv6, self._on_addresses, self._feeder.report_error)
 
     def mdns(self, me: Member) -> PeerSource:
-        """Peers found by mDNS, this node published there: a :data:`PeerSourceFactory`."""
+        """Peers found by mDNS, this node published there: a :data:`PeerSourceFactory`.
+
+        Without a secret, on IPv4, it also opens the multicast socket for the leader's beats
+        (protocol 3; see :attr:`Machine.multicast`): the segment carries multicast anyway.
+        (Stamps of an authenticated group name each receiver, so it keeps unicast beats.)
+        """
+        if self._auth is None and ":" not in self._settings.host:
+            address = multicast_group(self._settings.name)
+            self._multicast = open_multicast_server(
+                address, self._on_multicast_datagrams, self._warn, self._feeder.report_error
+            )
+            if self._multicast is not None:
+                self.machine.multicast = address  # before the machine starts: no lock needed yet
         return Discovery(
             self._settings,
             me,
@@ -159,17 +181,19 @@ class LanBackend:
         """Close discovery (DNS-SD goodbye), then the heartbeat server. Idempotent."""
         if self._discovery is not None:
             self._discovery.close()
-        if self._server is not None:
-            if self._server_thread is not None and self._server_thread.is_alive():
-                self._server.shutdown()
-                self._server_thread.join()
-            self._server.server_close()
+        for server, thread in ((self._multicast, self._multicast_thread), (self._server, self._server_thread)):
+            if server is not None:
+                if thread is not None and thread.is_alive():
+                    server.shutdown()
+                    thread.join()
+                server.server_close()
 
     def disown_after_fork(self) -> None:
         """In a forked child: a stopped machine; the parent's sockets are forgotten."""
         self.machine.state = State.STOPPED
         self.machine.leader = None
         self._server = self._server_thread = self._discovery = None
+        self._multicast = self._multicast_thread = None
 
     # ----------------------------------------------------------------- decisions (feeding thread)
 
@@ -200,7 +224,7 @@ class LanBackend:
                 cached = encoded.get(id(send.message))
                 data = cached if cached is not None else encode_message(send.message)
                 encoded[id(send.message)] = data
-            server.send(data, send.address)
+            server.send(data, send.address, multicast=send.address == self.machine.multicast)
             self.io.add("heartbeat-sent")
 
     def _encode(self, message: Message, to: str) -> bytes:
@@ -211,12 +235,13 @@ class LanBackend:
 
     # ----------------------------------------------------------------- inputs (backend's threads)
 
-    def _on_datagrams(self, batch: list[tuple[bytes, tuple[str, int]]]) -> None:
-        """Heartbeat thread: the datagrams read in one wake-up, decided on in one step."""
+    def _on_datagrams(self, batch: list[tuple[bytes, tuple[str, int]]], multicast: bool = False) -> None:
+        """Heartbeat thread (or multicast thread): the datagrams read in one wake-up, decided
+        on in one step."""
         self.io.add("heartbeat-received", len(batch))
         steps: list[Callable[[float], list[Action]]] = []
         for data, source in batch:
-            step = self._step_for(data, source)
+            step = self._step_for(data, source, multicast)
             if step is not None:
                 steps.append(step)
         if len(steps) == 1:
@@ -224,13 +249,21 @@ class LanBackend:
         elif steps:
             self._feeder.feed(lambda now: [action for step in steps for action in step(now)])
 
+    def _on_multicast_datagrams(self, batch: list[tuple[bytes, tuple[str, int]]]) -> None:
+        """Multicast thread: the leader's multicast beats (this node's own, looped back to the
+        host when it leads, are dropped here)."""
+        self._on_datagrams(batch, multicast=True)
+
     def _is_leader(self) -> bool:
         """Any thread but one holding the state lock: leading, with the lease holding."""
         return self._feeder.locked(lambda: self.machine.is_leader(time.monotonic()))
 
-    def _step_for(self, data: bytes, source: tuple[str, int]) -> Callable[[float], list[Action]] | None:
+    def _step_for(
+        self, data: bytes, source: tuple[str, int], multicast: bool = False
+    ) -> Callable[[float], list[Action]] | None:
         """Heartbeat thread: the machine step for one datagram, or None when it is answered
-        here (an npm follower's ``PING``) or dropped (counted and logged, rate-limited)."""
+        here (an npm follower's ``PING``) or dropped (counted and logged, rate-limited; a
+        multicast beat of this node's own, looped back to its host, silently)."""
         node_id = self._settings.node_id
         if data in (NPM_PING, NPM_PONG) and self._settings.npm_compat:
             if data == NPM_PONG:  # the npm leader answers our PING
@@ -250,6 +283,8 @@ class LanBackend:
             self._warn("bad-datagram", "ignored a malformed heartbeat datagram from %s:%s", *source)
             return None
         message, stamp = decoded
+        if multicast and (message.sender == node_id or not message.multicast):
+            return None
         if self._auth is not None:
             refusal = "unstamped" if stamp is None else self._auth.refusal(message.sender, stamp, time.time(), node_id)
             if refusal == "clock-skew":

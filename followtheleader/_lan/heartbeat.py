@@ -4,6 +4,8 @@
   the thread ``followtheleader-heartbeat-<name>``; each datagram is handed to a callback on
   that thread. Its one socket also sends every datagram this node sends (from any thread), so
   peers see one address per node.
+* :class:`MulticastServer` (mDNS mode, protocol 3) receives the leader's multicast beats on
+  the thread ``followtheleader-multicast-<name>`` in the same way; it sends nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ from collections.abc import Callable
 from .._runtime.logs import RateLimitedWarning
 from .._wire.protocol import MAX_DATAGRAM
 
-__all__ = ["HeartbeatPortError", "HeartbeatServer", "bind_heartbeat_server"]
+__all__ = [
+    "HeartbeatPortError",
+    "HeartbeatServer",
+    "MulticastServer",
+    "bind_heartbeat_server",
+    "open_multicast_server",
+]
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +109,19 @@ class HeartbeatServer(socketserver.UDPServer):
     def server_activate(self) -> None:
         """Nothing to do for UDP (kept for the socketserver protocol)."""
 
-    def send(self, data: bytes, address: tuple[str, int]) -> None:
-        """Send one datagram; failures are logged (rate-limited), never raised. Any thread."""
+    def send(self, data: bytes, address: tuple[str, int], multicast: bool = False) -> None:
+        """Send one datagram; failures are logged (rate-limited), never raised. Any thread.
+
+        A multicast beat that cannot be sent (no multicast route) is only logged: no follower
+        then says it receives them, and the leader's beats go one by one."""
         if self.address_family == socket.AF_INET6 and ":" not in address[0]:
             address = ("::ffff:" + address[0], address[1])
         try:
             self.socket.sendto(data, address)
         except OSError as exc:
+            if multicast:
+                self._warn(f"send-multicast:{exc.errno}", "cannot send a multicast beat: %s", exc.strerror or exc)
+                return
             text = f"cannot send a heartbeat to {address[0]}:{address[1]}: {exc.strerror or exc}"
             if self._warn(f"send:{exc.errno}", "%s", text) and exc.errno != errno.ECONNREFUSED:
                 # The network is down or unreachable: tell the user too. (Linux reports a port
@@ -155,3 +169,32 @@ def bind_heartbeat_server(
         raise HeartbeatPortError(
             exc.errno, f"cannot bind the heartbeat socket to {host}:{port}: {exc.strerror}{hint}"
         ) from exc
+
+
+class MulticastServer(HeartbeatServer):
+    """A socket bound to a group's multicast address and port, member of that multicast group
+    on the default interface, that only receives: the leader's beats sent there (see
+    :func:`followtheleader._wire.protocol.multicast_group`). Several electors of one host
+    share the address (``SO_REUSEADDR``); each gets a copy of every datagram."""
+
+    allow_reuse_address = True
+
+    def server_bind(self) -> None:
+        super().server_bind()
+        group = socket.inet_aton(str(self.server_address[0]))
+        self.socket.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, group + socket.inet_aton("0.0.0.0"))
+
+
+def open_multicast_server(
+    address: tuple[str, int],
+    on_datagrams: OnDatagrams,
+    warn: RateLimitedWarning,
+    on_error: Callable[[BaseException, str], None],
+) -> MulticastServer | None:
+    """The multicast socket, or None (logged) when the host cannot receive multicast there: the
+    node then gets its leader's beats one by one, as without multicast."""
+    try:
+        return MulticastServer(address, on_datagrams, warn, on_error)
+    except OSError as exc:
+        log.info("no multicast heartbeats at %s:%d (%s): beats come one by one", *address, exc.strerror or exc)
+        return None

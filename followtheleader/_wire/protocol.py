@@ -19,6 +19,16 @@ the size of the group. ``b`` is the sender's run (:attr:`FencingToken.boot`).
 
 Version 2 replaced version 1's follower pings by leader beats and added ``b``; the two
 versions ignore each other's datagrams and records.
+
+Protocol 3 (thinned acks, multicast beats) keeps the datagrams of version 2 (``"v": 2``,
+which 0.2 nodes read) and adds fields that version 2 ignores: ``pv``, the protocol the sender
+speaks (absent: 2); in a leader's beat ``n`` (the beat's number, when it thins acks or sends
+multicast beats), ``ak`` (ack only every ``ak``-th beat) and ``mc`` (this copy went to the
+group's multicast address, see :func:`multicast_group`); ``mc`` in an ack says that its
+sender receives those. That is the negotiation: a leader thins the acks only of followers
+whose messages say ``pv`` 3, stops unicast beats only to followers whose acks say ``mc``,
+and a follower thins its acks only when its leader's beat asks it to; with a 0.2 node on
+either side, everything runs as in version 2.
 """
 
 from __future__ import annotations
@@ -27,10 +37,11 @@ import functools
 import ipaddress
 import json
 import re
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .._core.messages import ANYONE, KINDS, MAX_MEMBERS, Message, PeerRecord
+from .._core.messages import ANYONE, BASE_PROTOCOL, KINDS, MAX_MEMBERS, Message, PeerRecord
 from .._core.model import Member, State
 
 __all__ = [
@@ -44,9 +55,15 @@ __all__ = [
     "decode_txt",
     "encode_message",
     "encode_txt",
+    "multicast_group",
 ]
 
 PROTOCOL_VERSION = 2
+"""The ``v`` of every datagram and TXT record: the wire format, which 0.2 nodes read."""
+MULTICAST_PORT = 9002
+"""The UDP port of multicast beats (see :func:`multicast_group`)."""
+_MAX_PROTOCOL = 99
+_MAX_ACK_EVERY = 64
 MAX_DATAGRAM = 16384
 """Larger datagrams are neither sent nor read."""
 NPM_PING = b"PING"
@@ -100,6 +117,14 @@ def encode_message(message: Message, stamp: Stamp | None = None) -> bytes:
         body["la"] = round(message.leader_age, 4)
     if message.boot:
         body["b"] = message.boot
+    if message.protocol > BASE_PROTOCOL:  # absent in 0.2's messages: their bytes stay the same
+        body["pv"] = message.protocol
+    if message.beat:
+        body["n"] = message.beat
+    if message.ack_every > 1:
+        body["ak"] = message.ack_every
+    if message.multicast:
+        body["mc"] = 1
     if stamp is not None:
         body["a"] = [stamp.boot, stamp.counter, stamp.time, stamp.to]
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
@@ -157,6 +182,15 @@ def decode_datagram(data: bytes) -> tuple[Message, Stamp | None] | None:
     boot = body.get("b", 0)
     if not _is_int(boot, 0, _MAX_BOOT):
         return None
+    protocol = body.get("pv", BASE_PROTOCOL)
+    if not _is_int(protocol, BASE_PROTOCOL, _MAX_PROTOCOL):
+        return None
+    beat, ack_every = body.get("n", 0), body.get("ak", 1)
+    if not _is_int(beat, 0, _MAX_TERM) or not _is_int(ack_every, 1, _MAX_ACK_EVERY):
+        return None
+    multicast = body.get("mc", 0)
+    if multicast not in (0, 1) or isinstance(multicast, bool):
+        return None
     stamp = None
     if "a" in body:
         stamp = _stamp_from_list(body["a"])
@@ -176,8 +210,21 @@ def decode_datagram(data: bytes) -> tuple[Message, Stamp | None] | None:
         lease_mark=float(mark),
         leader_age=None if age is None else float(age),
         boot=boot,
+        protocol=protocol,
+        beat=beat,
+        ack_every=ack_every,
+        multicast=multicast == 1,
     )
     return message, stamp
+
+
+def multicast_group(group: str) -> tuple[str, int]:
+    """The multicast address and port of a group's beats (protocol 3, mDNS mode): one of the
+    65,536 addresses of 239.255.0.0/16 (administratively scoped: routers do not forward it),
+    chosen by a hash of the group name, so that a host's kernel drops most other groups'
+    beats; the port is :data:`MULTICAST_PORT`."""
+    digest = zlib.crc32(group.encode("utf-8"))
+    return f"239.255.{(digest >> 8) & 255}.{digest & 255}", MULTICAST_PORT
 
 
 def encode_txt(group: str, member: Member, role: State, term: int, boot: int = 0) -> dict[str, str]:
