@@ -67,6 +67,7 @@ class Handlers(Node):
         # It counts again an interval before that ends here, so that nobody claims in the
         # instant it does (its claim may still be on its way).
         peer.stands_back_until = now + self.timing.failure_window - self.timing.interval
+        self._departed(sender.node_id, message.term, now)
         self.role.peer_changed(self, now)
         if message.members is not None:
             self._merge_candidates(message.members, sender, now)
@@ -81,6 +82,7 @@ class Handlers(Node):
             self._hearsay_of_leader(message.leader_member, message.term, now)
             return
         peer.dead = peer.departed = True  # it stops
+        self._departed(sender.node_id, message.term, now)
         self.role.follower_stopped(sender.node_id)
 
     # ----------------------------------------------------------------- hearsay and member lists
@@ -95,19 +97,21 @@ class Handlers(Node):
         few lost answers would then let a node cut off from a live leader claim.
         """
         known = self.peers.get(message.leader or "")
-        if message.leader_age is None or message.leader == self.me.node_id:
+        if message.leader_age is None or message.leader is None or message.leader == self.me.node_id:
             return
         if known is not None and (known.departed or now < known.stands_back_until):
             return  # it resigned or stopped: the follower has not heard of it yet
+        if self._departed_as_leader(message.leader, message.term, now):
+            return  # the same, once its peer entry is gone
         remaining = self.timing.failure_window - message.leader_age
-        if remaining > 0 and message.leader is not None:
+        if remaining > 0:
             self.heard_alive = {k: t for k, t in self.heard_alive.items() if t > now}
             until = now + remaining
             self.heard_alive[message.leader] = max(self.heard_alive.get(message.leader, 0.0), until)
 
     def _hearsay_of_leader(self, leader: Member, term: int, now: float) -> None:
         """A peer names ``leader``: ping it, unless it is known and no better than ours."""
-        if leader.node_id == self.me.node_id or not leader.host:
+        if leader.node_id == self.me.node_id or not leader.host or self._departed_as_leader(leader.node_id, term, now):
             return
         if leader.node_id == npm_member(leader.host, leader.port).node_id:
             if self.npm_compat and not self._follows_npm():  # count it as a candidate again
@@ -135,6 +139,8 @@ class Handlers(Node):
         for member in members:
             if member.node_id in (self.me.node_id, sender.node_id) or not member.host:
                 continue
+            if self._recently_departed(member.node_id, now):
+                continue  # it said it resigns or stops: a list made before its word
             known = self.peers.get(member.node_id)
             if known is None or known.dropped:
                 peer = self._new_peer(member)

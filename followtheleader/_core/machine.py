@@ -143,6 +143,8 @@ class Machine(Handlers):
         if self.state is State.STOPPED or message.group != self.group or message.sender == self.me.node_id:
             return []
         self._expire(now)
+        if message.role is State.LEADER and self._departed_as_leader(message.sender, message.term, now):
+            return []  # sent before its word that it resigns or stops
         self.max_term = max(self.max_term, message.term)
         sender = Member(message.sender, message.priority, source[0], source[1])
         if message.role is not State.LEADER and not self.role.outdated(self, message):  # it says so itself
@@ -162,6 +164,8 @@ class Machine(Handlers):
             return []
         self._expire(now)
         self.max_term = max(self.max_term, record.term)
+        if self._departed_as_leader(record.member.node_id, record.term, now):
+            return self._flush()  # a record made before its word that it resigns or stops
         # A follower of one of ours gets the member list from its leader; a follower of an npm
         # leader (which sends none) keeps track of its peers itself, for the election to come.
         if self.state is not State.FOLLOWER or self._follows_npm():
@@ -185,6 +189,7 @@ class Machine(Handlers):
             return []
         self._expire(now)
         peer.dead = peer.departed = True
+        self._departed(node_id, 0, now)
         self.role.peer_changed(self, now)
         if self.role.lost_leader(self, node_id, now, "leader said goodbye"):
             self.role.consider_claim(self, now)

@@ -6,12 +6,23 @@ from dataclasses import dataclass
 
 from .model import Member
 
-__all__ = ["Peer", "npm_member", "silent_since"]
+__all__ = ["Departure", "Peer", "npm_member", "silent_since"]
 
 
 def npm_member(host: str, port: int) -> Member:
     """The member that stands for an npm leader at ``host:port`` (it has no id of its own)."""
     return Member(f"npm-{host.replace('.', '-').replace(':', '_')}-{port}"[:32], 0, host, port, npm=True)
+
+
+@dataclass(frozen=True)
+class Departure:
+    """(Protocol 3) A peer said it resigns or stops: what that word rules out, until when."""
+
+    until: float
+    """The end of the failure window after the word."""
+    term: int
+    """The term its word named: a leader's message of that term or older was sent before it
+    (one that resigned claims again only with a newer term)."""
 
 
 @dataclass
