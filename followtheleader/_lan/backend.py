@@ -165,7 +165,8 @@ class LanBackend:
 
     def disown_after_fork(self) -> None:
         """In a forked child: a stopped machine; the parent's sockets (the heartbeat and
-        multicast sockets and the wake-up pair) are forgotten, never written to."""
+        multicast sockets and the wake-up pair) are forgotten, never written to: a byte on the
+        wake-up pair would end the parent's heartbeat thread."""
         self.machine.state = State.STOPPED
         self.machine.leader = None
         self._server = None

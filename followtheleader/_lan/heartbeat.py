@@ -86,11 +86,11 @@ class HeartbeatServer:
             else:
                 self.socket.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
             self.socket.bind(address)
+            self._wake_reader, self._wake_writer = socket.socketpair()
         except BaseException:
             self.socket.close()
             raise
         self.multicast_socket: socket.socket | None = None
-        self._wake_reader, self._wake_writer = socket.socketpair()
         self._thread: threading.Thread | None = None
 
     @property
@@ -125,7 +125,10 @@ class HeartbeatServer:
         self._thread.start()
 
     def close(self) -> None:
-        """Wake the heartbeat thread, wait for it to return, close every socket. Idempotent."""
+        """Wake the heartbeat thread, wait for it to return, close every socket. Idempotent.
+
+        Never in a forked child: the wake-up pair is shared with the parent, whose heartbeat
+        thread the byte would end (the child forgets this object instead)."""
         if self._thread is not None and self._thread.is_alive():
             with contextlib.suppress(OSError):
                 self._wake_writer.send(b"x")
