@@ -235,8 +235,8 @@ class LanBackend:
     ) -> Callable[[float], list[Action]] | None:
         """Heartbeat thread: the machine step for one datagram, or None when it is answered
         here (an npm follower's ``PING``) or dropped (counted and logged, rate-limited; a
-        multicast beat of this node's own, silently: the heartbeat socket does not loop them
-        back, but another socket on the host might)."""
+        multicast beat in this node's own name, silently: the heartbeat socket does not loop
+        its beats back, but a copy may still come from elsewhere)."""
         node_id = self._settings.node_id
         if data in (NPM_PING, NPM_PONG) and self._settings.npm_compat:
             if data == NPM_PONG:  # the npm leader answers our PING
