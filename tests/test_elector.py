@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -282,9 +283,52 @@ def test_threads_are_named_and_daemonic(local: Local) -> None:
             f"followtheleader-ticker-{name}",
             f"followtheleader-callbacks-{name}",
         } <= names
+        # One thread receives on the heartbeat and the multicast socket (mDNS mode) alike.
+        assert [n for n in names if n.startswith(("followtheleader-heartbeat-", "followtheleader-multicast-"))] == [
+            f"followtheleader-heartbeat-{name}"
+        ]
         assert all(t.daemon for t in ours)
     finally:
         elector.stop()
+
+
+def test_followers_on_their_leaders_host_get_its_beats_one_by_one(local: Local) -> None:
+    """Three electors in one namespace, mDNS mode: each joins the multicast address, and the
+    leader sends its multicast beat; but its heartbeat socket does not loop multicast back to
+    its own host (IP_MULTICAST_LOOP 0), so the followers there hear none. Their acks say so,
+    and the leader goes on sending them its beats one by one: 20 beats later they still follow."""
+    name = group()
+    leader = elect(name, node_id="z-lead", interval=0.1)
+    followers = [elect(name, node_id=f"a-follow-{i}", interval=0.1) for i in range(2)]
+    recorders = [Recorder(f) for f in followers]
+    local(leader.start)
+    try:
+        assert leader.wait_for_leader(TIMEOUT) is not None and leader.is_leader
+        for follower, recorder in zip(followers, recorders, strict=True):
+            local(follower.start)
+            assert recorder.next().kind == "follower"
+        machines = [e._machine for e in (leader, *followers)]
+        assert all(m.multicast is not None for m in machines)  # every one opened the multicast socket
+
+        def leader_role() -> Any:  # read under the leader's state lock, as every field below
+            return leader._machine.role
+
+        def beats_sent() -> int:
+            return int(leader._locked(lambda: leader_role().beats_sent))
+
+        first = beats_sent()
+        assert holds_within(lambda: beats_sent() >= first + 20)
+        rows = leader._locked(lambda: {k: (r.multicast, r.protocol) for k, r in leader_role().progress.rows.items()})
+        assert rows == {f.node_id: (False, 3) for f in followers}  # protocol 3: the beat went by multicast too
+        for follower, recorder in zip(followers, recorders, strict=True):
+            role = follower._locked(lambda f=follower: f._machine.role)  # type: ignore[misc]
+            assert role.state is State.FOLLOWER and role.multicast_at is None
+            assert role.acked_beat >= first + 15  # the beats came one by one, and were acked
+            assert [e.kind for e in recorder.seen] == ["follower"]
+            assert recorder.events.empty()
+    finally:
+        for elector in (*followers, leader):
+            elector.stop()
 
 
 def test_a_slow_callback_delays_no_heartbeat(local: Local) -> None:
@@ -339,6 +383,9 @@ def test_a_forked_child_holds_a_stopped_copy_that_sends_nothing(local: Local) ->
             assert pipe.read() == "False stopped True True"
         assert os.waitpid(pid, 0)[1] == 0
         assert leader.is_leader and leader.term == 1
+        # The child wrote nothing to the wake-up sockets: both heartbeat threads still receive.
+        heartbeat_threads = [t for t in threading.enumerate() if t.name == f"followtheleader-heartbeat-{name}"]
+        assert len(heartbeat_threads) == 2 and all(t.is_alive() for t in heartbeat_threads)
         # A resign sent from the child in the leader's name would make the follower elect at once.
         with pytest.raises(queue.Empty):
             recorder.events.get(timeout=1.0)

@@ -6,8 +6,10 @@ mode (mDNS, :class:`~followtheleader._lan.discovery.Discovery`) and of the unica
 :class:`~followtheleader._core.machine.Machine` with the same UDP heartbeats. Its threads (all
 daemon threads, all gone after :meth:`LanBackend.close`):
 
-* ``followtheleader-heartbeat-<name>``: ``HeartbeatServer.serve_forever``; the datagrams read
-  in one wake-up go to :meth:`LanBackend._on_datagrams`, which feeds them in one step.
+* ``followtheleader-heartbeat-<name>``: the one receiver thread of
+  :class:`~followtheleader._lan.heartbeat.HeartbeatServer`, blocked in a selector over the
+  heartbeat socket and (mDNS mode) the multicast socket; the datagrams read from one socket in
+  one wake-up go to :meth:`LanBackend._on_datagrams`, which feeds them in one step.
 * zeroconf's ServiceBrowser thread: runs :meth:`LanBackend._on_record`,
   :meth:`LanBackend._on_goodbye` and :meth:`LanBackend._on_npm_record`; zeroconf's own
   event-loop thread publishes the records. With listed peers there is no zeroconf at all:
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -37,17 +38,13 @@ from .._runtime.stats import IoCounts
 from .._wire.auth import MAX_CLOCK_SKEW, Authenticator
 from .._wire.protocol import NPM_PING, NPM_PONG, decode_datagram, encode_message, multicast_group
 from .discovery import Discovery
-from .heartbeat import HeartbeatServer, MulticastServer, bind_heartbeat_server, open_multicast_server
+from .heartbeat import HeartbeatServer, bind_heartbeat_server
 from .peers import PeerDirectory, PeerSource, is_local_address
 from .settings import LanSettings
 
 __all__ = ["LanBackend", "PeerSourceFactory"]
 
 log = logging.getLogger(__name__)
-
-_SERVE_POLL_INTERVAL = 0.1
-"""How often the heartbeat server loop checks for shutdown (bounds how long stop() takes)."""
-
 
 PeerSourceFactory = Callable[["LanBackend", Member], PeerSource]
 """Makes the peer source of a LAN backend (on the thread of ``start()``), given this node
@@ -80,9 +77,6 @@ class LanBackend:
         )
         self.tick_period = settings.interval
         self._server: HeartbeatServer | None = None
-        self._server_thread: threading.Thread | None = None
-        self._multicast: MulticastServer | None = None
-        self._multicast_thread: threading.Thread | None = None
         self._discovery: PeerSource | None = None
         self._npm_pings_answered = 0
 
@@ -125,21 +119,7 @@ class LanBackend:
         self._discovery = self._peer_source(self, me)
         self._feeder.feed(self.machine.start)  # before discovery, so that no early record is dropped
         self._discovery.start()
-        self._server_thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": _SERVE_POLL_INTERVAL},
-            name=f"followtheleader-heartbeat-{settings.name}",
-            daemon=True,
-        )
-        self._server_thread.start()
-        if self._multicast is not None:
-            self._multicast_thread = threading.Thread(
-                target=self._multicast.serve_forever,
-                kwargs={"poll_interval": _SERVE_POLL_INTERVAL},
-                name=f"followtheleader-multicast-{settings.name}",
-                daemon=True,
-            )
-            self._multicast_thread.start()
+        self._server.start(f"followtheleader-heartbeat-{settings.name}")
 
     def listed_peers(self, me: Member) -> PeerSource:
         """Peers from the ``peers`` list (unicast mode): a :data:`PeerSourceFactory`."""
@@ -151,16 +131,14 @@ class LanBackend:
     def mdns(self, me: Member) -> PeerSource:
         """Peers found by mDNS, this node published there: a :data:`PeerSourceFactory`.
 
-        Without a secret, on IPv4, it also opens the multicast socket for the leader's beats
-        (protocol 3; see :attr:`Machine.multicast`): the segment carries multicast anyway.
+        Without a secret, on IPv4, it also opens the heartbeat server's multicast socket for
+        the leader's beats (protocol 3; see :attr:`Machine.multicast`): the segment carries
+        multicast anyway.
         (Stamps of an authenticated group name each receiver, so it keeps unicast beats.)
         """
-        if self._auth is None and ":" not in self._settings.host:
+        if self._auth is None and ":" not in self._settings.host and self._server is not None:
             address = multicast_group(self._settings.name)
-            self._multicast = open_multicast_server(
-                address, self._on_multicast_datagrams, self._warn, self._feeder.report_error
-            )
-            if self._multicast is not None:
+            if self._server.open_multicast(address):
                 self.machine.multicast = address  # before the machine starts: no lock needed yet
         return Discovery(
             self._settings,
@@ -178,22 +156,21 @@ class LanBackend:
         """Nothing to do: the resignation went out with the machine's datagrams."""
 
     def close(self) -> None:
-        """Close discovery (DNS-SD goodbye), then the heartbeat server. Idempotent."""
+        """Close discovery (DNS-SD goodbye), then the heartbeat server: its thread is gone and
+        its sockets closed when this returns. Idempotent."""
         if self._discovery is not None:
             self._discovery.close()
-        for server, thread in ((self._multicast, self._multicast_thread), (self._server, self._server_thread)):
-            if server is not None:
-                if thread is not None and thread.is_alive():
-                    server.shutdown()
-                    thread.join()
-                server.server_close()
+        if self._server is not None:
+            self._server.close()
 
     def disown_after_fork(self) -> None:
-        """In a forked child: a stopped machine; the parent's sockets are forgotten."""
+        """In a forked child: a stopped machine; the parent's sockets (the heartbeat and
+        multicast sockets and the wake-up pair) are forgotten, never written to: a byte on the
+        wake-up pair would end the parent's heartbeat thread."""
         self.machine.state = State.STOPPED
         self.machine.leader = None
-        self._server = self._server_thread = self._discovery = None
-        self._multicast = self._multicast_thread = None
+        self._server = None
+        self._discovery = None
 
     # ----------------------------------------------------------------- decisions (feeding thread)
 
@@ -236,8 +213,8 @@ class LanBackend:
     # ----------------------------------------------------------------- inputs (backend's threads)
 
     def _on_datagrams(self, batch: list[tuple[bytes, tuple[str, int]]], multicast: bool = False) -> None:
-        """Heartbeat thread (or multicast thread): the datagrams read in one wake-up, decided
-        on in one step."""
+        """Heartbeat thread: the datagrams read from one socket in one wake-up (the multicast
+        one when ``multicast``), decided on in one step."""
         self.io.add("heartbeat-received", len(batch))
         steps: list[Callable[[float], list[Action]]] = []
         for data, source in batch:
@@ -249,11 +226,6 @@ class LanBackend:
         elif steps:
             self._feeder.feed(lambda now: [action for step in steps for action in step(now)])
 
-    def _on_multicast_datagrams(self, batch: list[tuple[bytes, tuple[str, int]]]) -> None:
-        """Multicast thread: the leader's multicast beats (this node's own, looped back to the
-        host when it leads, are dropped here)."""
-        self._on_datagrams(batch, multicast=True)
-
     def _is_leader(self) -> bool:
         """Any thread but one holding the state lock: leading, with the lease holding."""
         return self._feeder.locked(lambda: self.machine.is_leader(time.monotonic()))
@@ -263,7 +235,8 @@ class LanBackend:
     ) -> Callable[[float], list[Action]] | None:
         """Heartbeat thread: the machine step for one datagram, or None when it is answered
         here (an npm follower's ``PING``) or dropped (counted and logged, rate-limited; a
-        multicast beat of this node's own, looped back to its host, silently)."""
+        multicast beat in this node's own name, silently: the heartbeat socket does not loop
+        its beats back, but a copy may still come from elsewhere)."""
         node_id = self._settings.node_id
         if data in (NPM_PING, NPM_PONG) and self._settings.npm_compat:
             if data == NPM_PONG:  # the npm leader answers our PING
