@@ -283,7 +283,8 @@ def test_a_candidate_ping_read_after_its_claim_is_no_step_down() -> None:
 def double_handover(protocol: int, seed: int) -> float | None:
     """30 nodes: the first leader crashes, the second stops, and the third resigns as soon as
     everyone follows it (as ``benchmarks/election.py`` does). Seconds from the resignation to
-    one agreed successor, or None when the resigned leader took over again."""
+    one agreed successor, or None when no other node was agreed on within 2 s (0.2's nodes
+    then wait until the resigned leader takes over again)."""
     net = SimNet(seed=seed, jitter=0.005, mdns=True)
     for node_id in (ids := [f"n{i:02d}" for i in range(30)]):
         net.add(node_id, protocol=protocol)
@@ -318,22 +319,79 @@ def test_two_handovers_in_quick_succession_elect_the_next_best_at_once() -> None
 
 
 def test_a_beat_sent_before_a_resign_and_read_after_it_is_stale() -> None:
-    """A leader's beat that overtook nothing but arrived after its resign (multicast beats and
-    unicast resigns take separate ways) does not make the follower follow it again; a claim of
-    that node in a newer term does."""
+    """A leader's multicast beat read after its resign (the two take separate ways) does not
+    make the follower follow it again; a claim of that run in a newer term does, and so does
+    a beat of a new run of the same id (a restart). Protocol 2 follows the stale beat, as 0.2
+    did."""
     boss = Member("boss", 0, "198.18.0.2", 9001)
-    machine = Machine("group", Member("me", 0, "", 9001), TIMING, protocol=PROTOCOL, multicast=MULTICAST)
-    machine.start(0.0)
 
-    def from_boss(kind: str, role: State, term: int, at: float, multicast: bool = False) -> None:
-        message = Message(kind, "group", "boss", 0, role, term, leader="boss", boot=7, protocol=3, multicast=multicast)
+    def follower(protocol: int) -> Machine:
+        machine = Machine("group", Member("me", 0, "", 9001), TIMING, protocol=protocol, multicast=MULTICAST)
+        machine.start(0.0)
+        from_boss(machine, "beat", 4, 0.05)
+        assert machine.state is State.FOLLOWER
+        # A better-ranked peer, so that this node waits for its claim rather than claiming.
+        ping = Message("ping", "group", "big", 9, State.FOLLOWER, 4, leader="boss", boot=5, protocol=3)
+        machine.on_message(ping, ("198.18.0.9", 9001), 0.06)
+        from_boss(machine, "resign", 4, 0.10)  # sent while it still led: role LEADER
+        assert machine.state is State.ELECTING
+        return machine
+
+    def from_boss(machine: Machine, kind: str, term: int, at: float, boot: int = 7) -> None:
+        multicast = kind == "beat"
+        message = Message(
+            kind, "group", "boss", 0, State.LEADER, term, leader="boss", boot=boot, protocol=3, multicast=multicast
+        )
         machine.on_message(message, boss.address, at)
 
-    from_boss("beat", State.LEADER, 4, 0.05, multicast=True)
-    assert machine.state is State.FOLLOWER
-    from_boss("resign", State.ELECTING, 4, 0.10)
-    assert machine.state is State.ELECTING
-    from_boss("beat", State.LEADER, 4, 0.11, multicast=True)
+    machine = follower(PROTOCOL)
+    from_boss(machine, "beat", 4, 0.11)
     assert machine.state is State.ELECTING and machine.leader is None
-    from_boss("claim", State.LEADER, 5, 0.12)
+    from_boss(machine, "claim", 5, 0.12)
     assert machine.state is State.FOLLOWER and machine.term == 5
+    machine = follower(PROTOCOL)
+    from_boss(machine, "beat", 4, 0.11, boot=8)  # restarted with the same id
+    assert machine.state is State.FOLLOWER
+    machine = follower(BASE_PROTOCOL)
+    from_boss(machine, "beat", 4, 0.11)
+    assert machine.state is State.FOLLOWER
+
+
+def test_a_follower_s_word_that_it_hears_a_departed_leader_holds_no_claim_back() -> None:
+    """A pong saying its sender follows a leader that resigned, read after the resign (and
+    after a member list dropped that leader), holds no claim back and makes it no candidate;
+    the same word about a newer term of it does, and counts once the window has passed."""
+    gone = Member("gone", 9, "198.18.0.9", 9001)
+    other = Member("other", 0, "198.18.0.3", 9001)
+
+    def pong(term: int, at: float, machine: Machine) -> None:
+        message = Message(
+            "pong",
+            "group",
+            "other",
+            0,
+            State.FOLLOWER,
+            term,
+            leader="gone",
+            leader_member=gone,
+            leader_age=0.0,
+            boot=3,
+            protocol=3,
+        )
+        machine.on_message(message, other.address, at)
+
+    machine = Machine("group", Member("me", 5, "", 9001), TIMING, protocol=PROTOCOL)
+    machine.start(0.0)
+    resign = Message("resign", "group", "gone", 9, State.LEADER, 4, boot=7, protocol=3)
+    machine.on_message(resign, gone.address, 1.0)
+    del machine.peers["gone"]  # as a new leader's member list drops it
+    pong(4, 1.01, machine)
+    assert "gone" not in machine.heard_alive and "gone" not in machine.peers
+    pong(5, 1.02, machine)
+    assert "gone" in machine.heard_alive and "gone" in machine.peers
+    later = Machine("group", Member("me", 5, "", 9001), TIMING, protocol=PROTOCOL)
+    later.start(0.0)
+    later.on_message(resign, gone.address, 1.0)
+    del later.peers["gone"]
+    pong(4, 1.0 + W + 0.01, later)
+    assert "gone" in later.heard_alive

@@ -67,7 +67,7 @@ class Handlers(Node):
         # It counts again an interval before that ends here, so that nobody claims in the
         # instant it does (its claim may still be on its way).
         peer.stands_back_until = now + self.timing.failure_window - self.timing.interval
-        self._departed(sender.node_id, message.term, now)
+        self._note_departure(sender.node_id, message.term, message.boot, now)
         self.role.peer_changed(self, now)
         if message.members is not None:
             self._merge_candidates(message.members, sender, now)
@@ -82,7 +82,7 @@ class Handlers(Node):
             self._hearsay_of_leader(message.leader_member, message.term, now)
             return
         peer.dead = peer.departed = True  # it stops
-        self._departed(sender.node_id, message.term, now)
+        self._note_departure(sender.node_id, message.term, message.boot, now)
         self.role.follower_stopped(sender.node_id)
 
     # ----------------------------------------------------------------- hearsay and member lists
@@ -101,7 +101,7 @@ class Handlers(Node):
             return
         if known is not None and (known.departed or now < known.stands_back_until):
             return  # it resigned or stopped: the follower has not heard of it yet
-        if self._departed_as_leader(message.leader, message.term, now):
+        if self._stale_leadership(message.leader, message.term, now):
             return  # the same, once its peer entry is gone
         remaining = self.timing.failure_window - message.leader_age
         if remaining > 0:
@@ -111,7 +111,7 @@ class Handlers(Node):
 
     def _hearsay_of_leader(self, leader: Member, term: int, now: float) -> None:
         """A peer names ``leader``: ping it, unless it is known and no better than ours."""
-        if leader.node_id == self.me.node_id or not leader.host or self._departed_as_leader(leader.node_id, term, now):
+        if leader.node_id == self.me.node_id or not leader.host or self._stale_leadership(leader.node_id, term, now):
             return
         if leader.node_id == npm_member(leader.host, leader.port).node_id:
             if self.npm_compat and not self._follows_npm():  # count it as a candidate again

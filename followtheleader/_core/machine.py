@@ -143,7 +143,7 @@ class Machine(Handlers):
         if self.state is State.STOPPED or message.group != self.group or message.sender == self.me.node_id:
             return []
         self._expire(now)
-        if message.role is State.LEADER and self._departed_as_leader(message.sender, message.term, now):
+        if message.role is State.LEADER and self._stale_leadership(message.sender, message.term, now, message.boot):
             return []  # sent before its word that it resigns or stops
         self.max_term = max(self.max_term, message.term)
         sender = Member(message.sender, message.priority, source[0], source[1])
@@ -164,8 +164,10 @@ class Machine(Handlers):
             return []
         self._expire(now)
         self.max_term = max(self.max_term, record.term)
-        if self._departed_as_leader(record.member.node_id, record.term, now):
-            return self._flush()  # a record made before its word that it resigns or stops
+        if self._stale_leadership(record.member.node_id, record.term, now, record.boot):
+            # Made before its word that it resigns or stops, or (one that resigned and stands
+            # back) after it: either way no candidate, and nothing to greet.
+            return self._flush()
         # A follower of one of ours gets the member list from its leader; a follower of an npm
         # leader (which sends none) keeps track of its peers itself, for the election to come.
         if self.state is not State.FOLLOWER or self._follows_npm():
@@ -185,11 +187,13 @@ class Machine(Handlers):
     def on_goodbye(self, node_id: str, now: float) -> list[Action]:
         """A peer withdrew its DNS-SD record (it stopped)."""
         peer = self.peers.get(node_id)
-        if self.state is State.STOPPED or peer is None:
+        if self.state is State.STOPPED:
+            return []
+        self._note_departure(node_id, 0, 0, now)  # also when its entry is gone already
+        if peer is None:
             return []
         self._expire(now)
         peer.dead = peer.departed = True
-        self._departed(node_id, 0, now)
         self.role.peer_changed(self, now)
         if self.role.lost_leader(self, node_id, now, "leader said goodbye"):
             self.role.consider_claim(self, now)

@@ -177,7 +177,7 @@ class Node:
     (see ``Handlers._note_live_leader`` and :func:`.candidates.live_leader_hold`)."""
     departures: dict[str, Departure] = field(default_factory=dict)
     """(Protocol 3) Peers that said they stop or resign, for the failure window that follows
-    (see :meth:`_departed`); kept even once their peer entry is gone."""
+    (see :meth:`_note_departure`); kept even once their peer entry is gone."""
     boot: int = 0
     """This node's run (:attr:`FencingToken.boot`), sent in every message of its own."""
     token: FencingToken | None = None
@@ -403,45 +403,51 @@ class Node:
         assert self.multicast is not None
         self._actions.append(Send(message, self.multicast, ANYONE))
 
-    def _departed(self, node_id: str, term: int, now: float) -> None:
-        """``node_id`` said it stops or resigns (in ``term``; 0 when its word names none).
+    def _note_departure(self, node_id: str, term: int, boot: int, now: float) -> None:
+        """``node_id`` said it stops or resigns (a leader's ``resign``, a follower's ``leave``
+        as it stops, or its DNS-SD goodbye), in ``term`` (0 when its word names none), from its
+        run ``boot`` (0 when not known).
 
         For the failure window that follows (until no follower of it can still say it heard
         it within one), its leadership of that term or an older one is over for this node:
 
-        * a message of it as leader in that term is stale: sent before its word, it arrived
-          after (a beat by multicast overtakes a resign sent one by one). Taken, it made
-          followers follow the leader that had gone, and elect again later;
+        * a message or DNS-SD record of that run as leader in that term is stale: sent before
+          its word, it arrived after (a beat by multicast overtakes a resign sent one by
+          one). Taken, it made followers follow the leader that had gone, and elect again;
         * a peer's word that it still follows it holds no claim back, and neither that word,
-          a member list nor its DNS-SD record (each made before its word) makes it a
-          candidate again. Marking the peer departed is not enough: a new leader's
-          member list drops departed peers, and a peer nobody knows is taken as new. A group
-          that handed over twice in quick succession (``stop()``, then ``resign()``, 30
-          nodes in the lab) waited on such a hold, or for such a candidate, until the
-          resigned leader took over again a failure window later.
+          a member list nor its DNS-SD record makes it a candidate again (a node that
+          resigned stands back that long anyway). Marking the peer departed is not enough: a
+          new leader's member list drops departed peers, and a peer nobody knows is taken as
+          new. A group that handed over twice in quick succession (``stop()``, then
+          ``resign()``, 30 nodes in the lab) waited on such a hold, or for such a candidate,
+          until the resigned leader took over again a failure window later.
 
-        One that resigned and claims again does so in a newer term: that is news.
-        Protocol 2 keeps 0.2's behaviour.
+        A run that resigned claims again only in a newer term, and a node restarted with the
+        same id is another run: both are news. Protocol 2 keeps 0.2's behaviour.
         """
         if self.protocol < 3:
             return
         self.heard_alive.pop(node_id, None)
         self.departures = {k: d for k, d in self.departures.items() if d.until > now}
-        earlier = self.departures.get(node_id)  # its DNS-SD goodbye names no term: keep the one said
-        self.departures[node_id] = Departure(
-            now + self.timing.failure_window, max(term, earlier.term if earlier else 0)
-        )
+        earlier = self.departures.get(node_id)  # a goodbye names no term and no run: keep those said
+        if earlier is not None:
+            term, boot = max(term, earlier.term), boot or earlier.boot
+        self.departures[node_id] = Departure(now + self.timing.failure_window, term, boot)
 
     def _recently_departed(self, node_id: str, now: float) -> bool:
         """``node_id`` said it resigns or stops, within the failure window that followed (see
-        :meth:`_departed`)."""
+        :meth:`_note_departure`)."""
         departure = self.departures.get(node_id)
         return departure is not None and now < departure.until
 
-    def _departed_as_leader(self, node_id: str, term: int, now: float) -> bool:
-        """``node_id``'s leadership of ``term`` (or an older one) ended by its own word, within
-        the failure window that followed (see :meth:`_departed`)."""
-        return self._recently_departed(node_id, now) and term <= self.departures[node_id].term
+    def _stale_leadership(self, node_id: str, term: int, now: float, boot: int = 0) -> bool:
+        """A leadership of ``node_id`` in ``term`` ended by its own word, within the failure
+        window that followed (see :meth:`_note_departure`): ``term`` is that of its word or
+        older, and ``boot`` (0: not known) is the run that said it."""
+        if not self._recently_departed(node_id, now):
+            return False
+        departure = self.departures[node_id]
+        return term <= departure.term and (not boot or not departure.boot or boot == departure.boot)
 
     def _send_to_peers(self, message: Message) -> None:
         """Send to every peer that has not departed, those found dead too (they may be back)."""

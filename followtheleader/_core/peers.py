@@ -21,8 +21,11 @@ class Departure:
     until: float
     """The end of the failure window after the word."""
     term: int
-    """The term its word named: a leader's message of that term or older was sent before it
-    (one that resigned claims again only with a newer term)."""
+    """The term its word named: a leader's message of that run, in that term or an older one,
+    was sent before it (a run that resigned claims again only in a newer term)."""
+    boot: int = 0
+    """The run that said it (0: not known, as after a DNS-SD goodbye alone): a node restarted
+    with the same id is another run, and its word is news."""
 
 
 @dataclass
